@@ -1,0 +1,43 @@
+# gruwatch: `make test` and `make demo` work on a fresh Debian machine with Python 3.11 only.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# torch goes in first and pinned: a bare `torch` would pull a multi-GB CUDA build.
+TORCH_SPEC ?= torch==2.13.0
+STAMP := $(VENV)/.installed-stamp
+
+.PHONY: test check lint typecheck demo bench venv broker clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade "pip>=25.1"
+	$(BIN)/python -m pip install -q "$(TORCH_SPEC)"
+	$(BIN)/python -m pip install -q -e ".[all]" --group dev
+	touch $(STAMP)
+
+broker:
+	./scripts/ensure-broker.sh
+
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: venv
+	$(BIN)/mypy
+
+check: lint typecheck
+
+test: venv broker check
+	$(BIN)/python -m pytest
+
+demo: venv broker
+	$(BIN)/gruwatch demo
+
+bench: venv broker
+	$(BIN)/gruwatch bench
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

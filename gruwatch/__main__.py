@@ -1,0 +1,5 @@
+"""`python -m gruwatch` is the `gruwatch` command."""
+
+from gruwatch.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,76 @@
+"""The `gruwatch` command: a thin dispatcher that imports a subcommand's package only when it runs.
+
+Each subcommand lives in its package as a module with `main(argv: list[str]) -> int`; this file only
+knows their names, so `gruwatch agent run` on a gateway never imports the trainer and starts fast.
+A subcommand whose optional dependencies are missing says which extra to install.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from collections.abc import Callable, Sequence
+from typing import NamedTuple
+
+
+class Command(NamedTuple):
+    module: str
+    extra: str
+    summary: str
+
+
+# Only commands that exist are listed (no placeholders). Order is the order shown in --help.
+COMMANDS: dict[str, Command] = {
+    "simulate": Command("simulator.cli", "sim", "simulate a bearing fleet: a labelled dataset or a live MQTT feed"),
+}
+
+USAGE = """usage: gruwatch <command> [options]
+
+gruwatch watches rotating machines: it simulates bearing vibration, trains a GRU on it, and scores
+live sensor streams on an edge gateway.
+
+commands:
+{commands}
+
+Run `gruwatch <command> --help` for a command's options.
+"""
+
+
+def _usage() -> str:
+    width = max(len(name) for name in COMMANDS)
+    lines = [f"  {name.ljust(width)}  {cmd.summary}" for name, cmd in COMMANDS.items()]
+    return USAGE.format(commands="\n".join(lines))
+
+
+def _load(cmd: Command) -> Callable[[list[str]], int]:
+    try:
+        module = importlib.import_module(cmd.module)
+    except ModuleNotFoundError as exc:
+        top = (exc.name or "").split(".")[0]
+        if top in {"gruwatch", "edge_agent", "simulator", "trainer", "dashboards"}:
+            raise
+        sys.stderr.write(
+            f"gruwatch: this command needs the '{cmd.extra}' extra ({exc.name} is not installed).\n"
+            f"Install it with: pip install 'gruwatch[{cmd.extra}]'\n"
+        )
+        raise SystemExit(2) from exc
+    entry: Callable[[list[str]], int] = module.main
+    return entry
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] in {"-h", "--help", "help"}:
+        sys.stdout.write(_usage())
+        return 0
+    if args[0] in {"-V", "--version"}:
+        from gruwatch import __version__
+
+        sys.stdout.write(f"gruwatch {__version__}\n")
+        return 0
+    name, rest = args[0], args[1:]
+    cmd = COMMANDS.get(name)
+    if cmd is None:
+        sys.stderr.write(f"gruwatch: unknown command '{name}'.\n\n{_usage()}")
+        return 2
+    return _load(cmd)(rest)

@@ -1,0 +1,1 @@
+"""trainer: data loaders, a GRU on sequences of vibration-window features, calibration, evaluation, ONNX export."""
