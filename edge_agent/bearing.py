@@ -79,7 +79,12 @@ class BearingGeometry:
 
     def orders(self) -> dict[str, float]:
         """Defect orders keyed 'bpfo', 'bpfi', 'bsf', 'ftf' (multiples of shaft frequency)."""
-        return {"bpfo": self.bpfo_order, "bpfi": self.bpfi_order, "bsf": self.bsf_order, "ftf": self.ftf_order}
+        return {
+            "bpfo": self.bpfo_order,
+            "bpfi": self.bpfi_order,
+            "bsf": self.bsf_order,
+            "ftf": self.ftf_order,
+        }
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -21,7 +21,9 @@ class Command(NamedTuple):
 
 # Only commands that exist are listed (no placeholders). Order is the order shown in --help.
 COMMANDS: dict[str, Command] = {
-    "simulate": Command("simulator.cli", "sim", "simulate a bearing fleet: a labelled dataset or a live MQTT feed"),
+    "simulate": Command(
+        "simulator.cli", "sim", "simulate a bearing fleet: a labelled dataset or a live MQTT feed"
+    ),
 }
 
 USAGE = """usage: gruwatch <command> [options]

@@ -53,7 +53,9 @@ def _wait_listening(port: int, timeout: float = 10.0) -> bool:
 @pytest.fixture(scope="session")
 def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
     """A real Mosquitto for this test session (private port, unlimited queues, no persistence)."""
-    binary = shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None)
+    binary = shutil.which("mosquitto") or (
+        "/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None
+    )
     if binary is None:
         url = os.environ.get("GRUWATCH_TEST_BROKER", "mqtt://127.0.0.1:1883")
         host, _, port = url.removeprefix("mqtt://").partition(":")
@@ -99,5 +101,7 @@ def real_data() -> Path:
     """../shared/data (or GRUWATCH_REAL_DATA); skips with the reason when absent."""
     path = Path(os.environ.get("GRUWATCH_REAL_DATA", REPO.parent / "shared" / "data"))
     if not (path / "femto").is_dir() and not (path / "cwru").is_dir():
-        pytest.skip(f"real bearing data not found at {path}; set GRUWATCH_REAL_DATA to the shared data folder")
+        pytest.skip(
+            f"real bearing data not found at {path}; set GRUWATCH_REAL_DATA to the shared data folder"
+        )
     return path
