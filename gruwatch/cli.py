@@ -1,6 +1,6 @@
 """The `gruwatch` command: a thin dispatcher that imports a subcommand's package only when it runs.
 
-Each subcommand lives in its package as a module with `main(argv: list[str]) -> int`; this file only
+Each subcommand lives in its package as a function `f(argv: list[str]) -> int`; this file only
 knows their names, so `gruwatch agent run` on a gateway never imports the trainer and starts fast.
 A subcommand whose optional dependencies are missing says which extra to install.
 """
@@ -14,7 +14,7 @@ from typing import NamedTuple
 
 
 class Command(NamedTuple):
-    module: str
+    target: str  # "package.module:function", function(argv: list[str]) -> int
     extra: str
     summary: str
 
@@ -45,8 +45,9 @@ def _usage() -> str:
 
 
 def _load(cmd: Command) -> Callable[[list[str]], int]:
+    module_name, _, func = cmd.target.partition(":")
     try:
-        module = importlib.import_module(cmd.module)
+        module = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
         top = (exc.name or "").split(".")[0]
         if top in {"gruwatch", "edge_agent", "simulator", "trainer", "dashboards"}:
@@ -56,7 +57,7 @@ def _load(cmd: Command) -> Callable[[list[str]], int]:
             f"Install it with: pip install 'gruwatch[{cmd.extra}]'\n"
         )
         raise SystemExit(2) from exc
-    entry: Callable[[list[str]], int] = module.main
+    entry: Callable[[list[str]], int] = getattr(module, func or "main")
     return entry
 
 
