@@ -1,0 +1,49 @@
+"""The umbrella command: help lists only built commands, unknown commands fail clearly, imports stay lazy."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from gruwatch import cli
+
+
+def test_help_lists_every_registered_command(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["--help"]) == 0
+    out = capsys.readouterr().out
+    for name in cli.COMMANDS:
+        assert f"  {name}" in out
+
+
+def test_every_registered_command_resolves_to_a_callable() -> None:
+    for name, command in cli.COMMANDS.items():
+        entry = cli._load(command)
+        assert callable(entry), name
+
+
+def test_unknown_command_exits_2_and_shows_usage(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["no-such-command"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown command 'no-such-command'" in err
+    assert "commands:" in err
+
+
+def test_missing_extra_names_the_extra(capsys: pytest.CaptureFixture[str]) -> None:
+    command = cli.Command("gruwatch_no_such_module_xyz:main", "agent", "test")
+    with pytest.raises(SystemExit) as excinfo:
+        cli._load(command)
+    assert excinfo.value.code == 2
+    assert "pip install 'gruwatch[agent]'" in capsys.readouterr().err
+
+
+def test_help_imports_no_subcommand_package() -> None:
+    code = (
+        "import sys; from gruwatch import cli; cli.main(['--help']);"
+        "heavy = {'torch', 'pandas', 'sklearn', 'scipy', 'pyarrow', 'paho', 'onnxruntime', "
+        "'simulator', 'trainer', 'edge_agent', 'dashboards'} & set(sys.modules);"
+        "print(sorted(heavy)); sys.exit(1 if heavy else 0)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
