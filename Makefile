@@ -34,7 +34,7 @@ test: venv broker check
 	$(BIN)/python -m pytest
 
 demo: venv broker
-	$(BIN)/gruwatch demo
+	$(BIN)/gruwatch demo --broker mqtt://127.0.0.1:1883
 
 bench: venv broker
 	$(BIN)/gruwatch bench

@@ -21,6 +21,9 @@ class Command(NamedTuple):
 
 # Only commands that exist are listed (no placeholders). Order is the order shown in --help.
 COMMANDS: dict[str, Command] = {
+    "demo": Command(
+        "gruwatch.demo:main", "sim", "a short simulated fleet published to a local broker, counted live"
+    ),
     "simulate": Command(
         "simulator.cli", "sim", "simulate a bearing fleet: a labelled dataset or a live MQTT feed"
     ),
