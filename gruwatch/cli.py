@@ -27,6 +27,13 @@ COMMANDS: dict[str, Command] = {
     "simulate": Command(
         "simulator.cli", "sim", "simulate a bearing fleet: a labelled dataset or a live MQTT feed"
     ),
+    "train": Command(
+        "trainer.cli:main", "train", "fit a GRU on labelled or healthy-only data and write a model bundle"
+    ),
+    "keys": Command(
+        "edge_agent.bundle_cli:keys_main", "agent", "create an Ed25519 key pair for signing model bundles"
+    ),
+    "bundle": Command("edge_agent.bundle_cli:bundle_main", "agent", "sign or verify a model bundle"),
 }
 
 USAGE = """usage: gruwatch <command> [options]

@@ -1,0 +1,328 @@
+"""Training, calibration and `gruwatch train` end to end: the model learns, and the bundle scores like torch."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from edge_agent.alarms import ALARM, AlarmState, Thresholds, step
+from trainer.calibrate import ScoredRun, _in_alarm, alarm_metrics, calibrate
+from trainer.data.runs import Run, RunLabels, split_by_machine
+from trainer.model import GruHealthModel
+from trainer.sequences import (
+    FeatureSequence,
+    build_sequences,
+    chunk_slices,
+    fault_classes,
+    pad_batch,
+    spec_for_runs,
+)
+from trainer.train import TrainConfig, _batches, _run_epoch, score_sequences, train
+
+torch.set_num_threads(1)
+
+FS = 12_800.0
+L = 1024
+INTERVAL_S = 10.0
+
+
+# --------------------------------------------------------------------------- synthetic runs
+def synthetic_run(machine: str, *, fault: str, n: int, onset: int | None, seed: int) -> Run:
+    """Noise plus, after `onset`, growing bearing-like impulses (resonance ringing at a defect rate)."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(L) / FS
+    windows = np.empty((n, L), np.float32)
+    severity = np.zeros(n)
+    rate = {"outer": 107.0, "inner": 162.0}.get(fault, 0.0)
+    for k in range(n):
+        x = 0.05 * rng.standard_normal(L)
+        if onset is not None and k >= onset:
+            sev = min(1.0, 0.3 + (k - onset) / max(n - onset, 1))
+            severity[k] = sev
+            phase = rng.uniform(0, 1 / rate)
+            for t0 in np.arange(phase, t[-1], 1 / rate):
+                m = t >= t0
+                x[m] += sev * 0.6 * np.exp(-(t[m] - t0) * 900.0) * np.sin(2 * np.pi * 3000.0 * (t[m] - t0))
+        windows[k] = x
+    ts = np.arange(n) * INTERVAL_S
+    degraded = severity > 0
+    failed = onset is not None
+    rul = (n - 1 - np.arange(n)) * INTERVAL_S if failed else np.full(n, np.inf)
+    faults = np.where(degraded, fault, "healthy").astype(object)
+    return Run(
+        run_id=f"syn-{machine}",
+        machine=machine,
+        sensor="s0",
+        source="sim",
+        fs=FS,
+        rpm=1800.0,
+        windows=windows,
+        ts=ts,
+        geometry=None,
+        labels=RunLabels(rul_s=rul, degraded=degraded, fault=faults, severity=severity, failed_at_end=failed),
+    )
+
+
+def synthetic_fleet(machines: int = 12, n: int = 60, seed: int = 0) -> list[Run]:
+    rng = np.random.default_rng(seed)
+    runs = []
+    for m in range(machines):
+        kind = ("healthy", "outer", "inner")[m % 3]
+        onset = None if kind == "healthy" else int(rng.integers(n // 3, 2 * n // 3))
+        runs.append(synthetic_run(f"m{m:03d}", fault=kind, n=n, onset=onset, seed=seed * 1000 + m))
+    return runs
+
+
+@pytest.fixture(scope="module")
+def fleet() -> tuple[list[FeatureSequence], list[FeatureSequence], tuple[str, ...]]:
+    runs = synthetic_fleet()
+    tr, va = split_by_machine(runs, val_fraction=0.34, seed=0)
+    spec = spec_for_runs(runs)
+    classes = fault_classes(tr)
+    return (
+        build_sequences(tr, spec, classes=classes, progress=False),
+        build_sequences(va, spec, classes=classes, progress=False),
+        classes,
+    )
+
+
+# --------------------------------------------------------------------------- sequences
+def test_sequences_targets_and_padding() -> None:
+    run = synthetic_run("m1", fault="outer", n=20, onset=12, seed=1)
+    spec = spec_for_runs([run])
+    (seq,) = build_sequences([run], spec, classes=("healthy", "outer"), progress=False)
+    assert seq.features.shape == (20, spec.n_features)
+    assert seq.features.dtype == np.float32
+    assert seq.target.tolist() == [0.0] * 12 + [1.0] * 8
+    assert seq.fault.tolist() == [0] * 12 + [1] * 8
+    assert seq.interval_s == INTERVAL_S
+    # A horizon makes the last windows before the failure degraded even without onset labels.
+    run.labels.degraded[:] = False  # type: ignore[union-attr]
+    (seq,) = build_sequences([run], spec, horizon_s=30.0, progress=False)
+    assert seq.target.tolist() == [0.0] * 16 + [1.0] * 4
+    short = FeatureSequence("b", "m2", "sim", seq.features[:5], seq.ts[:5], seq.target[:5], seq.fault[:5])
+    batch = pad_batch([seq, short], offsets=[3, 0])
+    assert batch.x.shape == (2, 17, spec.n_features)
+    assert batch.mask.sum(axis=1).tolist() == [17, 5]
+    assert np.isnan(batch.target[1, 5:]).all()
+    np.testing.assert_array_equal(batch.x[0], seq.features[3:])
+    assert [(s.start, s.stop) for s in chunk_slices(10, 4)] == [(0, 4), (4, 8), (8, 10)]
+
+
+def test_truncated_bptt_carries_the_state_across_chunks(
+    fleet: tuple[list[FeatureSequence], list[FeatureSequence], tuple[str, ...]],
+) -> None:
+    """The loss over chunks of 7 windows equals the loss over whole runs only if the state is carried."""
+    train_seqs, _, classes = fleet
+    torch.manual_seed(0)
+    model = GruHealthModel(
+        train_seqs[0].features.shape[1], hidden=8, mode="supervised", fault_classes=classes
+    )
+    pw = torch.tensor(1.0)
+    rng = np.random.default_rng(0)
+    whole = _run_epoch(
+        model,
+        _batches(train_seqs, TrainConfig(chunk_len=10_000), rng, train=False),
+        TrainConfig(chunk_len=10_000),
+        pw,
+        None,
+    )
+    chunked = _run_epoch(
+        model,
+        _batches(train_seqs, TrainConfig(chunk_len=7), rng, train=False),
+        TrainConfig(chunk_len=7),
+        pw,
+        None,
+    )
+    assert abs(whole - chunked) < 1e-5 * max(1.0, abs(whole))
+
+
+# --------------------------------------------------------------------------- calibration
+def test_vectorised_alarm_state_matches_the_agent() -> None:
+    rng = np.random.default_rng(4)
+    scores = np.clip(rng.normal(0.4, 0.25, size=300), 0, 1)
+    thr = np.array([0.3, 0.5, 0.7])
+    for n_raise, n_clear in [(1, 1), (2, 3), (5, 2)]:
+        got = _in_alarm(scores, thr, n_raise, n_clear)
+        for i, a in enumerate(thr):
+            t = Thresholds(warning=a, alarm=a, raise_windows=n_raise, clear_windows=n_clear)
+            st = AlarmState.fresh(1)
+            want = [step(st, np.array([s]), t)[1][0] == ALARM for s in scores]
+            assert got[i].tolist() == want
+
+
+def test_calibrate_meets_the_false_alarm_target_and_prefers_detection() -> None:
+    rng = np.random.default_rng(7)
+    runs = []
+    for r in range(6):
+        n = 800
+        s = np.clip(rng.normal(0.2, 0.08, n), 0, 1)
+        target = np.zeros(n, np.float32)
+        if r % 2:  # degraded tail with higher scores
+            s[600:] = np.clip(rng.normal(0.7, 0.1, 200), 0, 1)
+            target[600:] = 1
+        s[rng.integers(0, 600, 5)] = 0.95  # isolated spikes in healthy time: hysteresis must absorb them
+        runs.append(ScoredRun(s, target, interval_s=150.0))
+    thresholds, metrics = calibrate(runs, target_false_alarms_per_day=0.1)
+    assert metrics["healthy_machine_days"] > 0
+    assert metrics["false_alarms_per_day"] <= 0.1
+    assert thresholds["raise_windows"] >= 2  # one-window spikes would otherwise alarm
+    assert 0.0 <= thresholds["warning"] <= thresholds["alarm"] <= 1.0
+    assert metrics["degraded_runs_detected"] == 3
+    assert metrics["degraded_windows_in_alarm"] > 0.9
+    again = alarm_metrics(runs, thresholds)
+    assert again["false_alarms"] == metrics["false_alarms"]
+
+
+# --------------------------------------------------------------------------- training
+def test_supervised_training_learns(
+    fleet: tuple[list[FeatureSequence], list[FeatureSequence], tuple[str, ...]],
+) -> None:
+    train_seqs, val_seqs, classes = fleet
+    cfg = TrainConfig(mode="auto", hidden=16, epochs=12, chunk_len=16, batch_size=8, progress=False, seed=1)
+    res = train(train_seqs, val_seqs, cfg, classes=classes)
+    assert res.config.mode == "supervised"
+    assert res.validation["auroc"] > 0.9
+    assert res.history[-1]["train_loss"] < res.history[0]["train_loss"]
+    assert res.model.outputs == ["health", *(f"p_{c}" for c in classes)]
+    assert set(res.thresholds) == {"warning", "alarm", "raise_windows", "clear_windows"}
+    assert res.validation["alarms"]["degraded_runs_detected"] >= 1
+    # Same seed, same model.
+    again = train(train_seqs, val_seqs, cfg, classes=classes)
+    for a, b in zip(res.model.state_dict().values(), again.model.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+
+
+def test_forecast_training_on_healthy_data_flags_degradation(
+    fleet: tuple[list[FeatureSequence], list[FeatureSequence], tuple[str, ...]],
+) -> None:
+    train_seqs, val_seqs, _ = fleet
+    # Healthy-only training data: cut every training run before its onset, and drop the labels.
+    healthy = []
+    for s in train_seqs:
+        keep = s.target == 0
+        healthy.append(
+            FeatureSequence(
+                s.run_id,
+                s.machine,
+                s.source,
+                s.features[keep],
+                s.ts[keep],
+                np.full(int(keep.sum()), np.nan, np.float32),
+                s.fault[keep],
+            )
+        )
+    cfg = TrainConfig(mode="auto", hidden=16, epochs=12, chunk_len=16, batch_size=8, progress=False)
+    res = train(healthy, val_seqs, cfg)
+    assert res.config.mode == "forecast"
+    assert res.model.outputs == ["health"]
+    assert res.validation["auroc"] > 0.8
+    scores = score_sequences(res.model, val_seqs)
+    assert all(float(s.min()) >= 0.0 and float(s.max()) <= 1.0 for s in scores)
+
+
+# --------------------------------------------------------------------------- gruwatch train, end to end
+@pytest.fixture(scope="module")
+def sim_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from simulator.cli import main as simulate
+
+    out = tmp_path_factory.mktemp("sim") / "dataset"
+    args = ["dataset", "--out", str(out), "--machines", "10", "--seed", "3", "--horizon", "900"]
+    args += ["--fs", "12800", "--window", "1024", "--interval", "10", "-q"]
+    assert simulate(args) == 0
+    return out
+
+
+def test_gruwatch_train_writes_a_signed_bundle_the_scorer_reproduces(
+    sim_dataset: Path, tmp_path: Path
+) -> None:
+    from edge_agent.bundle import generate_keypair, load_bundle
+    from edge_agent.features import extract_batch
+    from edge_agent.scorer import Scorer
+    from trainer.cli import main
+    from trainer.data import load_runs
+    from trainer.export import torch_sequence
+
+    priv, pub = generate_keypair(tmp_path / "keys")
+    out = tmp_path / "bundle"
+    ckpt = tmp_path / "model.pt"
+    argv = ["--data", str(sim_dataset), "--out", str(out), "--signing-key", str(priv), "--hidden", "16"]
+    argv += ["--epochs", "8", "--chunk-len", "16", "--val-fraction", "0.3", "--seed", "2", "--no-progress"]
+    argv += ["--checkpoint", str(ckpt), "--device", "cpu"]
+    assert main(argv) == 0
+    card = json.loads((out / "card.json").read_text())
+    assert card["mode"] == "supervised"
+    assert card["outputs"][0] == "health"
+    assert card["state_shape"] == [1, 16]
+    assert len(card["training_data"]["fingerprint"]) == 64
+    assert card["training_data"]["runs"] == 10
+    assert card["validation"]["onnx_parity"]["steps"] == 1000
+    assert "auroc" in card["validation"]
+    assert card["validation"]["alarms"]["target_false_alarms_per_day"] == 0.1
+
+    bundle = load_bundle(out, trusted_keys=[pub])
+    assert bundle.verified
+    # The agent's scorer, stepping window by window, reproduces torch's full-sequence scores.
+    model = GruHealthModel.from_checkpoint(torch.load(ckpt, weights_only=True))
+    runs = {r.run_id: r for r in load_runs([sim_dataset], progress=False)}
+    val_ids = card["training_data"]["validation_runs"]
+    scorer = Scorer.from_loaded(bundle)
+    for rid in val_ids[:2]:
+        run = runs[rid]
+        x = extract_batch(run.windows, run.fs, run.rpm, bundle.spec)
+        want, _ = torch_sequence(model, x[None])
+        got = np.stack([scorer.score_features([rid], x[k : k + 1]).scores[0] for k in range(len(x))])
+        np.testing.assert_allclose(got, want[0], atol=1e-5)
+
+    # A second training refuses to overwrite the bundle folder.
+    assert main(argv) == 1
+
+
+def test_forecast_calibration_treats_unlabelled_validation_as_healthy(
+    fleet: tuple[list[FeatureSequence], list[FeatureSequence], tuple[str, ...]],
+) -> None:
+    """Healthy-only users have no labels at all: thresholds must still keep false alarms at the target."""
+    train_seqs, val_seqs, _ = fleet
+
+    def unlabelled(seqs: list[FeatureSequence]) -> list[FeatureSequence]:
+        out = []
+        for s in seqs:
+            keep = s.target == 0
+            nan = np.full(int(keep.sum()), np.nan, np.float32)
+            out.append(
+                FeatureSequence(
+                    s.run_id, s.machine, s.source, s.features[keep], s.ts[keep], nan, s.fault[keep]
+                )
+            )
+        return out
+
+    cfg = TrainConfig(hidden=8, epochs=3, chunk_len=16, batch_size=8, progress=False)
+    res = train(unlabelled(train_seqs), unlabelled(val_seqs), cfg)
+    alarms = res.validation["alarms"]
+    assert alarms["healthy_machine_days"] > 0
+    assert alarms["false_alarms"] == 0
+    scores = np.concatenate([s[:, 0] for s in score_sequences(res.model, unlabelled(val_seqs))])
+    assert res.thresholds["alarm"] > np.median(scores)
+
+
+def test_supervised_mode_without_degraded_labels_says_what_to_do(
+    fleet: tuple[list[FeatureSequence], list[FeatureSequence], tuple[str, ...]],
+) -> None:
+    from trainer.data.runs import DataError
+    from trainer.train import choose_mode
+
+    train_seqs, _, _ = fleet
+    healthy = [
+        FeatureSequence(
+            s.run_id, s.machine, s.source, s.features, s.ts, np.zeros(len(s), np.float32), s.fault
+        )
+        for s in train_seqs
+    ]
+    assert choose_mode("auto", healthy) == "forecast"
+    assert choose_mode("auto", train_seqs) == "supervised"
+    with pytest.raises(DataError, match="--horizon-s"):
+        choose_mode("supervised", healthy)

@@ -1,0 +1,248 @@
+"""`gruwatch train`: load runs, compute features, fit the GRU, calibrate alarms, export a model bundle.
+
+Also `python -m trainer`. The entry point is `main(argv) -> int` (exit status 0 = bundle written,
+1 = the data or the export was refused with a message saying what to do, 2 = bad options).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from edge_agent.errors import GruwatchError
+
+DESCRIPTION = """\
+Fit a GRU on sequences of vibration-window features and write a model bundle for the edge agent.
+
+The model reads one window's features at a time and carries a hidden state per sensor; the bundle's
+model.onnx is that single step, checked against torch over 1,000 held-out windows before it is
+written. Two modes:
+
+  supervised  labelled data: the simulator's fault onset, run-to-failure data with --horizon-s
+              (degraded := remaining life <= horizon), or failures from --events CSV. The score is
+              the probability that the bearing is degraded; with fault labels, fault probabilities
+              follow as extra outputs.
+  forecast    healthy-only data (no failures yet): the GRU forecasts the next window's features and
+              the score is the calibrated forecast error.
+  auto        (default) supervised when degraded windows are labelled, else forecast.
+
+Runs are split by machine into training and validation; alarm thresholds and hysteresis are chosen
+on validation runs for --target-false-alarms-per-day. See docs/training.md.
+"""
+
+EPILOG = """\
+examples:
+  gruwatch simulate dataset --out sim/ --machines 50 --seed 1
+  gruwatch train --data sim/ --out bundles/v1 --signing-key keys/signing.key
+  gruwatch train --data femto/Learning_set --horizon-s 3600 --out bundles/femto --epochs 40
+  gruwatch train --data collected/ --mode forecast --out bundles/healthy --parent bundles/v1
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="gruwatch train",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    io = p.add_argument_group("data and output")
+    io.add_argument(
+        "--data",
+        nargs="+",
+        required=True,
+        metavar="PATH",
+        help="simulator dataset folders, FEMTO bearing folders, CWRU .mat folders (several allowed)",
+    )
+    io.add_argument(
+        "--out", required=True, metavar="BUNDLE_DIR", help="folder to write the bundle into (fresh)"
+    )
+    io.add_argument(
+        "--signing-key",
+        metavar="KEY",
+        help="Ed25519 private key (PEM) to sign the bundle with (agents need it)",
+    )
+    io.add_argument(
+        "--events",
+        metavar="CSV",
+        help="maintenance events (machine,sensor,ts,event) labelling unlabelled runs",
+    )
+    io.add_argument(
+        "--parent", metavar="BUNDLE_DIR", help="the bundle this one replaces (recorded as parent_version)"
+    )
+    io.add_argument("--checkpoint", metavar="FILE.pt", help="also save a torch checkpoint (config + weights)")
+    io.add_argument("--window", type=int, help="window length when framing continuous recordings (CWRU)")
+    io.add_argument("--target-fs", type=float, help="resample every run to this rate (Hz)")
+
+    m = p.add_argument_group("model and training")
+    m.add_argument("--mode", choices=["auto", "supervised", "forecast"], default="auto")
+    m.add_argument(
+        "--horizon-s",
+        type=float,
+        help="degraded := remaining life <= this many seconds (run-to-failure data)",
+    )
+    m.add_argument("--hidden", type=int, default=64, help="GRU hidden size (default 64)")
+    m.add_argument("--layers", type=int, default=1, help="GRU layers (default 1)")
+    m.add_argument("--epochs", type=int, default=30, help="passes over the training runs (default 30)")
+    m.add_argument("--lr", type=float, default=3e-3, help="AdamW learning rate (default 3e-3)")
+    m.add_argument("--batch-size", type=int, default=64, help="runs per batch (default 64)")
+    m.add_argument(
+        "--chunk-len", type=int, default=128, help="windows per truncated-BPTT chunk (default 128)"
+    )
+    m.add_argument("--seed", type=int, default=0, help="seed for the split, initialisation and batching")
+    m.add_argument(
+        "--device", choices=["auto", "cpu", "cuda"], default="auto", help="auto = cuda when available"
+    )
+    m.add_argument(
+        "--threads", type=int, default=1, help="torch CPU threads (default 1; see PERFORMANCE-NOTES)"
+    )
+
+    c = p.add_argument_group("validation and alarms")
+    c.add_argument("--val-fraction", type=float, default=0.2, help="share of machines held out (default 0.2)")
+    c.add_argument(
+        "--target-false-alarms-per-day",
+        type=float,
+        default=0.1,
+        help="alarm raises allowed per healthy machine-day on validation runs (default 0.1)",
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    return p
+
+
+def _parent_version(path: str | None) -> str | None:
+    if path is None:
+        return None
+    card_path = Path(path) / "card.json"
+    try:
+        card = json.loads(card_path.read_text())
+    except (OSError, ValueError) as exc:
+        raise GruwatchError(
+            f"--parent {path}: cannot read {card_path} ({exc}); pass a bundle folder"
+        ) from exc
+    version = card.get("model_version")
+    if not isinstance(version, str):
+        raise GruwatchError(f"--parent {path}: card.json has no model_version")
+    return version
+
+
+def run_training(args: argparse.Namespace) -> dict[str, Any]:
+    """Everything `gruwatch train` does; returns a summary (also printed as JSON)."""
+    import torch
+
+    from trainer.data import apply_events, fingerprint, load_events_csv, load_runs, split_by_machine
+    from trainer.data.runs import DataError
+    from trainer.export import write_model_bundle
+    from trainer.sequences import build_sequences, fault_classes, spec_for_runs
+    from trainer.train import TrainConfig, set_seeds, train
+
+    progress = not args.no_progress
+    device = args.device
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    set_seeds(args.seed, args.threads)
+    parent = _parent_version(args.parent)
+    out = Path(args.out)
+    if out.exists() and any(out.iterdir()):
+        raise GruwatchError(f"--out {out} is not empty; write each bundle into a fresh folder")
+
+    t0 = time.perf_counter()
+    runs = load_runs(args.data, window=args.window, target_fs=args.target_fs, progress=progress)
+    if args.events:
+        if args.horizon_s is None:
+            raise DataError(
+                "--events needs --horizon-s: how long before a failure a window counts as degraded"
+            )
+        runs = apply_events(runs, load_events_csv(args.events), horizon_s=args.horizon_s)
+    if not runs:
+        raise DataError(f"no runs found under {', '.join(args.data)}")
+    t_load = time.perf_counter() - t0
+
+    train_runs, val_runs = split_by_machine(runs, val_fraction=args.val_fraction, seed=args.seed)
+    spec = spec_for_runs(runs)
+    classes = fault_classes(train_runs)
+    t1 = time.perf_counter()
+    train_seqs = build_sequences(
+        train_runs, spec, horizon_s=args.horizon_s, classes=classes, progress=progress
+    )
+    val_seqs = build_sequences(
+        val_runs, spec, horizon_s=args.horizon_s, classes=classes, progress=progress, desc="features (val)"
+    )
+    t_features = time.perf_counter() - t1
+
+    cfg = TrainConfig(
+        mode=args.mode,
+        hidden=args.hidden,
+        layers=args.layers,
+        epochs=args.epochs,
+        lr=args.lr,
+        batch_size=args.batch_size,
+        chunk_len=args.chunk_len,
+        seed=args.seed,
+        device=device,
+        threads=args.threads,
+        horizon_s=args.horizon_s,
+        val_fraction=args.val_fraction,
+        target_false_alarms_per_day=args.target_false_alarms_per_day,
+        progress=progress,
+    )
+    result = train(train_seqs, val_seqs, cfg, classes=classes)
+
+    t2 = time.perf_counter()
+    held_out = [s.features for s in (val_seqs or train_seqs)]
+    training_data = {
+        "fingerprint": fingerprint(runs),
+        "runs": len(runs),
+        "sources": sorted({r.source for r in runs}),
+        "train_runs": [r.run_id for r in train_runs],
+        "validation_runs": [r.run_id for r in val_runs],
+    }
+    training = {k: v for k, v in vars(result.config).items() if k != "progress"}
+    bundle = write_model_bundle(
+        out,
+        result.model,
+        held_out=held_out,
+        feature_spec=spec.to_dict(),
+        thresholds=result.thresholds,
+        validation=result.validation,
+        training_data=training_data,
+        parent_version=parent,
+        training=training,
+        signing_key=args.signing_key,
+    )
+    t_export = time.perf_counter() - t2
+    if args.checkpoint:
+        torch.save(result.model.checkpoint(), args.checkpoint)
+    card = json.loads((bundle / "card.json").read_text())
+    return {
+        "bundle": str(bundle),
+        "model_version": card["model_version"],
+        "mode": card["mode"],
+        "signed": (bundle / "signature.json").exists(),
+        "thresholds": card["thresholds"],
+        "validation": {
+            k: card["validation"].get(k) for k in ("auroc", "average_precision", "alarms", "onnx_parity")
+        },
+        "seconds": {
+            "load": round(t_load, 2),
+            "features": round(t_features, 2),
+            "fit": round(result.timings["fit_s"], 2),
+            "calibrate": round(result.timings["calibrate_s"], 2),
+            "export": round(t_export, 2),
+        },
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
+    try:
+        summary = run_training(args)
+    except GruwatchError as exc:
+        sys.stderr.write(f"gruwatch train: {exc}\n")
+        return 1
+    sys.stdout.write(json.dumps(summary, indent=2, default=str) + "\n")
+    return 0

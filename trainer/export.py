@@ -1,0 +1,333 @@
+"""Single-step ONNX export of a trained model, the torch/onnxruntime parity check, and bundle writing.
+
+`export_onnx` traces `GruHealthModel.step` (one window: `features` [B, F], `h` [layers, B, hidden] ->
+`score` [B, K], `h_out`) with the dynamo exporter, from an example batch of 2 (a batch-1 example can
+freeze the batch axis to 1) and asserts every batch axis came out dynamic. `check_parity` steps the
+ONNX graph in onnxruntime over >= 1,000 windows of held-out features and compares it with torch's
+full-sequence `nn.GRU` forward; the export raises `ExportError` if any score or state differs by more
+than 1e-5. `write_model_bundle` writes model.onnx, card.json and test_vectors.json through
+`edge_agent.bundle.write_bundle` (and signs with `sign_bundle` when given a key).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import warnings
+from collections.abc import Iterator, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import torch
+
+from edge_agent.errors import GruwatchError
+from trainer.model import GruHealthModel, StepModule
+
+PARITY_ATOL = 1e-5
+PARITY_STEPS = 1000
+CARD_SCHEMA = 1
+
+
+class ExportError(GruwatchError):
+    """The exported graph is not the trained model (shapes not dynamic, or outputs differ from torch)."""
+
+
+@contextlib.contextmanager
+def _quiet_exporter() -> Iterator[None]:
+    """The dynamo exporter warns about internals (pytree deprecations, torchvision absence) we cannot act on."""
+    names = ["torch.onnx", "torch.onnx._internal.exporter._registration", "torch.export", "torch._dynamo"]
+    loggers = [logging.getLogger(n) for n in names]
+    levels = [lg.level for lg in loggers]
+    try:
+        for lg in loggers:
+            lg.setLevel(logging.ERROR)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for lg, level in zip(loggers, levels, strict=True):
+            lg.setLevel(level)
+
+
+def export_onnx(model: GruHealthModel) -> bytes:
+    """ONE time step of `model` as ONNX bytes with a dynamic batch axis (asserted)."""
+    model = model.cpu().eval()
+    step = StepModule(model).eval()
+    example_batch = 2
+    features = torch.zeros(example_batch, model.n_features)
+    h = torch.zeros(model.layers, example_batch, model.hidden)
+    batch = torch.export.Dim("batch", min=1, max=1 << 20)
+    with _quiet_exporter(), torch.no_grad():
+        program = torch.onnx.export(
+            step,
+            (features, h),
+            input_names=["features", "h"],
+            output_names=["score", "h_out"],
+            dynamo=True,
+            dynamic_shapes={"features": {0: batch}, "h": {1: batch}},
+            optimize=True,
+            verbose=False,
+        )
+    if program is None:  # pragma: no cover - dynamo=True always returns a program
+        raise ExportError("torch.onnx.export returned no program")
+    proto = program.model_proto
+    proto.producer_name = "gruwatch-trainer"
+    _assert_shapes(proto, model)
+    return bytes(proto.SerializeToString())
+
+
+def _dims(value: onnx.ValueInfoProto) -> list[int | str]:
+    return [d.dim_param if d.dim_param else int(d.dim_value) for d in value.type.tensor_type.shape.dim]
+
+
+def _assert_shapes(proto: onnx.ModelProto, model: GruHealthModel) -> None:
+    inputs = {v.name: _dims(v) for v in proto.graph.input}
+    outputs = {v.name: _dims(v) for v in proto.graph.output}
+    K = len(model.outputs)
+    expected = {
+        "features": (0, [None, model.n_features]),
+        "h": (1, [model.layers, None, model.hidden]),
+        "score": (0, [None, K]),
+        "h_out": (1, [model.layers, None, model.hidden]),
+    }
+    found = {**inputs, **outputs}
+    if set(inputs) != {"features", "h"} or set(outputs) != {"score", "h_out"}:
+        raise ExportError(
+            f"exported names are {sorted(inputs)} -> {sorted(outputs)}, not features,h -> score,h_out"
+        )
+    for name, (batch_axis, want) in expected.items():
+        dims = found[name]
+        if len(dims) != len(want):
+            raise ExportError(f"{name}: exported rank {len(dims)}, expected {len(want)}")
+        for i, (got, exp) in enumerate(zip(dims, want, strict=True)):
+            if i == batch_axis:
+                if not isinstance(got, str):
+                    raise ExportError(f"{name}: batch axis {i} exported as fixed {got}, not dynamic")
+            elif got != exp:
+                raise ExportError(f"{name}: axis {i} is {got}, expected {exp}")
+
+
+def onnx_session(onnx_bytes: bytes) -> ort.InferenceSession:
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    opts.inter_op_num_threads = 1
+    return ort.InferenceSession(onnx_bytes, opts, providers=["CPUExecutionProvider"])
+
+
+def _parity_streams(held_out: Sequence[np.ndarray], steps: int, rows: int) -> np.ndarray:
+    """`rows` feature streams of `steps` windows cut from the held-out runs (tiled when they are short)."""
+    usable = [np.asarray(f, dtype=np.float32) for f in held_out if len(f) > 0]
+    if not usable:
+        raise ExportError("parity check needs held-out feature sequences; none given")
+    stream = np.concatenate(usable, axis=0)
+    need = steps * rows
+    if len(stream) < need:
+        stream = np.concatenate([stream] * (need // len(stream) + 1), axis=0)
+    return stream[:need].reshape(rows, steps, stream.shape[1])
+
+
+def torch_sequence(
+    model: GruHealthModel, x: np.ndarray, h0: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Full-sequence torch scores: x [B, T, F] -> (score [B, T, K], h_T [layers, B, hidden])."""
+    model = model.cpu().eval()
+    with torch.no_grad():
+        h = None if h0 is None else torch.as_tensor(h0, dtype=torch.float32)
+        score, h_n = model(torch.as_tensor(x, dtype=torch.float32), h)
+    return score.numpy(), h_n.numpy()
+
+
+def onnx_sequence(
+    session: ort.InferenceSession, x: np.ndarray, h0: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Step the ONNX graph window by window: (score [B, T, K], h_T, every h_t [T, layers, B, hidden])."""
+    h = np.ascontiguousarray(h0, dtype=np.float32)
+    scores, states = [], []
+    for t in range(x.shape[1]):
+        score, h = session.run(["score", "h_out"], {"features": np.ascontiguousarray(x[:, t]), "h": h})
+        scores.append(score)
+        states.append(h)
+    return np.stack(scores, axis=1), h, np.stack(states, axis=0)
+
+
+def check_parity(
+    model: GruHealthModel,
+    onnx_bytes: bytes,
+    held_out: Sequence[np.ndarray],
+    *,
+    steps: int = PARITY_STEPS,
+    atol: float = PARITY_ATOL,
+) -> dict[str, float]:
+    """ONNX (stepped) vs torch (full sequence) over `steps` held-out windows, 2 sensors batched.
+
+    Returns {"steps", "max_abs_score", "max_abs_state"}; raises ExportError above `atol`.
+    """
+    x = _parity_streams(held_out, steps, rows=2)
+    ref_score, _ = torch_sequence(model, x)
+    # torch's state after every step, to compare states as well as scores.
+    with torch.no_grad():
+        z = model.scale(torch.as_tensor(x))
+        y, _ = model.gru(z, model.initial_state(x.shape[0]))
+    session = onnx_session(onnx_bytes)
+    got_score, _, got_states = onnx_sequence(
+        session, x, np.zeros((model.layers, 2, model.hidden), np.float32)
+    )
+    err_score = float(np.max(np.abs(got_score - ref_score)))
+    err_state = float(np.max(np.abs(got_states[:, -1] - y.numpy().transpose(1, 0, 2))))
+    if not (np.isfinite(err_score) and np.isfinite(err_state)) or max(err_score, err_state) > atol:
+        raise ExportError(
+            f"ONNX differs from torch over {steps} steps: max |score| error {err_score:.3g}, "
+            f"max |state| error {err_state:.3g} (allowed {atol:g}); the bundle was not written"
+        )
+    return {"steps": float(steps), "max_abs_score": err_score, "max_abs_state": err_state}
+
+
+def make_test_vectors(
+    model: GruHealthModel, held_out: Sequence[np.ndarray], *, count: int = 3, length: int = 16
+) -> dict[str, Any]:
+    """A few short held-out sequences with torch's expected outputs; vector 1 starts from a warmed-up state."""
+    stream = _parity_streams(held_out, steps=length * count + 200, rows=1)[0]
+    vectors = []
+    for i in range(count):
+        start = 200 + i * length if i else 0
+        feats = stream[start : start + length][None]
+        h0 = np.zeros((model.layers, 1, model.hidden), np.float32)
+        if i == 1:  # a state the agent has after 200 windows, not only the zero state
+            _, h0 = torch_sequence(model, stream[None, :200])
+        scores, h_final = torch_sequence(model, feats, h0)
+        vectors.append(
+            {
+                "features": feats[0].astype(np.float32).tolist(),
+                "h0": h0.astype(np.float32).tolist(),
+                "scores": scores[0].astype(np.float32).tolist(),
+                "h_final": h_final.astype(np.float32).tolist(),
+            }
+        )
+    return {"atol": PARITY_ATOL, "vectors": vectors}
+
+
+def replay_test_vectors(onnx_bytes: bytes, test_vectors: dict[str, Any]) -> float:
+    """Max abs error of ONNX on the test vectors (what the agent checks at load)."""
+    session = onnx_session(onnx_bytes)
+    worst = 0.0
+    for v in test_vectors["vectors"]:
+        x = np.asarray(v["features"], np.float32)[None]
+        score, h, _ = onnx_sequence(session, x, np.asarray(v["h0"], np.float32))
+        worst = max(
+            worst,
+            float(np.max(np.abs(score[0] - np.asarray(v["scores"], np.float32)))),
+            float(np.max(np.abs(h - np.asarray(v["h_final"], np.float32)))),
+        )
+    return worst
+
+
+def model_version(onnx_bytes: bytes, now: datetime | None = None) -> str:
+    """e.g. '20261128T093000Z-1a2b3c4d': UTC time of export + the first 8 hex of the graph's sha256."""
+    now = now or datetime.now(UTC)
+    return f"{now.strftime('%Y%m%dT%H%M%SZ')}-{hashlib.sha256(onnx_bytes).hexdigest()[:8]}"
+
+
+def build_card(
+    model: GruHealthModel,
+    onnx_bytes: bytes,
+    *,
+    feature_spec: dict[str, Any],
+    thresholds: dict[str, Any],
+    validation: dict[str, Any],
+    training_data: dict[str, Any],
+    parent_version: str | None = None,
+    training: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    now = datetime.now(UTC)
+    card: dict[str, Any] = {
+        "schema": CARD_SCHEMA,
+        "model_version": model_version(onnx_bytes, now),
+        "created": now.isoformat(timespec="seconds"),
+        "parent_version": parent_version,
+        "mode": model.mode,
+        "feature_spec": feature_spec,
+        "state_shape": model.state_shape,
+        "outputs": model.outputs,
+        "thresholds": {
+            "warning": float(thresholds["warning"]),
+            "alarm": float(thresholds["alarm"]),
+            "raise_windows": int(thresholds["raise_windows"]),
+            "clear_windows": int(thresholds["clear_windows"]),
+        },
+        "validation": validation,
+        "training_data": training_data,
+        "files": {},
+    }
+    if training is not None:
+        card["training"] = training
+    return card
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _write_bundle_files(
+    out_dir: Path, *, onnx_bytes: bytes, card: dict[str, Any], test_vectors: dict[str, Any]
+) -> Path:
+    """The bundle layout of common.md, for when edge_agent.bundle is not importable."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tv_bytes = json.dumps(test_vectors, sort_keys=True).encode()
+    card = dict(card)
+    card["files"] = {"model.onnx": _sha256(onnx_bytes), "test_vectors.json": _sha256(tv_bytes)}
+    (out_dir / "model.onnx").write_bytes(onnx_bytes)
+    (out_dir / "test_vectors.json").write_bytes(tv_bytes)
+    (out_dir / "card.json").write_text(json.dumps(card, indent=2, sort_keys=True) + "\n")
+    return out_dir
+
+
+def write_model_bundle(
+    out_dir: str | Path,
+    model: GruHealthModel,
+    *,
+    held_out: Sequence[np.ndarray],
+    feature_spec: dict[str, Any],
+    thresholds: dict[str, Any],
+    validation: dict[str, Any],
+    training_data: dict[str, Any],
+    parent_version: str | None = None,
+    training: dict[str, Any] | None = None,
+    signing_key: str | Path | None = None,
+    parity_steps: int = PARITY_STEPS,
+) -> Path:
+    """Export, check parity (raises ExportError), and write (and sign) the bundle. Returns its folder."""
+    model = model.cpu().eval()
+    onnx_bytes = export_onnx(model)
+    parity = check_parity(model, onnx_bytes, held_out, steps=parity_steps)
+    vectors = make_test_vectors(model, held_out)
+    replay_err = replay_test_vectors(onnx_bytes, vectors)
+    if replay_err > PARITY_ATOL:
+        raise ExportError(f"test vectors do not replay in onnxruntime (max error {replay_err:.3g})")
+    validation = {**validation, "onnx_parity": parity}
+    card = build_card(
+        model,
+        onnx_bytes,
+        feature_spec=feature_spec,
+        thresholds=thresholds,
+        validation=validation,
+        training_data=training_data,
+        parent_version=parent_version,
+        training=training,
+    )
+    out = Path(out_dir)
+    try:
+        from edge_agent.bundle import sign_bundle, write_bundle
+    except ImportError:
+        if signing_key is not None:
+            raise ExportError("signing needs edge_agent.bundle, which this installation lacks") from None
+        return _write_bundle_files(out, onnx_bytes=onnx_bytes, card=card, test_vectors=vectors)
+    path = Path(write_bundle(out, onnx_bytes=onnx_bytes, card=card, test_vectors=vectors))
+    if signing_key is not None:
+        sign_bundle(path, Path(signing_key))
+    return path

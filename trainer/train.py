@@ -1,0 +1,341 @@
+"""Training: scaler fit, the GRU training loop with truncated BPTT, validation scoring and calibration.
+
+Reads top to bottom (nanoGPT style):
+
+1. `fit_scaler` fits scikit-learn's StandardScaler on the training windows' features; it is folded
+   into the model as buffers, so the exported graph takes raw features.
+2. `fit` trains with truncated back-propagation through time: each batch of runs is cut into chunks
+   of `chunk_len` windows and the hidden state is carried (detached) from one chunk to the next, so
+   the model learns from — and is scored with — states after thousands of windows, as the agent
+   runs for months without a reset. Each epoch a share of the runs starts at a random offset, so a
+   sensor first seen mid-life is scored sensibly too.
+   - supervised: BCE on the health logit (degraded vs healthy, positive class re-weighted) plus
+     cross-entropy on fault classes where labels exist;
+   - forecast (healthy-only data): mean squared error of the next window's scaled features,
+     on windows not labelled degraded.
+   The weights with the lowest validation loss are kept.
+3. `score_sequences` scores runs from a zero state exactly like the exported step graph does.
+4. `train` runs it all: features, mode choice, fit, forecast-error calibration, validation metrics
+   and alarm thresholds (trainer.calibrate).
+
+Seeds are fixed (torch.manual_seed and a numpy Generator); torch uses 1 thread by default.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from sklearn.metrics import average_precision_score, roc_auc_score
+from sklearn.preprocessing import StandardScaler
+from torch import nn
+from tqdm.auto import tqdm
+
+from trainer.calibrate import ScoredRun, calibrate
+from trainer.data.runs import DataError
+from trainer.model import LOG_EPS, GruHealthModel
+from trainer.sequences import FeatureSequence, chunk_slices, pad_batch
+
+
+@dataclass
+class TrainConfig:
+    """Everything `fit`/`train` need; stored in the bundle card under "training"."""
+
+    mode: str = "auto"  # "supervised" | "forecast" | "auto" (supervised when degraded labels exist)
+    hidden: int = 64
+    layers: int = 1
+    dropout: float = 0.0
+    epochs: int = 30
+    lr: float = 3e-3
+    weight_decay: float = 1e-5
+    batch_size: int = 64  # runs per batch
+    chunk_len: int = 128  # windows per truncated-BPTT chunk
+    random_start: float = 0.5  # share of runs that start at a random offset each epoch
+    grad_clip: float = 1.0
+    fault_weight: float = 0.5
+    seed: int = 0
+    device: str = "cpu"
+    threads: int = 1
+    horizon_s: float | None = None
+    val_fraction: float = 0.2
+    target_false_alarms_per_day: float = 0.1
+    progress: bool = True
+
+
+@dataclass
+class TrainResult:
+    model: GruHealthModel
+    config: TrainConfig
+    thresholds: dict[str, Any]
+    validation: dict[str, Any]
+    history: list[dict[str, float]] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def set_seeds(seed: int, threads: int = 1) -> np.random.Generator:
+    torch.manual_seed(seed)
+    if threads > 0:
+        torch.set_num_threads(threads)
+    return np.random.default_rng(seed)
+
+
+def choose_mode(requested: str, seqs: Sequence[FeatureSequence]) -> str:
+    """'auto' -> supervised when any window is labelled degraded (and some healthy), else forecast."""
+    if requested in ("supervised", "forecast"):
+        if requested == "supervised" and not _has_both_classes(seqs):
+            raise DataError(
+                "supervised training needs windows labelled degraded and healthy; for run-to-failure data "
+                "pass --horizon-s (degraded := remaining life <= horizon), or use --mode forecast "
+                "(healthy-only data)"
+            )
+        return requested
+    if requested != "auto":
+        raise ValueError(f"mode must be supervised, forecast or auto, not {requested!r}")
+    return "supervised" if _has_both_classes(seqs) else "forecast"
+
+
+def _has_both_classes(seqs: Sequence[FeatureSequence]) -> bool:
+    t = np.concatenate([s.target for s in seqs]) if seqs else np.zeros(0)
+    return bool(np.any(t == 1) and np.any(t == 0))
+
+
+def fit_scaler(seqs: Sequence[FeatureSequence]) -> StandardScaler:
+    return StandardScaler().fit(np.concatenate([s.features for s in seqs], axis=0).astype(np.float64))
+
+
+def _loss(
+    model: GruHealthModel,
+    out: dict[str, torch.Tensor],
+    target: torch.Tensor,
+    fault: torch.Tensor,
+    mask: torch.Tensor,
+    pos_weight: torch.Tensor,
+    fault_weight: float,
+) -> tuple[torch.Tensor, int]:
+    """(summed loss, number of windows it covers) for one chunk."""
+    if model.mode == "forecast":
+        use = mask & ~(target == 1)  # healthy or unknown windows
+        per = ((out["forecast"] - out["scaled"]) ** 2).mean(dim=-1)
+        return (per * use).sum(), int(use.sum())
+    known = mask & ~torch.isnan(target)
+    logits = out["health_logit"][known]
+    loss = nn.functional.binary_cross_entropy_with_logits(
+        logits, target[known], pos_weight=pos_weight, reduction="sum"
+    )
+    count = int(known.sum())
+    if "fault_logits" in out:
+        has = mask & (fault >= 0)
+        if bool(has.any()):
+            ce = nn.functional.cross_entropy(out["fault_logits"][has], fault[has], reduction="sum")
+            loss = loss + fault_weight * ce
+    return loss, count
+
+
+def _batches(
+    seqs: Sequence[FeatureSequence], cfg: TrainConfig, rng: np.random.Generator, *, train: bool
+) -> list[tuple[list[FeatureSequence], list[int]]]:
+    order = rng.permutation(len(seqs)) if train else np.arange(len(seqs))
+    out = []
+    for start in range(0, len(order), cfg.batch_size):
+        group = [seqs[i] for i in order[start : start + cfg.batch_size]]
+        offsets = []
+        for s in group:
+            if train and len(s) > 2 and rng.random() < cfg.random_start:
+                offsets.append(int(rng.integers(0, len(s) // 2)))
+            else:
+                offsets.append(0)
+        out.append((group, offsets))
+    return out
+
+
+def _run_epoch(
+    model: GruHealthModel,
+    batches: list[tuple[list[FeatureSequence], list[int]]],
+    cfg: TrainConfig,
+    pos_weight: torch.Tensor,
+    optimizer: torch.optim.Optimizer | None,
+) -> float:
+    device = torch.device(cfg.device)
+    total, count = 0.0, 0
+    model.train(optimizer is not None)
+    for group, offsets in batches:
+        b = pad_batch(group, offsets)
+        x = torch.as_tensor(b.x, device=device)
+        target = torch.as_tensor(b.target, device=device)
+        fault = torch.as_tensor(b.fault, device=device)
+        mask = torch.as_tensor(b.mask, device=device)
+        h = model.initial_state(len(group), device)
+        for sl in chunk_slices(x.shape[1], cfg.chunk_len):
+            with torch.set_grad_enabled(optimizer is not None):
+                out, h = model.run(x[:, sl], h)
+                loss, n = _loss(
+                    model, out, target[:, sl], fault[:, sl], mask[:, sl], pos_weight, cfg.fault_weight
+                )
+            if optimizer is not None and n > 0:
+                optimizer.zero_grad(set_to_none=True)
+                (loss / n).backward()
+                nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                optimizer.step()
+            h = h.detach()  # truncated BPTT: carry the state, not the graph
+            total += float(loss.detach())
+            count += n
+    return total / max(count, 1)
+
+
+def fit(
+    model: GruHealthModel,
+    train_seqs: Sequence[FeatureSequence],
+    val_seqs: Sequence[FeatureSequence],
+    cfg: TrainConfig,
+    rng: np.random.Generator,
+) -> list[dict[str, float]]:
+    """Train in place (keeps the weights with the best validation loss). Returns per-epoch history."""
+    device = torch.device(cfg.device)
+    model.to(device)
+    t = np.concatenate([s.target for s in train_seqs])
+    n_pos, n_neg = float(np.sum(t == 1)), float(np.sum(t == 0))
+    pos_weight = torch.tensor(min(max(n_neg / max(n_pos, 1.0), 1.0), 50.0), device=device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(cfg.epochs, 1))
+    val_batches = _batches(val_seqs, cfg, rng, train=False) if val_seqs else []
+    history: list[dict[str, float]] = []
+    best_state, best_loss = None, float("inf")
+    bar = tqdm(range(cfg.epochs), desc=f"train ({model.mode})", unit="epoch", disable=not cfg.progress)
+    for epoch in bar:
+        t0 = time.perf_counter()
+        train_loss = _run_epoch(model, _batches(train_seqs, cfg, rng, train=True), cfg, pos_weight, optimizer)
+        scheduler.step()
+        val_loss = _run_epoch(model, val_batches, cfg, pos_weight, None) if val_batches else train_loss
+        history.append(
+            {
+                "epoch": epoch,
+                "train_loss": train_loss,
+                "val_loss": val_loss,
+                "seconds": time.perf_counter() - t0,
+            }
+        )
+        bar.set_postfix(train=f"{train_loss:.4f}", val=f"{val_loss:.4f}")
+        if val_loss < best_loss:
+            best_loss = val_loss
+            best_state = copy.deepcopy(model.state_dict())
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    return history
+
+
+def score_sequences(
+    model: GruHealthModel, seqs: Sequence[FeatureSequence], *, device: str = "cpu", key: str = "score"
+) -> list[np.ndarray]:
+    """Per run, from a zero state: score [N, K] (key="score") or forecast error [N] (key="error")."""
+    model.eval().to(device)
+    out = []
+    with torch.no_grad():
+        for s in seqs:
+            x = torch.as_tensor(s.features[None], device=device)
+            raw, _ = model.run(x)
+            if key == "error":
+                out.append(raw["error"][0].cpu().numpy())
+            else:
+                out.append(model.scores_from(raw)[0].cpu().numpy())
+    return out
+
+
+def calibrate_forecast_error(
+    model: GruHealthModel, seqs: Sequence[FeatureSequence], device: str
+) -> dict[str, float]:
+    """Map log forecast error to [0, 1]: the healthy median -> 0.01, the healthy 99th percentile -> 0.5."""
+    errs = score_sequences(model, seqs, device=device, key="error")
+    healthy = np.concatenate([e[s.target != 1] for e, s in zip(errs, seqs, strict=True)])
+    log_err = np.log(healthy.astype(np.float64) + LOG_EPS)
+    q50, q99 = np.quantile(log_err, [0.5, 0.99])
+    width = max((q99 - q50) / np.log(99.0), 1e-3)
+    model.set_error_calibration(float(q99), float(width))
+    return {"log_error_q50": float(q50), "log_error_q99": float(q99), "width": float(width)}
+
+
+def window_metrics(scores: Sequence[np.ndarray], seqs: Sequence[FeatureSequence]) -> dict[str, Any]:
+    """AUROC / average precision of score[:, 0] against degraded targets (where both classes exist)."""
+    s = np.concatenate([sc[:, 0] for sc in scores]) if scores else np.zeros(0)
+    t = np.concatenate([q.target for q in seqs]) if seqs else np.zeros(0)
+    known = ~np.isnan(t)
+    out: dict[str, Any] = {"windows": len(s), "labelled_windows": int(known.sum())}
+    if known.any() and len(np.unique(t[known])) == 2:
+        out["auroc"] = float(roc_auc_score(t[known], s[known]))
+        out["average_precision"] = float(average_precision_score(t[known], s[known]))
+    return out
+
+
+def fault_accuracy(
+    model: GruHealthModel, scores: Sequence[np.ndarray], seqs: Sequence[FeatureSequence]
+) -> float | None:
+    """Share of degraded windows with a known fault class whose most probable class is right."""
+    if len(model.fault_classes) < 2:
+        return None
+    pred = np.concatenate([sc[:, 1:].argmax(axis=1) for sc in scores])
+    fault = np.concatenate([q.fault for q in seqs])
+    deg = np.concatenate([q.target for q in seqs]) == 1
+    use = deg & (fault >= 0)
+    return float(np.mean(pred[use] == fault[use])) if use.any() else None
+
+
+def train(
+    train_seqs: Sequence[FeatureSequence],
+    val_seqs: Sequence[FeatureSequence],
+    cfg: TrainConfig,
+    *,
+    classes: Sequence[str] = (),
+) -> TrainResult:
+    """Fit a model on `train_seqs`, calibrate on `val_seqs` (or train when there is none)."""
+    if not train_seqs:
+        raise DataError("no training runs; pass --data with at least one run")
+    rng = set_seeds(cfg.seed, cfg.threads)
+    if cfg.device == "cuda" and not torch.cuda.is_available():
+        raise DataError("--device cuda: no CUDA device is available here; use --device cpu")
+    mode = choose_mode(cfg.mode, train_seqs)
+    cfg = TrainConfig(**{**asdict(cfg), "mode": mode})
+    model = GruHealthModel(
+        train_seqs[0].features.shape[1],
+        hidden=cfg.hidden,
+        layers=cfg.layers,
+        mode=mode,
+        fault_classes=tuple(classes) if mode == "supervised" else (),
+        dropout=cfg.dropout,
+    )
+    scaler = fit_scaler(train_seqs)
+    model.set_scaler(scaler.mean_, scaler.scale_)
+    t0 = time.perf_counter()
+    history = fit(model, train_seqs, val_seqs, cfg, rng)
+    timings = {"fit_s": time.perf_counter() - t0}
+    validation: dict[str, Any] = {"mode": mode, "epochs": len(history)}
+    if mode == "forecast":
+        validation["error_calibration"] = calibrate_forecast_error(model, train_seqs, cfg.device)
+    t1 = time.perf_counter()
+    cal_seqs = list(val_seqs) if val_seqs else list(train_seqs)
+    scores = score_sequences(model, cal_seqs, device=cfg.device)
+    validation["on"] = "validation" if val_seqs else "training (no validation runs)"
+    validation["runs"] = len(cal_seqs)
+    validation.update(window_metrics(scores, cal_seqs))
+    acc = fault_accuracy(model, scores, cal_seqs)
+    if acc is not None:
+        validation["fault_accuracy_degraded"] = acc
+    # Forecast mode assumes its data healthy: unlabelled windows count as healthy time for false alarms.
+    scored = [
+        ScoredRun(
+            sc[:, 0].astype(np.float64),
+            np.nan_to_num(s.target, nan=0.0) if mode == "forecast" else s.target,
+            s.interval_s,
+        )
+        for sc, s in zip(scores, cal_seqs, strict=True)
+    ]
+    thresholds, alarms = calibrate(scored, target_false_alarms_per_day=cfg.target_false_alarms_per_day)
+    validation["alarms"] = alarms
+    validation["final_train_loss"] = history[-1]["train_loss"] if history else None
+    validation["best_val_loss"] = min(h["val_loss"] for h in history) if history else None
+    timings["calibrate_s"] = time.perf_counter() - t1
+    model.cpu().eval()
+    return TrainResult(model, cfg, thresholds, validation, history, timings)
