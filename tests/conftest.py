@@ -72,14 +72,13 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
         "max_queued_messages 0\n"
         "max_queued_bytes 0\n"
         "max_inflight_messages 0\n"
-        "max_packet_size 0\n"
         "log_type error\n"
     )
     proc = subprocess.Popen([binary, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         if not _wait_listening(port):
             proc.kill()
-            _, err = proc.communicate(timeout=5)
+            _, err = proc.communicate(timeout=5)  # closes the pipe too
             pytest.fail(f"private mosquitto did not start on {port}: {err.decode(errors='replace')}")
         yield Broker("127.0.0.1", port)
     finally:
@@ -88,6 +87,9 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
             proc.wait(timeout=5)
         except subprocess.TimeoutExpired:
             proc.kill()
+            proc.wait()
+        if proc.stderr is not None:
+            proc.stderr.close()
 
 
 @pytest.fixture

@@ -1,0 +1,519 @@
+"""The agent's one MQTT client: the only module in edge_agent that imports paho.
+
+`MqttLink` connects (mqtt:// or mqtts://, MQTT 3.1.1 or 5) with a persistent session, subscribes at
+QoS 1 to `{prefix}/+/+/vibration`, and turns each message into either a typed `Inbound` on a bounded
+queue or a counted rejection. Its paho callbacks do nothing else; scoring happens in the daemon's
+thread, which takes batches with `get_batch` and calls `ack(item)` only once the window's results
+are committed to the store. Until then the broker holds the message as in flight and redelivers it
+after any reconnect (MQTT 5: while the session has not expired; 3.1.1: clean_session=False).
+
+Flow control: the broker never has more unacknowledged windows with us than its in-flight limit:
+for MQTT 5 we announce Receive Maximum = `queue_max_size` in CONNECT; for 3.1.1 it is the broker's
+`max_inflight_messages` (set it ≤ queue_max_size). If the queue is full anyway, the network thread
+blocks up to `queue_block_s`, then drops the message WITHOUT acking it (counted as `queue_full`):
+the broker still counts it in flight, and once the queue has drained `get_batch` cycles the
+connection (clean DISCONNECT, reconnect with the same session) so the broker redelivers it.
+
+Malformed messages are acked at once (redelivering them cannot help) and counted by reason.
+
+The status topic `{prefix}/_agents/{agent}/status` carries retained JSON {"state", "model"}:
+"online" on every connect, "offline" on a clean stop and, as the last will, when the connection
+drops without a DISCONNECT. Connects, losses and reconnects are logged (logger "edge_agent.mqtt")
+and counted in `stats()`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import queue
+import ssl
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+
+from edge_agent.errors import ProtocolError
+from edge_agent.protocol import (
+    Window,
+    agent_status_topic,
+    decode_vibration,
+    parse_sensor_topic,
+    vibration_subscription,
+)
+from edge_agent.settings import AgentSettings
+
+log = logging.getLogger("edge_agent.mqtt")
+
+QUEUE_FULL = "queue_full"
+
+
+@dataclass(frozen=True, slots=True)
+class Inbound:
+    """One decoded vibration window, not yet acknowledged to the broker (pass it to `MqttLink.ack`)."""
+
+    machine: str
+    sensor: str
+    window: Window
+    mid: int
+    qos: int
+    dup: bool  # the broker marked it a redelivery
+    generation: int  # connection it arrived on; an ack only makes sense on the same connection
+    received_ns: int
+
+    @property
+    def key(self) -> str:
+        """The sensor key `machine/sensor` used by the store and the state table."""
+        return f"{self.machine}/{self.sensor}"
+
+
+@dataclass(slots=True)
+class PublishHandle:
+    """A message handed to paho; done once the broker acknowledged it (QoS 1) or it was written (QoS 0)."""
+
+    mid: int
+    outbox_id: int | None
+    _done: threading.Event = field(default_factory=threading.Event, repr=False)
+
+    def is_done(self) -> bool:
+        return self._done.is_set()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until done or `timeout`; returns whether it is done."""
+        return self._done.wait(timeout)
+
+
+@dataclass(frozen=True, slots=True)
+class LinkStats:
+    """Counters since the link was made."""
+
+    received: int
+    accepted: int
+    rejected: dict[str, int]  # ProtocolError reason (and "queue_full") -> count
+    acked: int
+    stale_acks: int  # acks skipped because the connection changed; the broker redelivers those
+    published: int
+    connects: int
+    connection_losses: int
+    cycles: int  # deliberate reconnects to get dropped messages redelivered
+    connected: bool
+    last_error: str | None  # the latest refusal or loss, for status pages and logs
+
+
+class MqttLink:
+    """The agent's MQTT connection. The constructor only stores its arguments; `start()` connects.
+
+    Thread model: paho's network thread runs the callbacks, which only decode, count and enqueue;
+    every other method is for the daemon's thread (`ack` and `publish` are safe from any thread).
+    """
+
+    def __init__(
+        self,
+        settings: AgentSettings,
+        *,
+        model_version: str = "",
+        queue_max_size: int | None = None,
+    ) -> None:
+        self.settings = settings
+        self.prefix = settings.prefix
+        self.status_topic = agent_status_topic(settings.prefix, settings.agent_id)
+        self.subscription = vibration_subscription(settings.prefix)
+        self._model_version = model_version
+        self._queue: queue.Queue[Inbound] = queue.Queue(queue_max_size or settings.queue_max_size)
+        self._lock = threading.Lock()
+        self._rejected: Counter[str] = Counter()
+        self._received = 0
+        self._accepted = 0
+        self._acked = 0
+        self._stale_acks = 0
+        self._published = 0
+        self._connects = 0
+        self._losses = 0
+        self._cycles = 0
+        self._dropped_unacked = 0
+        self._generation = 0
+        self._online = threading.Event()  # CONNACK received, connection not lost since
+        self._connected = threading.Event()  # online and the broker acknowledged our subscription
+        self._sub_mid: int | None = None
+        self._handles: dict[int, PublishHandle] = {}
+        self._early: set[int] = set()
+        self._published_outbox: list[int] = []
+        self._client: paho.Client | None = None
+        self._stopping = False
+        self._last_error: str | None = None
+
+    # --- connection ------------------------------------------------------------------------------
+
+    @property
+    def v5(self) -> bool:
+        return self.settings.mqtt_protocol == "5"
+
+    def start(self) -> None:
+        """Create the client and connect in the background (loop_start); reconnects by itself.
+
+        Returns at once; use `wait_connected` to wait for the first CONNACK.
+        """
+        if self._client is not None:
+            raise RuntimeError("MqttLink.start() called twice")
+        s = self.settings
+        self._stopping = False
+        client = paho.Client(
+            callback_api_version=CallbackAPIVersion.VERSION2,
+            client_id=s.client_id,
+            protocol=paho.MQTTv5 if self.v5 else paho.MQTTv311,
+            clean_session=None if self.v5 else False,
+            manual_ack=True,
+            reconnect_on_failure=True,
+        )
+        if s.mqtt_username is not None:
+            password = s.mqtt_password.get_secret_value() if s.mqtt_password is not None else None
+            client.username_pw_set(s.mqtt_username, password)
+        if s.broker_tls:
+            client.tls_set(
+                ca_certs=str(s.mqtt_ca_file) if s.mqtt_ca_file else None,
+                certfile=str(s.mqtt_cert_file) if s.mqtt_cert_file else None,
+                keyfile=str(s.mqtt_key_file) if s.mqtt_key_file else None,
+                cert_reqs=ssl.CERT_REQUIRED,
+            )
+        client.will_set(self.status_topic, self._status_payload("offline"), qos=1, retain=True)
+        client.reconnect_delay_set(s.mqtt_reconnect_min_s, s.mqtt_reconnect_max_s)
+        client.max_inflight_messages_set(max(20, s.batch_max_size))
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_message = self._on_message
+        client.on_publish = self._on_publish
+        client.on_subscribe = self._on_subscribe
+        self._client = client
+        self._connect_async()
+        client.loop_start()
+
+    def _connect_async(self) -> None:
+        assert self._client is not None
+        s = self.settings
+        if self.v5:
+            props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+            props.SessionExpiryInterval = s.mqtt_session_expiry_s
+            props.ReceiveMaximum = min(65_535, self._queue.maxsize)
+            self._client.connect_async(
+                s.broker_host, s.broker_port, s.mqtt_keepalive_s, clean_start=False, properties=props
+            )
+        else:
+            self._client.connect_async(s.broker_host, s.broker_port, s.mqtt_keepalive_s)
+
+    def wait_connected(self, timeout: float) -> bool:
+        """Block until connected and subscribed, or `timeout` seconds; returns whether connected."""
+        return self._connected.wait(timeout)
+
+    @property
+    def connected(self) -> bool:
+        return self._connected.is_set()
+
+    def stop(self, *, timeout: float = 5.0) -> None:
+        """Publish status "offline" (retained), disconnect cleanly and stop the network thread.
+
+        Unacknowledged windows stay with the broker's session and are redelivered next start.
+        """
+        client = self._client
+        if client is None:
+            return
+        self._stopping = True
+        if self._online.is_set():
+            info = client.publish(self.status_topic, self._status_payload("offline"), qos=1, retain=True)
+            with contextlib.suppress(RuntimeError, ValueError):
+                info.wait_for_publish(timeout)
+        client.disconnect()
+        client.loop_stop()
+        client._reset_sockets(sockpair_only=True)
+        self._online.clear()
+        self._connected.clear()
+        self._client = None
+
+    def set_model_version(self, version: str) -> None:
+        """Announce a newly served model on the status topic (and in the will for the next connect)."""
+        self._model_version = version
+        client = self._client
+        if client is None:
+            return
+        client.will_set(self.status_topic, self._status_payload("offline"), qos=1, retain=True)
+        if self._online.is_set():
+            client.publish(self.status_topic, self._status_payload("online"), qos=1, retain=True)
+
+    def _status_payload(self, state: str) -> bytes:
+        return json.dumps({"state": state, "model": self._model_version}, separators=(",", ":")).encode()
+
+    def _cycle(self) -> None:
+        """Reconnect on purpose (clean DISCONNECT, same session) so the broker redelivers dropped windows."""
+        client = self._client
+        if client is None:
+            return
+        with self._lock:
+            self._cycles += 1
+            dropped, self._dropped_unacked = self._dropped_unacked, 0
+        log.warning("mqtt reconnecting so the broker redelivers %d window(s) dropped unacked", dropped)
+        client.disconnect()
+        client.loop_stop()
+        # paho's loop_start makes a new wake-up socket pair without closing the old one: close it here.
+        client._reset_sockets(sockpair_only=True)
+        self._connect_async()
+        client.loop_start()
+
+    # --- paho callbacks (network thread): decode, count, enqueue; nothing else ------------------
+
+    def _on_connect(
+        self,
+        client: paho.Client,
+        userdata: Any,
+        flags: paho.ConnectFlags,
+        reason: ReasonCode,
+        properties: Properties | None,
+    ) -> None:
+        if reason.is_failure:
+            with self._lock:
+                self._last_error = f"connect refused: {reason}"
+            log.error(
+                "mqtt connect refused by %s: %s (check mqtt_username / GRUWATCH_MQTT_PASSWORD, client id, ACLs)",
+                self.settings.broker,
+                reason,
+            )
+            return
+        with self._lock:
+            self._connects += 1
+            self._generation += 1
+            n = self._connects
+        self._online.set()
+        log.info(
+            "mqtt connected broker=%s client_id=%s session_present=%s connects=%d",
+            self.settings.broker,
+            self.settings.client_id,
+            flags.session_present,
+            n,
+        )
+        client.publish(self.status_topic, self._status_payload("online"), qos=1, retain=True)
+        _, mid = client.subscribe(self.subscription, qos=self.settings.mqtt_qos)
+        with self._lock:
+            self._sub_mid = mid
+
+    def _on_subscribe(
+        self,
+        client: paho.Client,
+        userdata: Any,
+        mid: int,
+        reason_codes: list[ReasonCode],
+        properties: Properties | None,
+    ) -> None:
+        with self._lock:
+            if mid != self._sub_mid:
+                return
+        if any(rc.is_failure for rc in reason_codes):
+            with self._lock:
+                self._last_error = f"subscription refused: {reason_codes[0]}"
+            log.error("mqtt broker refused the subscription %s: %s", self.subscription, reason_codes)
+            return
+        self._connected.set()
+
+    def _on_disconnect(
+        self,
+        client: paho.Client,
+        userdata: Any,
+        flags: paho.DisconnectFlags,
+        reason: ReasonCode,
+        properties: Properties | None,
+    ) -> None:
+        was_online = self._online.is_set()
+        self._online.clear()
+        self._connected.clear()
+        if reason.is_failure and was_online and not self._stopping:
+            with self._lock:
+                self._losses += 1
+                self._last_error = f"connection lost: {reason}"
+                n = self._losses
+            log.warning("mqtt connection lost (%s); reconnecting with backoff, losses=%d", reason, n)
+        else:
+            log.info("mqtt disconnected (%s)", reason)
+
+    def _on_message(self, client: paho.Client, userdata: Any, msg: paho.MQTTMessage) -> None:
+        with self._lock:
+            self._received += 1
+            generation = self._generation
+        try:
+            topic = parse_sensor_topic(msg.topic, self.prefix)
+            if topic.kind != "vibration":
+                raise ProtocolError("bad_topic", f"{msg.topic!r:.120} is not a vibration topic")
+            window = decode_vibration(msg.payload)
+        except ProtocolError as exc:
+            with self._lock:
+                self._rejected[exc.reason] += 1
+            log.debug("mqtt rejected message on %r: %s", msg.topic, exc)
+            client.ack(msg.mid, msg.qos)  # a malformed message stays malformed: do not have it redelivered
+            return
+        item = Inbound(
+            machine=topic.machine,
+            sensor=topic.sensor,
+            window=window,
+            mid=msg.mid,
+            qos=msg.qos,
+            dup=bool(msg.dup),
+            generation=generation,
+            received_ns=time.time_ns(),
+        )
+        try:
+            self._queue.put(item, timeout=self.settings.queue_block_s)
+        except queue.Full:
+            with self._lock:
+                self._rejected[QUEUE_FULL] += 1
+                self._dropped_unacked += 1
+            log.warning(
+                "mqtt queue full: window %s seq=%d dropped unacked for redelivery", item.key, window.seq
+            )
+            return
+        with self._lock:
+            self._accepted += 1
+
+    def _on_publish(
+        self,
+        client: paho.Client,
+        userdata: Any,
+        mid: int,
+        reason: ReasonCode,
+        properties: Properties | None,
+    ) -> None:
+        with self._lock:
+            handle = self._handles.pop(mid, None)
+            if handle is None:
+                self._early.add(mid)
+                return
+            self._complete(handle)
+
+    def _complete(self, handle: PublishHandle) -> None:
+        # Called with self._lock held.
+        self._published += 1
+        if handle.outbox_id is not None:
+            self._published_outbox.append(handle.outbox_id)
+        handle._done.set()
+
+    # --- daemon side -----------------------------------------------------------------------------
+
+    def get(self, timeout: float | None = None) -> Inbound | None:
+        """The next window, or None after `timeout` seconds."""
+        try:
+            return self._queue.get(timeout=timeout)
+        except queue.Empty:
+            return None
+
+    def get_batch(self, max_items: int, max_wait_s: float) -> list[Inbound]:
+        """Up to `max_items` windows: waits up to `max_wait_s` for the first, then takes what is there
+        until the batch is full or `max_wait_s` has passed since the first arrived.
+
+        When windows were dropped unacked (queue full) and the queue has drained since, this first
+        reconnects so the broker redelivers them (call it after acking the previous batch).
+        """
+        with self._lock:
+            dropped = self._dropped_unacked
+        if dropped and self._queue.empty():
+            self._cycle()
+        out: list[Inbound] = []
+        first = self.get(max_wait_s)
+        if first is not None:
+            out.append(first)
+            deadline = time.monotonic() + max_wait_s
+            while len(out) < max_items:
+                try:
+                    out.append(self._queue.get_nowait())
+                    continue
+                except queue.Empty:
+                    pass
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                nxt = self.get(left)
+                if nxt is None:
+                    break
+                out.append(nxt)
+        return out
+
+    def qsize(self) -> int:
+        return self._queue.qsize()
+
+    def ack(self, item: Inbound) -> bool:
+        """Acknowledge a window to the broker (call after its results are committed to the store).
+
+        Returns False when the connection it arrived on is gone: the broker will redeliver it, and the
+        daemon drops the duplicate by sequence number (and acks that one).
+        """
+        client = self._client
+        if item.qos == 0:
+            return True
+        with self._lock:
+            stale = client is None or item.generation != self._generation or not self._online.is_set()
+            if stale:
+                self._stale_acks += 1
+            else:
+                self._acked += 1
+        if stale or client is None:
+            return False
+        rc = client.ack(item.mid, item.qos)
+        return rc == MQTTErrorCode.MQTT_ERR_SUCCESS
+
+    def publish(
+        self,
+        topic: str,
+        payload: bytes,
+        *,
+        qos: int = 1,
+        retain: bool = False,
+        outbox_id: int | None = None,
+    ) -> PublishHandle:
+        """Hand a message to paho (queued while disconnected); the handle completes on the broker's ack.
+
+        Completed `outbox_id`s are collected for `take_published()`, so the daemon's thread can
+        `store.mark_sent` them (the store is not touched from the network thread).
+        """
+        client = self._client
+        if client is None:
+            raise RuntimeError("MqttLink.publish() before start()")
+        info = client.publish(topic, payload, qos=qos, retain=retain)
+        if info.rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN):
+            raise RuntimeError(f"mqtt publish to {topic!r} failed: {paho.error_string(info.rc)}")
+        handle = PublishHandle(mid=info.mid, outbox_id=outbox_id)
+        with self._lock:
+            if info.mid in self._early:
+                self._early.discard(info.mid)
+                self._complete(handle)
+            else:
+                self._handles[info.mid] = handle
+        return handle
+
+    def take_published(self) -> list[int]:
+        """Outbox ids whose messages the broker acknowledged since the last call."""
+        with self._lock:
+            out, self._published_outbox = self._published_outbox, []
+        return out
+
+    def in_flight_outbox_ids(self) -> set[int]:
+        """Outbox ids handed to paho and not yet acknowledged (skip them in `outbox_pending`)."""
+        with self._lock:
+            return {h.outbox_id for h in self._handles.values() if h.outbox_id is not None}
+
+    def stats(self) -> LinkStats:
+        with self._lock:
+            return LinkStats(
+                received=self._received,
+                accepted=self._accepted,
+                rejected=dict(self._rejected),
+                acked=self._acked,
+                stale_acks=self._stale_acks,
+                published=self._published,
+                connects=self._connects,
+                connection_losses=self._losses,
+                cycles=self._cycles,
+                connected=self._connected.is_set(),
+                last_error=self._last_error,
+            )

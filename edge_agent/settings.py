@@ -1,0 +1,272 @@
+"""The edge agent's settings: one typed model read from an optional TOML file and `GRUWATCH_*` env vars.
+
+Precedence, highest first: keyword arguments given in code, environment variables (`GRUWATCH_<FIELD>`,
+upper case), the TOML file, then the defaults below. Every field is a flat top-level key in the TOML
+file with the same name as the field (`examples/agent.toml` documents each one).
+
+Seven settings alone run an agent::
+
+    GRUWATCH_BROKER=mqtts://broker.example:8883  GRUWATCH_AGENT_ID=gw01  GRUWATCH_MODEL=/opt/model
+    GRUWATCH_TRUSTED_KEYS=/etc/gruwatch/release.pub  GRUWATCH_STORE=/var/lib/gruwatch/agent.db
+    GRUWATCH_PREFIX=gruwatch  GRUWATCH_METRICS_PORT=9108
+
+The MQTT password is a secret: it comes from the file or `GRUWATCH_MQTT_PASSWORD`, never from a
+command line or the broker URL, and it never appears in `repr()` or logs.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import json
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
+
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from edge_agent.errors import GruwatchError, ProtocolError
+from edge_agent.protocol import validate_id
+
+ENV_PREFIX = "GRUWATCH_"
+
+# The TOML file of the current `load_settings` call; read by `settings_customise_sources`.
+_TOML_FILE: contextvars.ContextVar[Path | None] = contextvars.ContextVar("_TOML_FILE", default=None)
+
+
+class SettingsError(GruwatchError):
+    """The agent's settings are missing or invalid; the message says which env var or TOML key to fix."""
+
+
+class AgentSettings(BaseSettings):
+    """Everything the agent daemon needs to run; built once by the CLI and passed down explicitly."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        extra="forbid",
+        frozen=True,
+        validate_default=True,
+    )
+
+    # --- what to connect to and who we are -------------------------------------------------------
+    broker: str = Field(description="Broker URL, mqtt://host[:1883] or mqtts://host[:8883] (TLS).")
+    prefix: str = Field(default="gruwatch", description="Topic prefix shared by sensors, agents, dashboards.")
+    agent_id: str = Field(description="This agent's id, [A-Za-z0-9_-]{1,64}; names its status topic.")
+    model: Path = Field(description="Model bundle folder to serve at start.")
+    trusted_keys: Annotated[list[Path], NoDecode] = Field(
+        default_factory=list,
+        description="Ed25519 public keys whose bundle signatures are accepted (comma-separated in env).",
+    )
+    allow_unsigned: bool = Field(default=False, description="Accept unsigned bundles (development only).")
+    store: Path = Field(description="SQLite store path (WAL mode; -wal and -shm files appear beside it).")
+    metrics_port: int = Field(default=9108, ge=0, le=65535, description="Prometheus port; 0 disables.")
+
+    # --- MQTT ------------------------------------------------------------------------------------
+    mqtt_username: str | None = Field(default=None, description="Broker user name.")
+    mqtt_password: SecretStr | None = Field(default=None, description="Broker password (file or env only).")
+    mqtt_ca_file: Path | None = Field(default=None, description="CA bundle for mqtts; system CAs if unset.")
+    mqtt_cert_file: Path | None = Field(default=None, description="Client certificate (PEM) for mqtts.")
+    mqtt_key_file: Path | None = Field(default=None, description="Client private key (PEM) for mqtts.")
+    mqtt_protocol: Literal["3.1.1", "5"] = Field(default="5", description="MQTT protocol version.")
+    mqtt_session_expiry_s: int = Field(
+        default=86_400,
+        ge=1,
+        le=0xFFFFFFFF,
+        description="MQTT 5: how long the broker keeps our session (and unacked windows) while away.",
+    )
+    mqtt_keepalive_s: int = Field(default=30, ge=5, le=65_535, description="MQTT keepalive.")
+    mqtt_client_id: str | None = Field(
+        default=None, description="Stable MQTT client id; default gruwatch-agent-{agent_id}."
+    )
+    mqtt_qos: Literal[0, 1] = Field(default=1, description="QoS of the vibration subscription.")
+    mqtt_reconnect_min_s: int = Field(default=1, ge=1, description="First reconnect delay.")
+    mqtt_reconnect_max_s: int = Field(default=60, ge=1, description="Reconnect delay cap (doubling).")
+
+    # --- scoring loop ----------------------------------------------------------------------------
+    queue_max_size: int = Field(
+        default=1024, ge=1, le=65_535, description="Decoded windows waiting to be scored."
+    )
+    queue_block_s: float = Field(
+        default=2.0, ge=0.0, le=10.0, description="How long a full queue blocks the MQTT thread."
+    )
+    max_tracked_sensors: int = Field(default=10_000, ge=1, description="Hidden states kept at most.")
+    gap_reset_s: float = Field(default=600.0, gt=0, description="A longer silence resets a sensor's state.")
+    batch_max_size: int = Field(default=256, ge=1, description="Windows scored in one model call at most.")
+    batch_max_wait_ms: int = Field(default=50, ge=0, description="Wait this long to fill a batch.")
+    states_save_interval_s: float = Field(
+        default=60.0, gt=0, description="Hidden states are saved this often."
+    )
+
+    # --- local store -----------------------------------------------------------------------------
+    store_budget_bytes: int = Field(
+        default=2 * 1024**3, ge=1024 * 1024, description="Disk budget of the store, bytes."
+    )
+    raw_sample_fraction: float = Field(
+        default=0.01, ge=0.0, le=1.0, description="Share of windows whose raw samples are kept."
+    )
+
+    @field_validator("prefix")
+    @classmethod
+    def _check_prefix(cls, v: str) -> str:
+        parts = v.split("/")
+        for part in parts:
+            _check_id(part, "prefix segment")
+        return v
+
+    @field_validator("agent_id")
+    @classmethod
+    def _check_agent_id(cls, v: str) -> str:
+        return _check_id(v, "agent_id")
+
+    @field_validator("mqtt_client_id")
+    @classmethod
+    def _check_client_id(cls, v: str | None) -> str | None:
+        if v is not None and not (1 <= len(v) <= 64 and v.isascii() and v.isprintable()):
+            raise ValueError("client id must be 1-64 printable ASCII characters")
+        return v
+
+    @field_validator("trusted_keys", mode="before")
+    @classmethod
+    def _split_keys(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            text = v.strip()
+            if text.startswith("["):
+                return json.loads(text)
+            return [part.strip() for part in text.split(",") if part.strip()]
+        return v
+
+    @field_validator("broker")
+    @classmethod
+    def _check_broker(cls, v: str) -> str:
+        url = urlsplit(v)
+        if url.scheme not in ("mqtt", "mqtts"):
+            raise ValueError(f"broker URL must start with mqtt:// or mqtts://, got {v!r}")
+        if not url.hostname:
+            raise ValueError(f"broker URL has no host: {v!r}")
+        if url.username or url.password:
+            raise ValueError(
+                "broker URL must not carry credentials; set mqtt_username / mqtt_password "
+                "(GRUWATCH_MQTT_USERNAME / GRUWATCH_MQTT_PASSWORD) instead"
+            )
+        if url.path not in ("", "/") or url.query or url.fragment:
+            raise ValueError(f"broker URL takes only scheme, host and port: {v!r}")
+        try:
+            url.port  # noqa: B018 - raises ValueError on a bad port
+        except ValueError as exc:
+            raise ValueError(f"broker URL has a bad port: {v!r}") from exc
+        return v
+
+    @model_validator(mode="after")
+    def _check_combinations(self) -> AgentSettings:
+        if not self.trusted_keys and not self.allow_unsigned:
+            raise ValueError(
+                "no trusted_keys: set GRUWATCH_TRUSTED_KEYS (comma-separated public key paths) or "
+                "`trusted_keys = [...]` in the TOML file; allow_unsigned = true is for development only"
+            )
+        if (self.mqtt_cert_file is None) != (self.mqtt_key_file is None):
+            raise ValueError("mqtt_cert_file and mqtt_key_file go together: set both or neither")
+        if not self.broker_tls and (self.mqtt_ca_file or self.mqtt_cert_file):
+            raise ValueError("mqtt_ca_file / mqtt_cert_file need an mqtts:// broker URL")
+        if self.mqtt_reconnect_max_s < self.mqtt_reconnect_min_s:
+            raise ValueError("mqtt_reconnect_max_s must be >= mqtt_reconnect_min_s")
+        if self.mqtt_password is not None and self.mqtt_username is None:
+            raise ValueError("mqtt_password is set but mqtt_username is not")
+        return self
+
+    @property
+    def broker_tls(self) -> bool:
+        """True for mqtts:// URLs."""
+        return urlsplit(self.broker).scheme == "mqtts"
+
+    @property
+    def broker_host(self) -> str:
+        host = urlsplit(self.broker).hostname
+        assert host is not None  # checked by the validator
+        return host
+
+    @property
+    def broker_port(self) -> int:
+        """The URL's port, else 8883 for mqtts and 1883 for mqtt."""
+        port = urlsplit(self.broker).port
+        return port if port is not None else (8883 if self.broker_tls else 1883)
+
+    @property
+    def client_id(self) -> str:
+        """The MQTT client id; stable across restarts so the broker keeps our persistent session."""
+        return self.mqtt_client_id or f"gruwatch-agent-{self.agent_id}"
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        toml_file = _TOML_FILE.get()
+        if toml_file is None:
+            return (init_settings, env_settings)
+        return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls, toml_file=toml_file))
+
+
+def _check_id(value: str, what: str) -> str:
+    try:
+        return validate_id(value)
+    except ProtocolError as exc:
+        raise ValueError(f"{what} {value!r} must match [A-Za-z0-9_-]{{1,64}}") from exc
+
+
+def env_var(field: str) -> str:
+    """The environment variable that sets `field`, e.g. env_var("agent_id") == "GRUWATCH_AGENT_ID"."""
+    return f"{ENV_PREFIX}{field.upper()}"
+
+
+def load_settings(config_path: Path | None = None, **overrides: Any) -> AgentSettings:
+    """Build the agent's settings from `config_path` (optional TOML) and `GRUWATCH_*` env vars.
+
+    Env vars override the file; `overrides` (for tests and embedding) override both. Raises
+    `SettingsError` naming the env var and TOML key of every missing or invalid setting.
+    """
+    where = f" in {config_path}" if config_path is not None else " in the TOML file (--config)"
+    if config_path is not None:
+        if not config_path.is_file():
+            raise SettingsError(
+                f"config file {config_path} not found; pass an existing TOML file "
+                "(see examples/agent.toml) or omit --config and use GRUWATCH_* env vars"
+            )
+        try:
+            tomllib.loads(config_path.read_text(encoding="utf-8"))
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise SettingsError(f"config file {config_path} is not valid TOML: {exc}") from exc
+    token = _TOML_FILE.set(config_path)
+    try:
+        return AgentSettings(**overrides)
+    except ValidationError as exc:
+        raise SettingsError(_explain(exc, where)) from None
+    finally:
+        _TOML_FILE.reset(token)
+
+
+def _explain(exc: ValidationError, where: str) -> str:
+    lines = ["invalid agent settings:"]
+    for err in exc.errors(include_url=False, include_input=False):
+        loc = err.get("loc", ())
+        field = str(loc[0]) if loc else ""
+        if err["type"] == "missing":
+            lines.append(f"  - {field} is required: set {env_var(field)} or `{field} = ...`{where}")
+        elif err["type"] == "extra_forbidden":
+            lines.append(f"  - unknown setting {field!r}{where}: see examples/agent.toml for the known keys")
+        elif field:
+            msg = str(err["msg"]).removeprefix("Value error, ")
+            lines.append(f"  - {field} ({env_var(field)} / `{field}`{where}): {msg}")
+        else:
+            lines.append(f"  - {str(err['msg']).removeprefix('Value error, ')}")
+    return "\n".join(lines)

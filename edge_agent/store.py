@@ -1,0 +1,648 @@
+"""The agent's local store: SQLite in WAL mode for collected windows, alarms, the outbox and hidden states.
+
+One `Store` per process, used from one thread (the daemon loop). Every public write is one
+transaction, so what a call returned from is on disk and survives a crash of the process
+(`synchronous=FULL` by default also survives power loss; the agent acks a window to the broker
+only after the transaction holding its results committed).
+
+Tables (schema version in `meta.schema`):
+
+- ``windows``: one row per scored window: sensor key ``machine/sensor``, seq, sensor timestamp
+  (ns), features (float32 blob), score, state, model version, sample rate, rpm and, for a sampled
+  fraction, the raw samples (float32 blob; NULL otherwise).
+- ``transitions``: alarm state changes (ok → warning → alarm and back).
+- ``outbox``: messages for the broker not yet acknowledged by it; `outbox_pending` yields alerts
+  before health, each in insertion order; `mark_sent` deletes them.
+- ``states``: per-sensor hidden state (float32 blob + shape), model version, last seq and ts,
+  replaced as a whole by `save_states` in one transaction.
+- ``meta``: key → value (text or bytes) for small facts and blobs.
+
+The disk budget (`enforce_budget`) evicts, oldest first: raw samples of ordinary windows, then
+ordinary window rows, then raw samples and rows of windows near an alarm transition, then
+transitions, and only then, counted, unsent outbox messages (health before alerts).
+The export format written by `export_runs` is described in docs/agent.md.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import time
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import numpy.typing as npt
+
+SCHEMA_VERSION = 1
+EXPORT_FORMAT = "gruwatch-agent-export"
+EXPORT_VERSION = 1
+
+PRIORITY_ALERT = 0
+PRIORITY_HEALTH = 1
+PRIORITY_STATUS = 2
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BLOB);
+CREATE TABLE IF NOT EXISTS windows (
+    id INTEGER PRIMARY KEY,
+    sensor TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    ts_ns INTEGER NOT NULL,
+    n_features INTEGER NOT NULL,
+    features BLOB NOT NULL,
+    score REAL NOT NULL,
+    state TEXT NOT NULL,
+    model TEXT NOT NULL,
+    fs REAL NOT NULL,
+    rpm REAL NOT NULL,
+    raw BLOB
+);
+CREATE INDEX IF NOT EXISTS windows_sensor ON windows (sensor, id);
+CREATE TABLE IF NOT EXISTS transitions (
+    id INTEGER PRIMARY KEY,
+    sensor TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    ts_ns INTEGER NOT NULL,
+    previous_state TEXT NOT NULL,
+    state TEXT NOT NULL,
+    score REAL NOT NULL,
+    model TEXT NOT NULL,
+    reason TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS transitions_sensor ON transitions (sensor, seq);
+CREATE TABLE IF NOT EXISTS outbox (
+    id INTEGER PRIMARY KEY,
+    topic TEXT NOT NULL,
+    payload BLOB NOT NULL,
+    qos INTEGER NOT NULL,
+    retain INTEGER NOT NULL,
+    priority INTEGER NOT NULL,
+    created_ns INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS outbox_order ON outbox (priority, id);
+CREATE TABLE IF NOT EXISTS states (
+    sensor TEXT PRIMARY KEY,
+    h BLOB NOT NULL,
+    shape TEXT NOT NULL,
+    model TEXT NOT NULL,
+    last_seq INTEGER NOT NULL,
+    last_ts_ns INTEGER NOT NULL
+);
+"""
+
+
+class StoreError(RuntimeError):
+    """The store cannot be opened or used (wrong schema, not a gruwatch store, disk full)."""
+
+
+@dataclass(frozen=True, slots=True)
+class WindowRow:
+    """The results of one scored window, as `record_batch` stores them."""
+
+    sensor: str  # "machine/sensor"
+    seq: int
+    ts_ns: int
+    features: npt.NDArray[np.float32]  # [F]
+    score: float
+    state: str  # "ok" | "warning" | "alarm"
+    model: str
+    fs: float = 0.0
+    rpm: float = 0.0
+    raw: npt.NDArray[np.float32] | None = None  # raw samples, kept for a sampled fraction
+
+
+@dataclass(frozen=True, slots=True)
+class Transition:
+    """One alarm state change of one sensor."""
+
+    sensor: str
+    seq: int
+    ts_ns: int
+    previous_state: str
+    state: str
+    score: float
+    model: str
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxMessage:
+    """A message to publish; `priority` PRIORITY_ALERT goes before PRIORITY_HEALTH."""
+
+    topic: str
+    payload: bytes
+    qos: int = 1
+    retain: bool = False
+    priority: int = PRIORITY_HEALTH
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxItem:
+    """A stored, not yet acknowledged outbox message; `id` goes to `mark_sent`."""
+
+    id: int
+    topic: str
+    payload: bytes
+    qos: int
+    retain: bool
+    priority: int
+
+
+@dataclass(frozen=True, slots=True)
+class SensorState:
+    """A sensor's hidden state for a warm restart."""
+
+    h: npt.NDArray[np.float32]  # any shape, typically [layers, hidden]
+    model: str
+    last_seq: int
+    last_ts_ns: int
+
+
+@dataclass(slots=True)
+class Eviction:
+    """What one `enforce_budget` call removed, and the store's size before and after."""
+
+    raw_dropped: int = 0
+    windows_dropped: int = 0
+    alarm_raw_dropped: int = 0
+    alarm_windows_dropped: int = 0
+    transitions_dropped: int = 0
+    outbox_dropped: int = 0
+    bytes_before: int = 0
+    bytes_after: int = 0
+
+    @property
+    def any(self) -> bool:
+        return bool(
+            self.raw_dropped
+            or self.windows_dropped
+            or self.alarm_raw_dropped
+            or self.alarm_windows_dropped
+            or self.transitions_dropped
+            or self.outbox_dropped
+        )
+
+
+@dataclass(slots=True)
+class ExportSummary:
+    """What `export_runs` wrote."""
+
+    out_dir: Path
+    files: list[Path] = field(default_factory=list)
+    windows: int = 0
+    raw_windows: int = 0
+
+
+class Store:
+    """The agent's SQLite store. Make one with `Store.open(path, budget_bytes=...)`; close it when done.
+
+    Windows within `alarm_margin` sequence numbers of an alarm transition of the same sensor are
+    "alarm-adjacent" and evicted last.
+    """
+
+    def __init__(self, conn: sqlite3.Connection, path: Path, *, budget_bytes: int, alarm_margin: int) -> None:
+        self._conn = conn
+        self.path = path
+        self.budget_bytes = budget_bytes
+        self.alarm_margin = alarm_margin
+
+    # --- lifecycle -------------------------------------------------------------------------------
+
+    @classmethod
+    def open(
+        cls,
+        path: Path | str,
+        *,
+        budget_bytes: int,
+        alarm_margin: int = 32,
+        synchronous: Literal["FULL", "NORMAL"] = "FULL",
+    ) -> Store:
+        """Open (creating if needed) the store at `path` in WAL mode; raises StoreError if unusable."""
+        if budget_bytes < 64 * 1024:
+            raise ValueError("budget_bytes must be at least 64 KiB")
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            conn = sqlite3.connect(path, isolation_level=None, timeout=10.0)
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open store {path}: {exc}; check the path and its permissions") from exc
+        try:
+            fresh = conn.execute("PRAGMA page_count").fetchone()[0] == 0
+            if fresh:
+                # Must precede the first table: lets enforce_budget give freed pages back to the disk.
+                conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
+            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            if str(mode).lower() != "wal":
+                raise StoreError(f"store {path}: SQLite refused WAL mode (got {mode}); use a local disk")
+            conn.execute(f"PRAGMA synchronous = {synchronous}")
+            conn.execute("PRAGMA foreign_keys = ON")
+            conn.executescript(_SCHEMA)
+            row = conn.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
+            if row is None:
+                conn.execute("INSERT INTO meta (key, value) VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
+            elif int(row[0]) != SCHEMA_VERSION:
+                raise StoreError(
+                    f"store {path} has schema {row[0]}, this agent speaks {SCHEMA_VERSION}; "
+                    "export it with the agent that wrote it, then move it aside"
+                )
+        except sqlite3.DatabaseError as exc:
+            conn.close()
+            raise StoreError(f"{path} is not a usable SQLite store: {exc}") from exc
+        except StoreError:
+            conn.close()
+            raise
+        return cls(conn, path, budget_bytes=budget_bytes, alarm_margin=alarm_margin)
+
+    def close(self) -> None:
+        """Checkpoint the WAL into the main file and close."""
+        try:
+            self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        finally:
+            self._conn.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        self._conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield self._conn
+        except BaseException:
+            self._conn.execute("ROLLBACK")
+            raise
+        self._conn.execute("COMMIT")
+
+    # --- writes ----------------------------------------------------------------------------------
+
+    def record_batch(
+        self,
+        rows: Sequence[WindowRow],
+        *,
+        transitions: Sequence[Transition] = (),
+        outbox: Sequence[OutboxMessage] = (),
+    ) -> list[int]:
+        """Store one scoring batch (windows, transitions and messages) in ONE transaction.
+
+        Returns the outbox ids of `outbox`, in order. After this returns the batch is durable and its
+        windows may be acknowledged to the broker.
+        """
+        now = time.time_ns()
+        win_params = [
+            (
+                r.sensor,
+                int(r.seq),
+                int(r.ts_ns),
+                int(np.asarray(r.features).size),
+                _f32_blob(r.features),
+                float(r.score),
+                r.state,
+                r.model,
+                float(r.fs),
+                float(r.rpm),
+                None if r.raw is None else _f32_blob(r.raw),
+            )
+            for r in rows
+        ]
+        with self._tx() as c:
+            c.executemany(
+                "INSERT INTO windows (sensor, seq, ts_ns, n_features, features, score, state, model, fs, rpm, raw)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                win_params,
+            )
+            c.executemany(
+                "INSERT INTO transitions (sensor, seq, ts_ns, previous_state, state, score, model, reason)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                [
+                    (t.sensor, t.seq, t.ts_ns, t.previous_state, t.state, float(t.score), t.model, t.reason)
+                    for t in transitions
+                ],
+            )
+            return self._insert_outbox(c, outbox, now)
+
+    def enqueue_outbox(self, msgs: Sequence[OutboxMessage]) -> list[int]:
+        """Add messages to the outbox in one transaction; returns their ids."""
+        with self._tx() as c:
+            return self._insert_outbox(c, msgs, time.time_ns())
+
+    @staticmethod
+    def _insert_outbox(c: sqlite3.Connection, msgs: Iterable[OutboxMessage], now: int) -> list[int]:
+        ids = []
+        for m in msgs:
+            cur = c.execute(
+                "INSERT INTO outbox (topic, payload, qos, retain, priority, created_ns) VALUES (?, ?, ?, ?, ?, ?)",
+                (m.topic, bytes(m.payload), int(m.qos), int(bool(m.retain)), int(m.priority), now),
+            )
+            assert cur.lastrowid is not None
+            ids.append(int(cur.lastrowid))
+        return ids
+
+    def outbox_pending(self, limit: int = 1000, *, exclude: Iterable[int] = ()) -> list[OutboxItem]:
+        """Up to `limit` unsent messages: alerts first, then health, each in insertion order.
+
+        `exclude` skips ids already handed to the MQTT client and not yet acknowledged.
+        """
+        skip = set(exclude)
+        out: list[OutboxItem] = []
+        cur = self._conn.execute(
+            "SELECT id, topic, payload, qos, retain, priority FROM outbox ORDER BY priority, id"
+        )
+        for row in cur:
+            if row[0] in skip:
+                continue
+            out.append(OutboxItem(row[0], row[1], bytes(row[2]), row[3], bool(row[4]), row[5]))
+            if len(out) >= limit:
+                break
+        cur.close()
+        return out
+
+    def outbox_count(self) -> int:
+        return int(self._conn.execute("SELECT COUNT(*) FROM outbox").fetchone()[0])
+
+    def mark_sent(self, ids: Iterable[int]) -> int:
+        """Delete acknowledged messages; returns how many were still there."""
+        params = [(int(i),) for i in ids]
+        if not params:
+            return 0
+        with self._tx() as c:
+            before = c.total_changes
+            c.executemany("DELETE FROM outbox WHERE id = ?", params)
+            return c.total_changes - before
+
+    def save_states(self, states: Mapping[str, SensorState]) -> None:
+        """Replace all saved hidden states with `states`, in one transaction."""
+        params = [
+            (
+                key,
+                _f32_blob(s.h),
+                json.dumps(list(np.asarray(s.h).shape)),
+                s.model,
+                int(s.last_seq),
+                int(s.last_ts_ns),
+            )
+            for key, s in states.items()
+        ]
+        with self._tx() as c:
+            c.execute("DELETE FROM states")
+            c.executemany(
+                "INSERT INTO states (sensor, h, shape, model, last_seq, last_ts_ns) VALUES (?, ?, ?, ?, ?, ?)",
+                params,
+            )
+
+    def load_states(self) -> dict[str, SensorState]:
+        """The states saved by the last `save_states` (empty on a fresh store)."""
+        out: dict[str, SensorState] = {}
+        for sensor, blob, shape, model, last_seq, last_ts in self._conn.execute(
+            "SELECT sensor, h, shape, model, last_seq, last_ts_ns FROM states"
+        ):
+            h = np.frombuffer(blob, dtype="<f4").astype(np.float32).reshape(json.loads(shape))
+            out[sensor] = SensorState(h=h, model=model, last_seq=last_seq, last_ts_ns=last_ts)
+        return out
+
+    def set_meta(self, key: str, value: str | bytes) -> None:
+        with self._tx() as c:
+            c.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
+
+    def get_meta(self, key: str) -> str | bytes | None:
+        row = self._conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return None if row is None else row[0]
+
+    # --- reads for tests, metrics and export -----------------------------------------------------
+
+    def counts(self) -> dict[str, int]:
+        """Row counts per table plus windows that still hold raw samples."""
+        c = self._conn
+        return {
+            "windows": int(c.execute("SELECT COUNT(*) FROM windows").fetchone()[0]),
+            "raw_windows": int(c.execute("SELECT COUNT(*) FROM windows WHERE raw IS NOT NULL").fetchone()[0]),
+            "transitions": int(c.execute("SELECT COUNT(*) FROM transitions").fetchone()[0]),
+            "outbox": int(c.execute("SELECT COUNT(*) FROM outbox").fetchone()[0]),
+            "states": int(c.execute("SELECT COUNT(*) FROM states").fetchone()[0]),
+        }
+
+    def transitions(self, sensor: str | None = None) -> list[Transition]:
+        q = "SELECT sensor, seq, ts_ns, previous_state, state, score, model, reason FROM transitions"
+        args: tuple[Any, ...] = ()
+        if sensor is not None:
+            q += " WHERE sensor = ?"
+            args = (sensor,)
+        return [Transition(*row) for row in self._conn.execute(q + " ORDER BY id", args)]
+
+    def window_seqs(self, sensor: str) -> list[int]:
+        """The seqs of the stored windows of `sensor`, oldest first."""
+        return [
+            r[0]
+            for r in self._conn.execute("SELECT seq FROM windows WHERE sensor = ? ORDER BY id", (sensor,))
+        ]
+
+    # --- disk budget -----------------------------------------------------------------------------
+
+    def size_bytes(self) -> int:
+        """Bytes on disk: the database file plus its WAL."""
+        total = 0
+        for p in (self.path, self.path.with_name(self.path.name + "-wal")):
+            with suppress(FileNotFoundError):
+                total += p.stat().st_size
+        return total
+
+    def _used_bytes(self) -> int:
+        c = self._conn
+        page = int(c.execute("PRAGMA page_size").fetchone()[0])
+        pages = int(c.execute("PRAGMA page_count").fetchone()[0])
+        free = int(c.execute("PRAGMA freelist_count").fetchone()[0])
+        return (pages - free) * page
+
+    def enforce_budget(self, *, target_fraction: float = 0.9, chunk: int = 64) -> Eviction:
+        """Evict the oldest data until the store uses at most `target_fraction` of its budget.
+
+        Runs only when over budget (so a store near the limit does not evict on every call), then
+        evicts down to the target. Order (oldest first within each step): raw samples of ordinary
+        windows, ordinary window rows, raw samples of alarm-adjacent windows, alarm-adjacent rows,
+        transitions, and last, unsent outbox messages (health before alerts; counted in
+        `outbox_dropped` and meta key `outbox_evicted_total`). Freed pages go back to the disk.
+        """
+        report = Eviction(bytes_before=self.size_bytes())
+        # The WAL counts against the budget: fold it into the main file first.
+        self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        if self._used_bytes() <= self.budget_bytes and self.size_bytes() <= self.budget_bytes:
+            report.bytes_after = self.size_bytes()
+            return report
+        target = int(self.budget_bytes * target_fraction)
+        near = (
+            "EXISTS (SELECT 1 FROM transitions t WHERE t.sensor = windows.sensor"
+            " AND t.seq BETWEEN windows.seq - :m AND windows.seq + :m)"
+        )
+        steps: list[tuple[str, str]] = [
+            (
+                "raw_dropped",
+                f"UPDATE windows SET raw = NULL WHERE id IN (SELECT id FROM windows WHERE raw IS NOT NULL"
+                f" AND NOT {near} ORDER BY id LIMIT :n)",
+            ),
+            (
+                "windows_dropped",
+                f"DELETE FROM windows WHERE id IN (SELECT id FROM windows WHERE NOT {near} ORDER BY id LIMIT :n)",
+            ),
+            (
+                "alarm_raw_dropped",
+                "UPDATE windows SET raw = NULL WHERE id IN"
+                " (SELECT id FROM windows WHERE raw IS NOT NULL ORDER BY id LIMIT :n)",
+            ),
+            (
+                "alarm_windows_dropped",
+                "DELETE FROM windows WHERE id IN (SELECT id FROM windows ORDER BY id LIMIT :n)",
+            ),
+            (
+                "transitions_dropped",
+                "DELETE FROM transitions WHERE id IN (SELECT id FROM transitions ORDER BY id LIMIT :n)",
+            ),
+            (
+                "outbox_dropped",
+                "DELETE FROM outbox WHERE id IN (SELECT id FROM outbox ORDER BY priority DESC, id LIMIT :n)",
+            ),
+        ]
+        for name, sql in steps:
+            while self._used_bytes() > target:
+                with self._tx() as c:
+                    n = c.execute(sql, {"m": self.alarm_margin, "n": chunk}).rowcount
+                if n <= 0:
+                    break
+                setattr(report, name, getattr(report, name) + n)
+            if self._used_bytes() <= target:
+                break
+        if report.outbox_dropped:
+            prev = self.get_meta("outbox_evicted_total")
+            self.set_meta("outbox_evicted_total", str(int(prev or 0) + report.outbox_dropped))
+        # executescript steps the pragma to completion; execute() would free one page only.
+        self._conn.executescript("PRAGMA incremental_vacuum;")
+        self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        report.bytes_after = self.size_bytes()
+        return report
+
+    # --- export ----------------------------------------------------------------------------------
+
+    def export_runs(self, out_dir: Path | str) -> ExportSummary:
+        """Write the collected data as one .npz per sensor (and feature width) plus manifest.json.
+
+        The format (docs/agent.md, "Export format") needs only numpy to read: no pickle, no Parquet.
+        """
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        summary = ExportSummary(out_dir=out)
+        entries: list[dict[str, Any]] = []
+        groups = self._conn.execute(
+            "SELECT sensor, n_features, COUNT(*) FROM windows GROUP BY sensor, n_features ORDER BY sensor, n_features"
+        ).fetchall()
+        widths: dict[str, int] = {}
+        for sensor, _, _ in groups:
+            widths[sensor] = widths.get(sensor, 0) + 1
+        for sensor, n_features, count in groups:
+            machine, _, sensor_id = str(sensor).partition("/")
+            stem = (
+                f"{machine}__{sensor_id}" if widths[sensor] == 1 else f"{machine}__{sensor_id}__f{n_features}"
+            )
+            arrays = self._export_arrays(sensor, n_features, count)
+            path = out / f"{stem}.npz"
+            tmp = out / f".{stem}.tmp.npz"
+            np.savez_compressed(tmp, allow_pickle=False, **arrays)
+            os.replace(tmp, path)
+            summary.files.append(path)
+            summary.windows += int(count)
+            n_raw = int(arrays["raw_rows"].size)
+            summary.raw_windows += n_raw
+            entries.append(
+                {
+                    "file": path.name,
+                    "machine": machine,
+                    "sensor": sensor_id,
+                    "windows": int(count),
+                    "raw_windows": n_raw,
+                    "n_features": int(n_features),
+                    "models": sorted(set(arrays["model"].tolist())),
+                    "first_ts_ns": int(arrays["ts_ns"][0]) if count else None,
+                    "last_ts_ns": int(arrays["ts_ns"][-1]) if count else None,
+                }
+            )
+        manifest = {
+            "format": EXPORT_FORMAT,
+            "version": EXPORT_VERSION,
+            "created_ns": time.time_ns(),
+            "agent_id": _text(self.get_meta("agent_id")),
+            "files": entries,
+            "transitions": [
+                {
+                    "machine": t.sensor.partition("/")[0],
+                    "sensor": t.sensor.partition("/")[2],
+                    "seq": t.seq,
+                    "ts_ns": t.ts_ns,
+                    "previous_state": t.previous_state,
+                    "state": t.state,
+                    "score": t.score,
+                    "model": t.model,
+                    "reason": t.reason,
+                }
+                for t in self.transitions()
+            ],
+        }
+        tmp_manifest = out / ".manifest.json.tmp"
+        tmp_manifest.write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+        os.replace(tmp_manifest, out / "manifest.json")
+        return summary
+
+    def _export_arrays(self, sensor: str, n_features: int, count: int) -> dict[str, npt.NDArray[Any]]:
+        seq = np.empty(count, np.int64)
+        ts = np.empty(count, np.int64)
+        feats = np.empty((count, n_features), np.float32)
+        score = np.empty(count, np.float32)
+        fs = np.empty(count, np.float64)
+        rpm = np.empty(count, np.float64)
+        state: list[str] = []
+        model: list[str] = []
+        raw_rows: list[int] = []
+        raw_parts: list[npt.NDArray[np.float32]] = []
+        cur = self._conn.execute(
+            "SELECT seq, ts_ns, features, score, state, model, fs, rpm, raw FROM windows"
+            " WHERE sensor = ? AND n_features = ? ORDER BY id",
+            (sensor, n_features),
+        )
+        for i, (s, t, f, sc, st, md, fs_i, rpm_i, raw) in enumerate(cur):
+            seq[i], ts[i], score[i], fs[i], rpm[i] = s, t, sc, fs_i, rpm_i
+            feats[i] = np.frombuffer(f, dtype="<f4")
+            state.append(st)
+            model.append(md)
+            if raw is not None:
+                raw_rows.append(i)
+                raw_parts.append(np.frombuffer(raw, dtype="<f4").astype(np.float32))
+        offsets = np.zeros(len(raw_parts) + 1, np.int64)
+        if raw_parts:
+            offsets[1:] = np.cumsum([p.size for p in raw_parts])
+        return {
+            "seq": seq,
+            "ts_ns": ts,
+            "features": feats,
+            "score": score,
+            "state": np.array(state, dtype=str),
+            "model": np.array(model, dtype=str),
+            "fs": fs,
+            "rpm": rpm,
+            "raw_rows": np.array(raw_rows, dtype=np.int64),
+            "raw_offsets": offsets,
+            "raw_samples": np.concatenate(raw_parts) if raw_parts else np.zeros(0, np.float32),
+        }
+
+
+def _f32_blob(a: npt.ArrayLike) -> bytes:
+    return np.ascontiguousarray(a, dtype="<f4").tobytes()
+
+
+def _text(v: str | bytes | None) -> str | None:
+    if v is None:
+        return None
+    return v.decode("utf-8", errors="replace") if isinstance(v, bytes) else v
