@@ -34,6 +34,7 @@ COMMANDS: dict[str, Command] = {
         "edge_agent.bundle_cli:keys_main", "agent", "create an Ed25519 key pair for signing model bundles"
     ),
     "bundle": Command("edge_agent.bundle_cli:bundle_main", "agent", "sign or verify a model bundle"),
+    "bench": Command("gruwatch.bench:main", "all", "run the benchmarks and print their tables of ratios"),
 }
 
 USAGE = """usage: gruwatch <command> [options]

@@ -47,3 +47,13 @@ def test_help_imports_no_subcommand_package() -> None:
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_bench_lists_the_benchmark_scripts(capsys: pytest.CaptureFixture[str]) -> None:
+    from gruwatch import bench
+
+    assert bench.main(["--list"]) == 0
+    out = capsys.readouterr().out
+    for name in ("simulator", "features", "scorer", "train", "publish"):
+        assert name in out
+    assert bench.main(["no-such-bench"]) == 2
