@@ -72,6 +72,7 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
         "max_queued_messages 0\n"
         "max_queued_bytes 0\n"
         "max_inflight_messages 0\n"
+        "set_tcp_nodelay true\n"
         "log_type error\n"
     )
     proc = subprocess.Popen([binary, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
