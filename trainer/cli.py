@@ -1,7 +1,9 @@
 """`gruwatch train`: load runs, compute features, fit the GRU, calibrate alarms, export a model bundle.
 
-Also `python -m trainer`. The entry point is `main(argv) -> int` (exit status 0 = bundle written,
-1 = the data or the export was refused with a message saying what to do, 2 = bad options).
+Also `python -m trainer`, and `torchrun ... -m trainer` for data-parallel training over several
+processes or machines (trainer/distributed.py; rank 0 writes the bundle, the others exit 0). The entry
+point is `main(argv) -> int` (exit status 0 = bundle written, 1 = the data or the export was refused
+with a message saying what to do, 2 = bad options).
 """
 
 from __future__ import annotations
@@ -12,9 +14,12 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edge_agent.errors import GruwatchError
+
+if TYPE_CHECKING:
+    from trainer.distributed import DistContext
 
 DESCRIPTION = """\
 Fit a GRU on sequences of vibration-window features and write a model bundle for the edge agent.
@@ -33,6 +38,11 @@ written. Two modes:
 
 Runs are split by machine into training and validation; alarm thresholds and hysteresis are chosen
 on validation runs for --target-false-alarms-per-day. See docs/training.md.
+
+Started by torchrun (`torchrun --nproc-per-node N -m trainer ...`, same options), N processes per
+machine train one model together (DistributedDataParallel; gloo on CPU, NCCL with --device cuda and
+one GPU per process): each computes features for its share of the runs, and rank 0 calibrates and
+writes the bundle. --batch-size stays the number of runs per optimizer step over all processes.
 """
 
 EPILOG = """\
@@ -41,6 +51,9 @@ examples:
   gruwatch train --data sim/ --out bundles/v1 --signing-key keys/signing.key
   gruwatch train --data femto/Learning_set --horizon-s 3600 --out bundles/femto --epochs 40
   gruwatch train --data collected/ --mode forecast --out bundles/healthy --parent bundles/v1
+  torchrun --nproc-per-node 2 -m trainer --data sim/ --out bundles/v2 --device cpu
+  torchrun --nnodes 2 --node-rank 0 --nproc-per-node 4 --rdzv-backend c10d \\
+      --rdzv-endpoint head:29500 -m trainer --data /shared/fleet --out bundles/v3 --device cuda
 """
 
 
@@ -131,23 +144,43 @@ def _parent_version(path: str | None) -> str | None:
 
 
 def run_training(args: argparse.Namespace) -> dict[str, Any]:
-    """Everything `gruwatch train` does; returns a summary (also printed as JSON)."""
+    """Everything `gruwatch train` does; returns a summary (also printed as JSON).
+
+    Under torchrun (WORLD_SIZE > 1) this process joins the process group first; only rank 0 returns
+    a bundle summary, the other ranks return {"bundle": None, "rank": ..., "world_size": ...}.
+    """
+    import torch
+
+    from trainer.distributed import init_distributed, shutdown
+
+    device = args.device
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    dist = init_distributed(device)
+    try:
+        return _train_and_export(args, device, dist)
+    finally:
+        shutdown(dist)
+
+
+def _train_and_export(args: argparse.Namespace, device: str, dist: DistContext | None) -> dict[str, Any]:
     import torch
 
     from trainer.data import apply_events, fingerprint, load_events_csv, load_runs, split_by_machine
     from trainer.data.runs import DataError
+    from trainer.distributed import shard_indices
     from trainer.export import write_model_bundle
     from trainer.sequences import build_sequences, fault_classes, spec_for_runs
     from trainer.train import TrainConfig, set_seeds, train
 
-    progress = not args.no_progress
-    device = args.device
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+    is_main = dist is None or dist.is_main
+    progress = not args.no_progress and is_main
+    if dist is not None:
+        device = dist.device
     set_seeds(args.seed, args.threads)
     parent = _parent_version(args.parent)
     out = Path(args.out)
-    if out.exists() and any(out.iterdir()):
+    if is_main and out.exists() and any(out.iterdir()):
         raise GruwatchError(f"--out {out} is not empty; write each bundle into a fresh folder")
 
     t0 = time.perf_counter()
@@ -165,6 +198,27 @@ def run_training(args: argparse.Namespace) -> dict[str, Any]:
     train_runs, val_runs = split_by_machine(runs, val_fraction=args.val_fraction, seed=args.seed)
     spec = spec_for_runs(runs)
     classes = fault_classes(train_runs)
+    training_data = {
+        "fingerprint": fingerprint(runs) if is_main else "",
+        "runs": len(runs),
+        "sources": sorted({r.source for r in runs}),
+        "train_runs": [r.run_id for r in train_runs],
+        "validation_runs": [r.run_id for r in val_runs],
+    }
+    if dist is not None:  # keep this process's shard of the runs (features are computed per shard)
+        if len(train_runs) < dist.world_size:
+            raise DataError(
+                f"{len(train_runs)} training runs for {dist.world_size} processes: every process needs "
+                "at least one; start fewer processes (--nproc-per-node / --nnodes) or add data"
+            )
+        train_runs = [
+            train_runs[i]
+            for i in shard_indices([r.n_windows for r in train_runs], dist.world_size, dist.rank)
+        ]
+        val_runs = [
+            val_runs[i] for i in shard_indices([r.n_windows for r in val_runs], dist.world_size, dist.rank)
+        ]
+        del runs
     t1 = time.perf_counter()
     train_seqs = build_sequences(
         train_runs, spec, horizon_s=args.horizon_s, classes=classes, progress=progress
@@ -190,18 +244,15 @@ def run_training(args: argparse.Namespace) -> dict[str, Any]:
         target_false_alarms_per_day=args.target_false_alarms_per_day,
         progress=progress,
     )
-    result = train(train_seqs, val_seqs, cfg, classes=classes)
+    result = train(train_seqs, val_seqs, cfg, classes=classes, dist=dist)
+    if dist is not None and not dist.is_main:
+        return {"bundle": None, "rank": dist.rank, "world_size": dist.world_size}
 
     t2 = time.perf_counter()
-    held_out = [s.features for s in (val_seqs or train_seqs)]
-    training_data = {
-        "fingerprint": fingerprint(runs),
-        "runs": len(runs),
-        "sources": sorted({r.source for r in runs}),
-        "train_runs": [r.run_id for r in train_runs],
-        "validation_runs": [r.run_id for r in val_runs],
-    }
+    held_out = [s.features for s in result.calibration_seqs]
     training = {k: v for k, v in vars(result.config).items() if k != "progress"}
+    if dist is not None:
+        training["distributed"] = dist.describe()
     bundle = write_model_bundle(
         out,
         result.model,
@@ -234,6 +285,7 @@ def run_training(args: argparse.Namespace) -> dict[str, Any]:
             "calibrate": round(result.timings["calibrate_s"], 2),
             "export": round(t_export, 2),
         },
+        "distributed": None if dist is None else dist.describe(),
     }
 
 
@@ -244,5 +296,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except GruwatchError as exc:
         sys.stderr.write(f"gruwatch train: {exc}\n")
         return 1
-    sys.stdout.write(json.dumps(summary, indent=2, default=str) + "\n")
+    if summary.get("bundle") is not None:  # under torchrun only rank 0 has a bundle to report
+        sys.stdout.write(json.dumps(summary, indent=2, default=str) + "\n")
     return 0

@@ -19,6 +19,11 @@ Reads top to bottom (nanoGPT style):
    and alarm thresholds (trainer.calibrate).
 
 Seeds are fixed (torch.manual_seed and a numpy Generator); torch uses 1 thread by default.
+
+Under torchrun each process passes its shard of the runs and a `trainer.distributed.DistContext`
+(`dist=`): the scaler, the mode choice and the class weight become global, `fit` steps a
+DistributedDataParallel wrapper the same number of times on every process, and rank 0 receives every
+process's validation runs and scores and alone calibrates (see trainer/distributed.py).
 """
 
 from __future__ import annotations
@@ -26,8 +31,8 @@ from __future__ import annotations
 import copy
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
-from typing import Any
+from dataclasses import asdict, dataclass, field, replace
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -39,7 +44,10 @@ from tqdm.auto import tqdm
 from trainer.calibrate import ScoredRun, calibrate
 from trainer.data.runs import DataError
 from trainer.model import LOG_EPS, GruHealthModel
-from trainer.sequences import FeatureSequence, chunk_slices, pad_batch
+from trainer.sequences import Batch, FeatureSequence, chunk_slices, pad_batch
+
+if TYPE_CHECKING:
+    from trainer.distributed import DistContext
 
 
 @dataclass
@@ -75,6 +83,9 @@ class TrainResult:
     validation: dict[str, Any]
     history: list[dict[str, float]] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
+    # The runs the thresholds were calibrated on (validation, else training). Distributed: all of them
+    # on rank 0 (gathered from every process), empty on the other ranks, whose result is partial.
+    calibration_seqs: list[FeatureSequence] = field(default_factory=list)
 
 
 def set_seeds(seed: int, threads: int = 1) -> np.random.Generator:
@@ -84,10 +95,16 @@ def set_seeds(seed: int, threads: int = 1) -> np.random.Generator:
     return np.random.default_rng(seed)
 
 
-def choose_mode(requested: str, seqs: Sequence[FeatureSequence]) -> str:
-    """'auto' -> supervised when any window is labelled degraded (and some healthy), else forecast."""
+def choose_mode(
+    requested: str, seqs: Sequence[FeatureSequence], *, counts: tuple[float, float] | None = None
+) -> str:
+    """'auto' -> supervised when any window is labelled degraded (and some healthy), else forecast.
+
+    `counts` = (degraded, healthy) windows over all processes replaces what `seqs` (a shard) holds.
+    """
+    both = _has_both_classes(seqs) if counts is None else bool(counts[0] > 0 and counts[1] > 0)
     if requested in ("supervised", "forecast"):
-        if requested == "supervised" and not _has_both_classes(seqs):
+        if requested == "supervised" and not both:
             raise DataError(
                 "supervised training needs windows labelled degraded and healthy; for run-to-failure data "
                 "pass --horizon-s (degraded := remaining life <= horizon), or use --mode forecast "
@@ -96,7 +113,7 @@ def choose_mode(requested: str, seqs: Sequence[FeatureSequence]) -> str:
         return requested
     if requested != "auto":
         raise ValueError(f"mode must be supervised, forecast or auto, not {requested!r}")
-    return "supervised" if _has_both_classes(seqs) else "forecast"
+    return "supervised" if both else "forecast"
 
 
 def _has_both_classes(seqs: Sequence[FeatureSequence]) -> bool:
@@ -159,7 +176,34 @@ def _run_epoch(
     cfg: TrainConfig,
     pos_weight: torch.Tensor,
     optimizer: torch.optim.Optimizer | None,
+    *,
+    dist: DistContext | None = None,
+    ddp: nn.Module | None = None,
 ) -> float:
+    """Mean loss per labelled window over `batches` (and over every process with `dist`)."""
+    if dist is None:
+        total, count = _epoch_sums(model, batches, cfg, pos_weight, optimizer)
+        return total / max(count, 1)
+    from trainer.distributed import all_sum
+
+    if optimizer is None:  # evaluation: no gradients, nothing to keep in step
+        total, count = _epoch_sums(model, batches, cfg, pos_weight, None)
+    else:
+        if ddp is None:
+            raise ValueError("distributed training steps need the DistributedDataParallel wrapper (ddp=)")
+        total, count = _epoch_sums_distributed(model, ddp, batches, cfg, pos_weight, optimizer, dist)
+    total, count = all_sum(dist, [total, count])
+    return float(total / max(count, 1.0))
+
+
+def _epoch_sums(
+    model: GruHealthModel,
+    batches: list[tuple[list[FeatureSequence], list[int]]],
+    cfg: TrainConfig,
+    pos_weight: torch.Tensor,
+    optimizer: torch.optim.Optimizer | None,
+) -> tuple[float, int]:
+    """(summed loss, labelled windows) over `batches` in this process; steps when given an optimizer."""
     device = torch.device(cfg.device)
     total, count = 0.0, 0
     model.train(optimizer is not None)
@@ -184,7 +228,89 @@ def _run_epoch(
             h = h.detach()  # truncated BPTT: carry the state, not the graph
             total += float(loss.detach())
             count += n
-    return total / max(count, 1)
+    return total, count
+
+
+def _labelled_windows(mode: str, b: Batch, sl: slice) -> int:
+    """The windows `_loss` counts in one chunk (known targets; forecast: not degraded)."""
+    mask, target = b.mask[:, sl], b.target[:, sl]
+    use = mask & ~(target == 1) if mode == "forecast" else mask & ~np.isnan(target)
+    return int(use.sum())
+
+
+def _padding_chunk(model: GruHealthModel) -> Batch:
+    """One fully masked window: a step on it adds nothing to the loss or the gradient."""
+    f = model.n_features
+    return Batch(
+        x=np.zeros((1, 1, f), np.float32),
+        target=np.full((1, 1), np.nan, np.float32),
+        fault=np.full((1, 1), -1, np.int64),
+        mask=np.zeros((1, 1), bool),
+    )
+
+
+def _epoch_sums_distributed(
+    model: GruHealthModel,
+    ddp: nn.Module,
+    batches: list[tuple[list[FeatureSequence], list[int]]],
+    cfg: TrainConfig,
+    pos_weight: torch.Tensor,
+    optimizer: torch.optim.Optimizer,
+    dist: DistContext,
+) -> tuple[float, int]:
+    """One training epoch in step with the other processes (same TBPTT loop as `_epoch_sums`).
+
+    Every process takes the same number of optimizer steps (the most chunks any process has); one
+    that runs out steps on a fully masked padding chunk. Each step's loss is scaled by
+    world_size / (labelled windows of this step over all processes), so DDP's gradient average is the
+    gradient of the mean loss over the union of the processes' chunks, as in one process.
+    """
+    from trainer.distributed import all_max, all_sum
+
+    device = torch.device(cfg.device)
+    model.train(True)
+    padded = [pad_batch(group, offsets) for group, offsets in batches]
+    plan = [(i, sl) for i, b in enumerate(padded) for sl in chunk_slices(b.x.shape[1], cfg.chunk_len)]
+    n_steps = all_max(dist, len(plan))
+    local = np.zeros(n_steps)
+    local[: len(plan)] = [_labelled_windows(model.mode, padded[i], sl) for i, sl in plan]
+    global_counts = all_sum(dist, local)
+    pad = _padding_chunk(model)
+    total, count = 0.0, 0
+    current = -1
+    tensors: tuple[torch.Tensor, ...] = ()
+    h = model.initial_state(1, device)
+    for k in range(n_steps):
+        if k < len(plan):
+            i, sl = plan[k]
+            if i != current:  # a new batch of runs starts from a zero state
+                b = padded[i]
+                current = i
+                tensors = tuple(torch.as_tensor(a, device=device) for a in (b.x, b.target, b.fault, b.mask))
+                h = model.initial_state(b.x.shape[0], device)
+            x, target, fault, mask = (t[:, sl] for t in tensors)
+        else:
+            sl = slice(0, 1)
+            x, target, fault, mask = (
+                torch.as_tensor(a, device=device) for a in (pad.x, pad.target, pad.fault, pad.mask)
+            )
+            h = model.initial_state(1, device)
+        out, h = ddp(x, h)
+        loss, n = _loss(model, out, target, fault, mask, pos_weight, cfg.fault_weight)
+        if "fault_logits" in out:  # a chunk without fault labels still gives the fault head a (zero)
+            loss = loss + 0.0 * out["fault_logits"].sum()  # gradient: DDP reduces every parameter
+        n_global = float(global_counts[k])
+        optimizer.zero_grad(set_to_none=True)
+        # Every process runs backward every step (DDP's all-reduce needs all of them); a step with no
+        # labelled window anywhere changes nothing, as in `_epoch_sums`.
+        (loss * (dist.world_size / max(n_global, 1.0))).backward()
+        if n_global > 0:
+            nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            optimizer.step()
+        h = h.detach()
+        total += float(loss.detach())
+        count += n
+    return total, count
 
 
 def fit(
@@ -193,24 +319,42 @@ def fit(
     val_seqs: Sequence[FeatureSequence],
     cfg: TrainConfig,
     rng: np.random.Generator,
+    *,
+    dist: DistContext | None = None,
 ) -> list[dict[str, float]]:
-    """Train in place (keeps the weights with the best validation loss). Returns per-epoch history."""
+    """Train in place (keeps the weights with the best validation loss). Returns per-epoch history.
+
+    With `dist`, `train_seqs`/`val_seqs` are this process's shards; losses, the class weight and the
+    choice of the best epoch are global, and `cfg.batch_size` runs per step are split over processes.
+    """
     device = torch.device(cfg.device)
     model.to(device)
-    t = np.concatenate([s.target for s in train_seqs])
-    n_pos, n_neg = float(np.sum(t == 1)), float(np.sum(t == 0))
+    ddp: nn.Module | None = None
+    batch_cfg = cfg
+    if dist is None:
+        t = np.concatenate([s.target for s in train_seqs])
+        n_pos, n_neg = float(np.sum(t == 1)), float(np.sum(t == 0))
+        has_val = bool(val_seqs)
+    else:
+        from trainer.distributed import all_sum, label_counts, per_rank_batch, wrap_ddp
+
+        n_pos, n_neg = label_counts(train_seqs, dist)
+        has_val = bool(all_sum(dist, [len(val_seqs)])[0] > 0)
+        batch_cfg = replace(cfg, batch_size=per_rank_batch(cfg.batch_size, dist.world_size))
+        ddp = wrap_ddp(model, dist)
     pos_weight = torch.tensor(min(max(n_neg / max(n_pos, 1.0), 1.0), 50.0), device=device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(cfg.epochs, 1))
-    val_batches = _batches(val_seqs, cfg, rng, train=False) if val_seqs else []
+    val_batches = _batches(val_seqs, batch_cfg, rng, train=False) if has_val else []
     history: list[dict[str, float]] = []
     best_state, best_loss = None, float("inf")
     bar = tqdm(range(cfg.epochs), desc=f"train ({model.mode})", unit="epoch", disable=not cfg.progress)
     for epoch in bar:
         t0 = time.perf_counter()
-        train_loss = _run_epoch(model, _batches(train_seqs, cfg, rng, train=True), cfg, pos_weight, optimizer)
+        batches = _batches(train_seqs, batch_cfg, rng, train=True)
+        train_loss = _run_epoch(model, batches, cfg, pos_weight, optimizer, dist=dist, ddp=ddp)
         scheduler.step()
-        val_loss = _run_epoch(model, val_batches, cfg, pos_weight, None) if val_batches else train_loss
+        val_loss = _run_epoch(model, val_batches, cfg, pos_weight, None, dist=dist) if has_val else train_loss
         history.append(
             {
                 "epoch": epoch,
@@ -246,11 +390,21 @@ def score_sequences(
 
 
 def calibrate_forecast_error(
-    model: GruHealthModel, seqs: Sequence[FeatureSequence], device: str
+    model: GruHealthModel, seqs: Sequence[FeatureSequence], device: str, *, dist: DistContext | None = None
 ) -> dict[str, float]:
-    """Map log forecast error to [0, 1]: the healthy median -> 0.01, the healthy 99th percentile -> 0.5."""
+    """Map log forecast error to [0, 1]: the healthy median -> 0.01, the healthy 99th percentile -> 0.5.
+
+    With `dist`, the quantiles are over every process's healthy windows (identical on all of them).
+    """
     errs = score_sequences(model, seqs, device=device, key="error")
-    healthy = np.concatenate([e[s.target != 1] for e, s in zip(errs, seqs, strict=True)])
+    parts = [e[s.target != 1] for e, s in zip(errs, seqs, strict=True)]
+    if dist is not None:
+        from trainer.distributed import all_gather
+
+        parts = [p for rank_parts in all_gather(dist, parts) for p in rank_parts]
+    healthy = np.concatenate(parts) if parts else np.zeros(0, np.float32)
+    if healthy.size == 0:
+        raise DataError("forecast mode needs healthy training windows to calibrate its error score")
     log_err = np.log(healthy.astype(np.float64) + LOG_EPS)
     q50, q99 = np.quantile(log_err, [0.5, 0.99])
     width = max((q99 - q50) / np.log(99.0), 1e-3)
@@ -289,35 +443,77 @@ def train(
     cfg: TrainConfig,
     *,
     classes: Sequence[str] = (),
+    dist: DistContext | None = None,
 ) -> TrainResult:
-    """Fit a model on `train_seqs`, calibrate on `val_seqs` (or train when there is none)."""
-    if not train_seqs:
+    """Fit a model on `train_seqs`, calibrate on `val_seqs` (or train when there is none).
+
+    With `dist` (torchrun), `train_seqs`/`val_seqs` are this process's shards and every process must
+    call `train` with the same `cfg` and `classes`; rank 0 gets the complete result, the other ranks
+    a partial one (empty thresholds, validation {"mode", "rank"}).
+    """
+    if dist is None:
+        n_train = len(train_seqs)
+    else:
+        from trainer.distributed import all_sum
+
+        n_train = int(all_sum(dist, [len(train_seqs)])[0])
+    if n_train == 0:
         raise DataError("no training runs; pass --data with at least one run")
     rng = set_seeds(cfg.seed, cfg.threads)
+    if dist is not None:  # same torch seed (same initial weights); different batch order per process
+        rng = np.random.default_rng([cfg.seed, dist.rank])
     if cfg.device == "cuda" and not torch.cuda.is_available():
         raise DataError("--device cuda: no CUDA device is available here; use --device cpu")
-    mode = choose_mode(cfg.mode, train_seqs)
+    if dist is None:
+        mode = choose_mode(cfg.mode, train_seqs)
+        n_features = train_seqs[0].features.shape[1]
+    else:
+        from trainer.distributed import global_n_features, label_counts
+
+        mode = choose_mode(cfg.mode, train_seqs, counts=label_counts(train_seqs, dist))
+        n_features = global_n_features([*train_seqs, *val_seqs], dist)
     cfg = TrainConfig(**{**asdict(cfg), "mode": mode})
     model = GruHealthModel(
-        train_seqs[0].features.shape[1],
+        n_features,
         hidden=cfg.hidden,
         layers=cfg.layers,
         mode=mode,
         fault_classes=tuple(classes) if mode == "supervised" else (),
         dropout=cfg.dropout,
     )
-    scaler = fit_scaler(train_seqs)
-    model.set_scaler(scaler.mean_, scaler.scale_)
+    if dist is None:
+        scaler = fit_scaler(train_seqs)
+        model.set_scaler(scaler.mean_, scaler.scale_)
+    else:
+        from trainer.distributed import global_scaler
+
+        model.set_scaler(*global_scaler(train_seqs, dist))
     t0 = time.perf_counter()
-    history = fit(model, train_seqs, val_seqs, cfg, rng)
+    history = fit(model, train_seqs, val_seqs, cfg, rng, dist=dist)
     timings = {"fit_s": time.perf_counter() - t0}
     validation: dict[str, Any] = {"mode": mode, "epochs": len(history)}
     if mode == "forecast":
-        validation["error_calibration"] = calibrate_forecast_error(model, train_seqs, cfg.device)
+        validation["error_calibration"] = calibrate_forecast_error(model, train_seqs, cfg.device, dist=dist)
     t1 = time.perf_counter()
-    cal_seqs = list(val_seqs) if val_seqs else list(train_seqs)
-    scores = score_sequences(model, cal_seqs, device=cfg.device)
-    validation["on"] = "validation" if val_seqs else "training (no validation runs)"
+    if dist is None:
+        has_val = bool(val_seqs)
+        cal_seqs = list(val_seqs) if val_seqs else list(train_seqs)
+        scores = score_sequences(model, cal_seqs, device=cfg.device)
+    else:
+        from trainer.distributed import all_sum, gather_to_main
+
+        has_val = bool(all_sum(dist, [len(val_seqs)])[0] > 0)
+        local = list(val_seqs) if has_val else list(train_seqs)
+        local_scores = score_sequences(model, local, device=cfg.device)
+        gathered = gather_to_main(dist, list(zip(local, local_scores, strict=True)))
+        if gathered is None:  # not rank 0: rank 0 calibrates and writes the bundle
+            model.cpu().eval()
+            timings["calibrate_s"] = time.perf_counter() - t1
+            return TrainResult(model, cfg, {}, {"mode": mode, "rank": dist.rank}, history, timings)
+        pairs = sorted((p for rank_pairs in gathered for p in rank_pairs), key=lambda p: p[0].run_id)
+        cal_seqs = [p[0] for p in pairs]
+        scores = [p[1] for p in pairs]
+    validation["on"] = "validation" if has_val else "training (no validation runs)"
     validation["runs"] = len(cal_seqs)
     validation.update(window_metrics(scores, cal_seqs))
     acc = fault_accuracy(model, scores, cal_seqs)
@@ -338,4 +534,4 @@ def train(
     validation["best_val_loss"] = min(h["val_loss"] for h in history) if history else None
     timings["calibrate_s"] = time.perf_counter() - t1
     model.cpu().eval()
-    return TrainResult(model, cfg, thresholds, validation, history, timings)
+    return TrainResult(model, cfg, thresholds, validation, history, timings, calibration_seqs=cal_seqs)
