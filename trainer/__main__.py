@@ -1,4 +1,4 @@
-"""`python -m trainer` runs `gruwatch train`."""
+"""`python -m trainer` runs `gruwatch train` (also under torchrun: `torchrun --nproc-per-node N -m trainer`)."""
 
 import sys
 

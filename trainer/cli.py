@@ -52,8 +52,9 @@ examples:
   gruwatch train --data femto/Learning_set --horizon-s 3600 --out bundles/femto --epochs 40
   gruwatch train --data collected/ --mode forecast --out bundles/healthy --parent bundles/v1
   torchrun --nproc-per-node 2 -m trainer --data sim/ --out bundles/v2 --device cpu
-  torchrun --nnodes 2 --node-rank 0 --nproc-per-node 4 --rdzv-backend c10d \\
-      --rdzv-endpoint head:29500 -m trainer --data /shared/fleet --out bundles/v3 --device cuda
+  # two machines x 4 GPUs: on machine `head` --node-rank 0 (writes the bundle), on the other 1
+  torchrun --nnodes 2 --node-rank 0 --nproc-per-node 4 --master-addr head --master-port 29500 \\
+      -m trainer --data /shared/fleet --out bundles/v3 --device cuda
 """
 
 
@@ -168,7 +169,7 @@ def _train_and_export(args: argparse.Namespace, device: str, dist: DistContext |
 
     from trainer.data import apply_events, fingerprint, load_events_csv, load_runs, split_by_machine
     from trainer.data.runs import DataError
-    from trainer.distributed import shard_indices
+    from trainer.distributed import main_decides, shard_indices
     from trainer.export import write_model_bundle
     from trainer.sequences import build_sequences, fault_classes, spec_for_runs
     from trainer.train import TrainConfig, set_seeds, train
@@ -180,7 +181,10 @@ def _train_and_export(args: argparse.Namespace, device: str, dist: DistContext |
     set_seeds(args.seed, args.threads)
     parent = _parent_version(args.parent)
     out = Path(args.out)
-    if is_main and out.exists() and any(out.iterdir()):
+    out_taken = is_main and out.exists() and any(out.iterdir())
+    if dist is not None:  # only rank 0 writes: its answer counts, and every process stops with it
+        out_taken = main_decides(dist, out_taken)
+    if out_taken:
         raise GruwatchError(f"--out {out} is not empty; write each bundle into a fresh folder")
 
     t0 = time.perf_counter()

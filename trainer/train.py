@@ -289,8 +289,7 @@ def _epoch_sums_distributed(
                 tensors = tuple(torch.as_tensor(a, device=device) for a in (b.x, b.target, b.fault, b.mask))
                 h = model.initial_state(b.x.shape[0], device)
             x, target, fault, mask = (t[:, sl] for t in tensors)
-        else:
-            sl = slice(0, 1)
+        else:  # this process has no chunk left: a fully masked one keeps it in step
             x, target, fault, mask = (
                 torch.as_tensor(a, device=device) for a in (pad.x, pad.target, pad.fault, pad.mask)
             )
