@@ -11,11 +11,11 @@ import argparse
 import sys
 import time
 from collections.abc import Sequence
-from datetime import UTC, datetime
 from pathlib import Path
 
+from simulator.arguments import DEFAULT_START, parse_duration, parse_start, positive_float, positive_int
+
 PROG = "gruwatch simulate"
-DEFAULT_START = "2026-01-01T00:00:00Z"
 
 DESCRIPTION = """\
 Simulate a fleet of machines whose rolling-element bearings degrade to failure.
@@ -39,39 +39,6 @@ rpm, samples, fault, severity, rul_s, failed) and manifest.json. A default 2,560
 """
 
 
-def parse_duration(text: str) -> float:
-    """Seconds from '3600', '90s', '30m', '3h' or '2d'."""
-    text = text.strip().lower()
-    units = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
-    scale = 1.0
-    if text and text[-1] in units:
-        scale, text = units[text[-1]], text[:-1]
-    try:
-        value = float(text) * scale
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a duration: {text!r} (use e.g. 3600, 90s, 30m, 3h)") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError("a duration must be positive")
-    return value
-
-
-def parse_start(text: str) -> int:
-    """ns since the Unix epoch from an ISO-8601 time (UTC unless it says otherwise) or an integer of ns."""
-    text = text.strip()
-    if text.lstrip("-").isdigit():
-        return int(text)
-    try:
-        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"not a start time: {text!r} (use ISO-8601 like {DEFAULT_START}, or ns since the epoch)"
-        ) from None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    delta = moment - datetime(1970, 1, 1, tzinfo=UTC)
-    return (delta.days * 86400 + delta.seconds) * 1_000_000_000 + delta.microseconds * 1000
-
-
 def _fault_list(text: str) -> tuple[str, ...]:
     from simulator.degradation import FAULTS
 
@@ -82,26 +49,6 @@ def _fault_list(text: str) -> tuple[str, ...]:
     return faults
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError("must be at least 1")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError("must be positive")
-    return value
-
-
 def add_fleet_model_arguments(parser: argparse.ArgumentParser) -> None:
     """Options that shape the simulated fleet (shared by `dataset`; `fleet` may reuse them)."""
     from simulator.fleet_model import DEFAULT_HEALTHY_FRACTION, DEFAULT_HORIZON_S, DEFAULT_PRESET
@@ -110,11 +57,11 @@ def add_fleet_model_arguments(parser: argparse.ArgumentParser) -> None:
     presets = "; ".join(f"{p.name}: {p.description}" for p in RIG_PRESETS.values())
     g = parser.add_argument_group("fleet")
     g.add_argument(
-        "--machines", type=_positive_int, default=20, metavar="N", help="number of machines (default: 20)"
+        "--machines", type=positive_int, default=20, metavar="N", help="number of machines (default: 20)"
     )
     g.add_argument(
         "--sensors",
-        type=_positive_int,
+        type=positive_int,
         default=1,
         metavar="N",
         help="accelerometers per machine (default: 1)",
@@ -158,14 +105,14 @@ def add_fleet_model_arguments(parser: argparse.ArgumentParser) -> None:
     )
     s = parser.add_argument_group("sampling")
     s.add_argument(
-        "--fs", type=_positive_float, default=25600.0, metavar="HZ", help="sample rate in Hz (default: 25600)"
+        "--fs", type=positive_float, default=25600.0, metavar="HZ", help="sample rate in Hz (default: 25600)"
     )
     s.add_argument(
-        "--window", type=_positive_int, default=2560, help="samples per window (default: 2560 = 0.1 s)"
+        "--window", type=positive_int, default=2560, help="samples per window (default: 2560 = 0.1 s)"
     )
     s.add_argument(
         "--interval",
-        type=_positive_float,
+        type=positive_float,
         default=10.0,
         metavar="S",
         help="seconds between windows (default: 10)",

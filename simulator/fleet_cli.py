@@ -27,6 +27,8 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any, Literal, TextIO
 
+from simulator.arguments import parse_start, positive_float, positive_int, rate, speedup
+
 if TYPE_CHECKING:
     from simulator.faults import FaultConfig, FaultCounters, SensorFaultPlan
     from simulator.publisher import PublishStats
@@ -69,54 +71,6 @@ examples:
 """
 
 
-def _speedup(text: str) -> float:
-    if text.strip().lower() == "max":
-        return math.inf
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"speedup {text!r}: give a number > 0 or 'max'") from None
-    if not (value > 0 and math.isfinite(value)):
-        raise argparse.ArgumentTypeError(f"speedup {text!r}: give a number > 0 or 'max'")
-    return value
-
-
-def _rate(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"rate {text!r}: give a probability between 0 and 1") from None
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"rate {text!r}: give a probability between 0 and 1")
-    return value
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r}: give a whole number ≥ 1")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not (value > 0 and math.isfinite(value)):
-        raise argparse.ArgumentTypeError(f"{text!r}: give a number > 0")
-    return value
-
-
-def _start_time_arg(text: str) -> int:
-    from simulator.cli import parse_start
-
-    return parse_start(text)
-
-
 def add_fleet_arguments(parser: argparse.ArgumentParser) -> None:
     """Declare `simulate fleet`'s options on `parser` (cheap: no paho, numpy or physics imported)."""
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
@@ -136,7 +90,7 @@ def add_fleet_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--speedup",
-        type=_speedup,
+        type=speedup,
         default=60.0,
         metavar="X",
         help="simulated seconds per wall second, or 'max' for as fast as possible (default: %(default)s)",
@@ -146,14 +100,14 @@ def add_fleet_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--duration",
-        type=_positive_float,
+        type=positive_float,
         default=None,
         metavar="SECONDS",
         help="stop after this many WALL-clock seconds",
     )
     parser.add_argument(
         "--windows",
-        type=_positive_int,
+        type=positive_int,
         default=None,
         metavar="N",
         help="publish at most N windows per sensor, then stop",
@@ -179,14 +133,14 @@ def add_fleet_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--start-time",
-        type=_start_time_arg,
+        type=parse_start,
         default=None,
         metavar="ISO",
         help="sensor clock at simulated time 0 (default: now)",
     )
     parser.add_argument(
         "--max-inflight",
-        type=_positive_int,
+        type=positive_int,
         default=256,
         metavar="N",
         help="QoS 1/2 messages awaiting the broker's ack at once: throughput is at most N / round-trip "
@@ -196,7 +150,7 @@ def add_fleet_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--connect-timeout",
-        type=_positive_float,
+        type=positive_float,
         default=10.0,
         metavar="SECONDS",
         help="give up if the broker does not accept the first connection in time (default: %(default)s)",
@@ -220,27 +174,27 @@ def add_fleet_arguments(parser: argparse.ArgumentParser) -> None:
         help="also write the final summary as JSON here",
     )
     faults = parser.add_argument_group("fault injection (rates are probabilities; see below)")
-    faults.add_argument("--drop", type=_rate, default=0.0, metavar="RATE", help="drop a window's message")
-    faults.add_argument("--duplicate", type=_rate, default=0.0, metavar="RATE", help="publish a window twice")
+    faults.add_argument("--drop", type=rate, default=0.0, metavar="RATE", help="drop a window's message")
+    faults.add_argument("--duplicate", type=rate, default=0.0, metavar="RATE", help="publish a window twice")
     faults.add_argument(
-        "--reorder", type=_rate, default=0.0, metavar="RATE", help="publish a window after the next one"
+        "--reorder", type=rate, default=0.0, metavar="RATE", help="publish a window after the next one"
     )
     faults.add_argument(
-        "--corrupt", type=_rate, default=0.0, metavar="RATE", help="mutate payload bytes so decoding fails"
+        "--corrupt", type=rate, default=0.0, metavar="RATE", help="mutate payload bytes so decoding fails"
     )
     faults.add_argument(
-        "--nan-burst", type=_rate, default=0.0, metavar="RATE", help="start a burst of NaN windows"
+        "--nan-burst", type=rate, default=0.0, metavar="RATE", help="start a burst of NaN windows"
     )
     faults.add_argument(
         "--nan-burst-length",
-        type=_positive_int,
+        type=positive_int,
         default=3,
         metavar="N",
         help="windows per NaN burst (default: %(default)s)",
     )
     faults.add_argument(
         "--clock-skew",
-        type=_rate,
+        type=rate,
         default=0.0,
         metavar="RATE",
         help="fraction of sensors with a skewed clock",
@@ -254,7 +208,7 @@ def add_fleet_arguments(parser: argparse.ArgumentParser) -> None:
     )
     faults.add_argument(
         "--silent",
-        type=_rate,
+        type=rate,
         default=0.0,
         metavar="RATE",
         help="fraction of sensors that go silent part-way",
