@@ -30,6 +30,9 @@ COMMANDS: dict[str, Command] = {
     "train": Command(
         "trainer.cli:main", "train", "fit a GRU on labelled or healthy-only data and write a model bundle"
     ),
+    "agent": Command(
+        "edge_agent.agent_cli:main", "agent", "run the edge daemon, export its data, deploy a model to it"
+    ),
     "keys": Command(
         "edge_agent.bundle_cli:keys_main", "agent", "create an Ed25519 key pair for signing model bundles"
     ),

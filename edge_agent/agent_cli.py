@@ -1,0 +1,187 @@
+"""`gruwatch agent ...`: run the edge daemon, export what it collected, deploy a model bundle to it.
+
+gruwatch agent run --config agent.toml
+gruwatch agent export --store /var/lib/gruwatch/agent.db --out collected/
+gruwatch agent deploy --bundle bundle/ --broker mqtt://broker:1883 --agent gw01
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from types import FrameType
+
+MAIN_HELP = """\
+The gruwatch edge agent: scores live vibration windows from MQTT with a GRU model bundle.
+
+  gruwatch agent run --config agent.toml        serve (SIGTERM or Ctrl-C stops it within 5 s)
+  gruwatch agent export --store agent.db --out DIR
+                                                collected windows out of the store, for retraining
+  gruwatch agent deploy --bundle DIR --broker mqtt://host:1883 --agent ID
+                                                ship a signed bundle to a running agent over MQTT
+
+Settings come from the TOML file (examples/agent.toml documents every key) and GRUWATCH_* environment
+variables, which win over the file.
+"""
+
+RUN_HELP = """\
+Run the edge agent until SIGTERM / SIGINT.
+
+It subscribes to {prefix}/+/+/vibration, scores each window with the model bundle, publishes
+{prefix}/{machine}/{sensor}/health per window and a retained .../alert on every alarm-state change,
+keeps features, scores and sampled raw windows in its SQLite store, and accepts new bundles on
+{prefix}/_agents/{agent_id}/model. Logs are JSON lines when stderr is not a terminal.
+
+Example:
+  GRUWATCH_MQTT_PASSWORD=... gruwatch agent run --config /etc/gruwatch/agent.toml
+"""
+
+EXPORT_HELP = """\
+Write the windows the agent collected (features, scores, states and sampled raw samples) as one
+.npz per sensor plus manifest.json, the input of `gruwatch retrain --collected DIR`. Safe while the
+agent runs (SQLite WAL); stop the agent first for a consistent snapshot.
+"""
+
+DEPLOY_HELP = """\
+Publish a signed model bundle to a running agent and print its answer (JSON).
+
+The agent verifies the signature against its trusted keys, the feature spec and the test vectors;
+it swaps models between two batches or keeps serving the old one and says why. Exit status: 0
+accepted, 1 refused, 2 no answer or broker unreachable. The broker password comes from
+GRUWATCH_MQTT_PASSWORD (user: GRUWATCH_MQTT_USERNAME), never from the command line.
+"""
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="gruwatch agent", description=MAIN_HELP, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    sub = p.add_subparsers(dest="command", metavar="{run,export,deploy}")
+    run = sub.add_parser(
+        "run",
+        help="run the daemon",
+        description=RUN_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    run.add_argument("--config", type=Path, help="TOML settings file (see examples/agent.toml)")
+    run.add_argument("--log-level", choices=["debug", "info", "warning", "error"], default="info")
+    run.add_argument(
+        "--log-format", choices=["auto", "json", "console"], default="auto", help="auto: JSON unless a TTY"
+    )
+    exp = sub.add_parser(
+        "export",
+        help="export collected data",
+        description=EXPORT_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    exp.add_argument("--store", type=Path, required=True, help="the agent's store (settings key `store`)")
+    exp.add_argument("--out", type=Path, required=True, help="output folder (created)")
+    dep = sub.add_parser(
+        "deploy",
+        help="send a bundle to an agent",
+        description=DEPLOY_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    dep.add_argument("--bundle", type=Path, required=True, help="signed bundle folder")
+    dep.add_argument("--broker", required=True, help="mqtt://host[:port] or mqtts://host[:port]")
+    dep.add_argument("--agent", required=True, help="the agent's agent_id")
+    dep.add_argument("--prefix", default="gruwatch", help="topic prefix (default gruwatch)")
+    dep.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for the answer")
+    dep.add_argument("--ca-file", help="CA bundle for mqtts://")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(list(sys.argv[1:] if argv is None else argv))
+    if args.command == "run":
+        return _run(args)
+    if args.command == "export":
+        return _export(args)
+    if args.command == "deploy":
+        return _deploy(args)
+    _parser().print_help()
+    return 2
+
+
+def _run(args: argparse.Namespace) -> int:
+    from edge_agent.daemon import Agent
+    from edge_agent.errors import BundleError
+    from edge_agent.logs import configure_logging
+    from edge_agent.settings import SettingsError, load_settings
+    from edge_agent.store import StoreError
+
+    fmt = {"auto": None, "json": True, "console": False}[args.log_format]
+    configure_logging(args.log_level, json=fmt)
+    try:
+        settings = load_settings(args.config)
+    except SettingsError as exc:
+        sys.stderr.write(f"gruwatch agent: {exc}\n")
+        return 2
+    try:
+        agent = Agent.from_settings(settings)
+    except BundleError as exc:
+        sys.stderr.write(
+            f"gruwatch agent: model bundle {settings.model} refused ({exc.reason}): {exc.detail}\n"
+            "Check it with `gruwatch bundle verify BUNDLE --trusted-keys KEY.pub`.\n"
+        )
+        return 2
+    except StoreError as exc:
+        sys.stderr.write(f"gruwatch agent: {exc}\n")
+        return 2
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        agent.stop()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    return agent.run()
+
+
+def _export(args: argparse.Namespace) -> int:
+    from edge_agent.store import Store, StoreError
+
+    if not args.store.is_file():
+        sys.stderr.write(f"gruwatch agent export: no store at {args.store}; pass the agent's `store` path\n")
+        return 2
+    try:
+        with Store.open(args.store, budget_bytes=1 << 62) as store:
+            summary = store.export_runs(args.out)
+    except StoreError as exc:
+        sys.stderr.write(f"gruwatch agent export: {exc}\n")
+        return 2
+    sys.stdout.write(
+        f"exported {summary.windows} windows ({summary.raw_windows} with raw samples) from "
+        f"{len(summary.files)} sensor file(s) to {summary.out_dir}\n"
+    )
+    return 0
+
+
+def _deploy(args: argparse.Namespace) -> int:
+    import os
+
+    from edge_agent.errors import BundleError
+    from edge_agent.model_swap import DeployError, deploy_bundle
+
+    try:
+        answer = deploy_bundle(
+            args.bundle,
+            broker=args.broker,
+            agent=args.agent,
+            prefix=args.prefix,
+            timeout_s=args.timeout,
+            username=os.environ.get("GRUWATCH_MQTT_USERNAME"),
+            password=os.environ.get("GRUWATCH_MQTT_PASSWORD"),
+            ca_file=args.ca_file,
+        )
+    except BundleError as exc:
+        sys.stderr.write(f"gruwatch agent deploy: cannot pack {args.bundle} ({exc.reason}): {exc.detail}\n")
+        return 2
+    except DeployError as exc:
+        sys.stderr.write(f"gruwatch agent deploy: {exc}\n")
+        return 2
+    sys.stdout.write(json.dumps(answer, indent=2) + "\n")
+    return 0 if answer.get("accepted") else 1

@@ -1,0 +1,331 @@
+"""Model updates for a running agent: bundles from MQTT or from a changed folder, verified off the scoring path.
+
+`ModelSwapper` owns a worker thread. Offers come from two places:
+
+- MQTT: a `pack_bundle` archive published to `{prefix}/_agents/{agent}/model` (`gruwatch agent
+  deploy` does it). `ModelLink` (the agent's MQTT link plus this one subscription) hands the
+  payload to `offer_archive`; the worker unpacks it under `models_dir` (a new folder per archive,
+  named by its sha256) and loads it.
+- The served folder changing on disk: the worker polls the file sizes and modification times of
+  `watch_path` every `poll_s` seconds and loads the folder once it has stopped changing.
+
+Loading is `edge_agent.bundle.load_bundle`: signature against the trusted keys, digests, card,
+feature-spec compatibility, model shapes and the replay of the test vectors. The worker never
+touches the scorer: the daemon calls `take()` between two batches and swaps there (atomically for
+the scoring loop); on a refusal the old model keeps serving and the daemon publishes the reason on
+`.../model/result`. `deploy_bundle` is the deployer's side.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import queue
+import shutil
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from edge_agent.bundle import Bundle, load_bundle, pack_bundle, unpack_bundle
+from edge_agent.errors import BundleError, GruwatchError
+from edge_agent.mqtt_link import MqttLink
+from edge_agent.protocol import model_result_topic, model_topic
+from edge_agent.settings import AgentSettings
+
+Source = Literal["mqtt", "file"]
+
+
+@dataclass(frozen=True, slots=True)
+class Offer:
+    """The outcome of one offered bundle: `bundle` when it passed every check, else `reason`/`detail`."""
+
+    source: Source
+    bundle: Bundle | None
+    reason: str | None = None  # BundleError.reason (or "busy" / "internal")
+    detail: str = ""
+    path: Path | None = None  # where the bundle lies on disk (MQTT bundles are unpacked here)
+
+    @property
+    def accepted(self) -> bool:
+        return self.bundle is not None
+
+
+def result_payload(offer: Offer, *, serving: str, states: Literal["kept", "reset"] | None = None) -> bytes:
+    """The JSON published on `.../model/result` for one offer."""
+    doc: dict[str, Any] = {
+        "accepted": offer.accepted,
+        "source": offer.source,
+        "model": offer.bundle.model_version if offer.bundle is not None else None,
+        "serving": serving,
+    }
+    if offer.accepted:
+        doc["states"] = states
+        doc["key_id"] = offer.bundle.key_id if offer.bundle is not None else None
+    else:
+        doc["reason"] = offer.reason
+        doc["detail"] = offer.detail
+    return json.dumps(doc, separators=(",", ":")).encode()
+
+
+Fingerprint = tuple[tuple[str, int, int, int, int], ...]
+
+
+def _fingerprint(path: Path) -> Fingerprint | None:
+    """(name, size, mtime, ctime, inode) of every file in the folder, or None when it is not a folder.
+
+    ctime is in it because copies that keep the source's mtime (cp -p, shutil.copy2) still change it.
+    """
+    try:
+        out = []
+        for p in path.iterdir():
+            st = p.stat()
+            if p.is_file():
+                out.append((p.name, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino))
+        return tuple(sorted(out))
+    except OSError:
+        return None
+
+
+class ModelSwapper:
+    """Verifies offered bundles on a worker thread; the daemon collects the outcomes with `take()`.
+
+    The constructor only stores its arguments; `start()` starts the worker.
+    """
+
+    def __init__(
+        self,
+        *,
+        trusted_keys: Sequence[Path | str],
+        allow_unsigned: bool,
+        models_dir: Path,
+        watch_path: Path | None = None,
+        poll_s: float = 2.0,
+        max_pending: int = 4,
+    ) -> None:
+        self.trusted_keys = list(trusted_keys)
+        self.allow_unsigned = allow_unsigned
+        self.models_dir = models_dir
+        self.watch_path = watch_path
+        self.poll_s = poll_s
+        self._inbox: queue.Queue[bytes] = queue.Queue(max_pending)
+        self._outbox: queue.Queue[Offer] = queue.Queue()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._seen: Fingerprint | None = None
+
+    def start(self) -> None:
+        if self._thread is not None:
+            return
+        if self.watch_path is not None:
+            self._seen = _fingerprint(self.watch_path)
+        self._thread = threading.Thread(target=self._work, name="gruwatch-model-swap", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 2.0) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+
+    def offer_archive(self, payload: bytes) -> None:
+        """Queue a packed bundle for verification (any thread; never blocks)."""
+        try:
+            self._inbox.put_nowait(bytes(payload))
+        except queue.Full:
+            self._outbox.put(
+                Offer("mqtt", None, "busy", "too many bundles waiting for verification; send it again later")
+            )
+
+    def take(self) -> list[Offer]:
+        """The outcomes verified since the last call, oldest first (never blocks)."""
+        out: list[Offer] = []
+        while True:
+            try:
+                out.append(self._outbox.get_nowait())
+            except queue.Empty:
+                return out
+
+    def load(self, path: Path, source: Source) -> Offer:
+        """Verify one bundle folder now (in the calling thread)."""
+        try:
+            bundle = load_bundle(path, trusted_keys=self.trusted_keys, allow_unsigned=self.allow_unsigned)
+        except BundleError as exc:
+            return Offer(source, None, exc.reason, exc.detail, path)
+        except Exception as exc:  # a bug or an OS error must not kill the worker
+            return Offer(source, None, "internal", f"{type(exc).__name__}: {exc}", path)
+        return Offer(source, bundle, path=path)
+
+    def _unpack_and_load(self, payload: bytes) -> Offer:
+        digest = hashlib.sha256(payload).hexdigest()[:16]
+        dest = self.models_dir / f"bundle-{digest}"
+        if dest.exists():
+            shutil.rmtree(dest, ignore_errors=True)
+        try:
+            self.models_dir.mkdir(parents=True, exist_ok=True)
+            unpack_bundle(payload, dest)
+        except BundleError as exc:
+            shutil.rmtree(dest, ignore_errors=True)
+            return Offer("mqtt", None, exc.reason, exc.detail)
+        except OSError as exc:
+            shutil.rmtree(dest, ignore_errors=True)
+            return Offer("mqtt", None, "internal", f"cannot unpack under {self.models_dir}: {exc}")
+        offer = self.load(dest, "mqtt")
+        if not offer.accepted:
+            shutil.rmtree(dest, ignore_errors=True)
+        return offer
+
+    def _work(self) -> None:
+        next_poll = time.monotonic() + self.poll_s
+        while not self._stop.is_set():
+            try:
+                payload = self._inbox.get(timeout=min(0.2, self.poll_s))
+            except queue.Empty:
+                payload = None
+            if payload is not None:
+                self._outbox.put(self._unpack_and_load(payload))
+            if self.watch_path is not None and time.monotonic() >= next_poll:
+                next_poll = time.monotonic() + self.poll_s
+                self._poll_folder(self.watch_path)
+
+    def _poll_folder(self, path: Path) -> None:
+        now = _fingerprint(path)
+        if now is None or now == self._seen:
+            return
+        time.sleep(min(0.2, self.poll_s))  # let a copy in progress settle
+        if _fingerprint(path) != now:
+            return  # still changing: look again next poll
+        self._seen = now
+        self._outbox.put(self.load(path, "file"))
+
+
+class ModelLink(MqttLink):
+    """The agent's MQTT link, also subscribed to `{prefix}/_agents/{agent}/model`.
+
+    Model payloads go to `on_model(payload)` and are acknowledged at once; everything else is the
+    plain `MqttLink`. (A subclass until mqtt_link grows a hook for control topics.)
+    """
+
+    def __init__(
+        self,
+        settings: AgentSettings,
+        *,
+        on_model: Callable[[bytes], None],
+        model_version: str = "",
+        queue_max_size: int | None = None,
+    ) -> None:
+        super().__init__(settings, model_version=model_version, queue_max_size=queue_max_size)
+        self.on_model = on_model
+        self.model_topic = model_topic(settings.prefix, settings.agent_id)
+        self.result_topic = model_result_topic(settings.prefix, settings.agent_id)
+        self.models_received = 0
+
+    def _on_connect(self, client: Any, userdata: Any, flags: Any, reason: Any, properties: Any) -> None:
+        super()._on_connect(client, userdata, flags, reason, properties)
+        if not reason.is_failure:
+            client.subscribe(self.model_topic, qos=1)
+
+    def _on_message(self, client: Any, userdata: Any, msg: Any) -> None:
+        if msg.topic != self.model_topic:
+            super()._on_message(client, userdata, msg)
+            return
+        with self._lock:
+            self.models_received += 1
+        try:
+            self.on_model(bytes(msg.payload))
+        finally:
+            client.ack(msg.mid, msg.qos)
+
+
+# ------------------------------------------------------------------------------------- deployer side
+
+
+class DeployError(GruwatchError):
+    """The bundle could not be sent, or no agent answered."""
+
+
+def deploy_bundle(
+    bundle_dir: Path | str,
+    *,
+    broker: str,
+    agent: str,
+    prefix: str = "gruwatch",
+    timeout_s: float = 30.0,
+    username: str | None = None,
+    password: str | None = None,
+    ca_file: str | None = None,
+) -> dict[str, Any]:
+    """Publish a packed bundle to an agent's model topic and wait for its JSON answer on `.../model/result`.
+
+    Raises DeployError when the broker is unreachable or no answer comes within `timeout_s`.
+    """
+    import ssl
+    import uuid
+    from urllib.parse import urlsplit
+
+    import paho.mqtt.client as paho
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    payload = pack_bundle(bundle_dir)
+    url = urlsplit(broker)
+    if url.scheme not in ("mqtt", "mqtts") or not url.hostname:
+        raise DeployError(f"broker URL must be mqtt://host[:port] or mqtts://host[:port], got {broker!r}")
+    tls = url.scheme == "mqtts"
+    port = url.port or (8883 if tls else 1883)
+    topic, result_topic = model_topic(prefix, agent), model_result_topic(prefix, agent)
+    answers: queue.Queue[dict[str, Any]] = queue.Queue()
+    subscribed = threading.Event()
+
+    client = paho.Client(
+        callback_api_version=CallbackAPIVersion.VERSION2,
+        client_id=f"gruwatch-deploy-{uuid.uuid4().hex[:12]}",
+        protocol=paho.MQTTv311,
+    )
+    if username is not None:
+        client.username_pw_set(username, password)
+    if tls:
+        client.tls_set(ca_certs=ca_file, cert_reqs=ssl.CERT_REQUIRED)
+
+    def on_connect(c: Any, userdata: Any, flags: Any, reason: Any, properties: Any) -> None:
+        if not reason.is_failure:
+            c.subscribe(result_topic, qos=1)
+
+    def on_subscribe(c: Any, userdata: Any, mid: Any, reason_codes: Any, properties: Any) -> None:
+        subscribed.set()
+
+    def on_message(c: Any, userdata: Any, msg: Any) -> None:
+        try:
+            doc = json.loads(msg.payload)
+        except ValueError:
+            return
+        if isinstance(doc, dict):
+            answers.put(doc)
+
+    client.on_connect = on_connect
+    client.on_subscribe = on_subscribe
+    client.on_message = on_message
+    try:
+        client.connect(url.hostname, port, 30)
+    except OSError as exc:
+        raise DeployError(f"cannot reach the broker at {broker}: {exc}") from exc
+    client.loop_start()
+    try:
+        deadline = time.monotonic() + timeout_s
+        if not subscribed.wait(timeout_s):
+            raise DeployError(f"the broker at {broker} did not accept our subscription to {result_topic}")
+        info = client.publish(topic, payload, qos=1)
+        info.wait_for_publish(max(0.1, deadline - time.monotonic()))
+        if not info.is_published():
+            raise DeployError(f"the broker did not acknowledge the bundle on {topic} within {timeout_s} s")
+        try:
+            return answers.get(timeout=max(0.1, deadline - time.monotonic()))
+        except queue.Empty:
+            raise DeployError(
+                f"no answer on {result_topic} within {timeout_s} s: is agent {agent!r} running with "
+                f"prefix {prefix!r}? (it picks the bundle up when it next connects)"
+            ) from None
+    finally:
+        client.disconnect()
+        client.loop_stop()
