@@ -14,6 +14,12 @@ as on a gateway; the publisher is another process; this process only listens):
    each, published at 2,000 windows/s (goal ≤ 150 MB); then again after a second window each sent as
    fast as possible, which fills the agent's queue (queue_max_size windows) and the batch buffers.
 
+`--profile` runs the throughput agent under cProfile (every thread: the scoring loop and paho's
+network thread) and prints where its time goes: a table by stage (features, model step, store
+commit, health encoding, publishing, acks, waiting for windows, decoding on the network thread) and
+the top functions by own time. cProfile slows Python-heavy code more than numpy/onnxruntime/SQLite
+calls, so read the shares, not the absolute rate, from a profiled run.
+
 Model: a hand-made one-step GRU bundle with H = 64 (tests/edge_agent/gru_fixtures.py), unsigned, so the
 agent runs with allow_unsigned. Run: `.venv/bin/python benchmarks/bench_agent.py [--quick]`. The machine is
 shared (2 cores): expect ±20-50 % between runs (PERFORMANCE-NOTES.md).
@@ -46,9 +52,9 @@ from paho.mqtt.enums import CallbackAPIVersion  # noqa: E402
 
 WINDOW = 2560
 FS = 25600.0
-#: The agent's batch_max_wait_ms here. Under load batches fill at once whatever this is; at 1,000
-#: windows/s the default 50 ms would be a 50 ms latency floor (get_batch waits that long to fill).
-BATCH_WAIT_MS = 5
+#: The agent's batch_max_wait_ms here (--batch-wait-ms). get_batch waits this long for the FIRST window
+#: only and then takes what is queued, so it no longer sets a latency floor; the setting's default is 50.
+BATCH_WAIT_MS = 50
 MEMORY_RATE = 2000.0  # windows/s while filling the state table in the memory run
 
 PUBLISHER = r"""
@@ -178,8 +184,42 @@ class Listener:
         self.client.loop_stop()
 
 
+PROFILED_RUN = r"""
+import cProfile, sys, threading
+from edge_agent.agent_cli import main
+out, config = sys.argv[1], sys.argv[2]
+profiles = []
+def _per_thread(*args):
+    sys.setprofile(None)
+    p = cProfile.Profile()
+    profiles.append((threading.current_thread().name, p))
+    p.enable()
+threading.setprofile(_per_thread)
+main_profile = cProfile.Profile()
+main_profile.enable()
+try:
+    rc = main(["run", "--config", config, "--log-level", "warning"])
+finally:
+    main_profile.disable()
+    threading.setprofile(None)
+    main_profile.dump_stats(f"{out}/main.prof")
+    for i, (name, p) in enumerate(profiles):
+        p.dump_stats(f"{out}/thread-{i}-{name.replace('/', '_')}.prof")
+raise SystemExit(rc)
+"""
+
+
 class AgentProcess:
-    def __init__(self, tmp: Path, port: int, prefix: str, bundle: Path, **settings: Any) -> None:
+    def __init__(
+        self,
+        tmp: Path,
+        port: int,
+        prefix: str,
+        bundle: Path,
+        *,
+        profile_dir: Path | None = None,
+        **settings: Any,
+    ) -> None:
         cfg = {
             "broker": f"mqtt://127.0.0.1:{port}",
             "prefix": prefix,
@@ -188,7 +228,7 @@ class AgentProcess:
             "allow_unsigned": True,
             "store": str(tmp / f"{prefix}.db"),
             "metrics_port": 0,
-            "batch_max_wait_ms": BATCH_WAIT_MS,
+            "batch_max_wait_ms": settings.pop("batch_max_wait_ms", BATCH_WAIT_MS),
             **settings,
         }
         lines = [f"{k} = {json.dumps(v)}" for k, v in cfg.items()]
@@ -196,9 +236,11 @@ class AgentProcess:
         path.write_text("\n".join(lines) + "\n")
         env = {k: v for k, v in os.environ.items() if not k.startswith("GRUWATCH_")}
         code = "from edge_agent.agent_cli import main; raise SystemExit(main(['run', '--config', %r, '--log-level', 'warning']))"
-        self.proc = subprocess.Popen(
-            [sys.executable, "-c", code % str(path)], cwd=REPO, env=env, stderr=subprocess.PIPE, text=True
-        )
+        cmd = [sys.executable, "-c", code % str(path)]
+        if profile_dir is not None:
+            profile_dir.mkdir(parents=True, exist_ok=True)
+            cmd = [sys.executable, "-c", PROFILED_RUN, str(profile_dir), str(path)]
+        self.proc = subprocess.Popen(cmd, cwd=REPO, env=env, stderr=subprocess.PIPE, text=True)
 
     def rss_mb(self) -> float:
         for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
@@ -243,6 +285,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--only", choices=["throughput", "latency", "memory"], action="append", help="run only these parts"
     )
+    p.add_argument("--batch-wait-ms", type=int, default=BATCH_WAIT_MS, help="the agent's batch_max_wait_ms")
+    p.add_argument(
+        "--store-synchronous", choices=["FULL", "NORMAL"], default=None, help="the agent's store_synchronous"
+    )
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=JSON",
+        help="any other agent setting, e.g. --set raw_ring_bytes=0 (value parsed as JSON, else a string)",
+    )
+    p.add_argument("--mqtt-protocol", choices=["5", "3.1.1"], default=None, help="the agent's mqtt_protocol")
+    p.add_argument(
+        "--profile", action="store_true", help="profile the throughput agent and print where time goes"
+    )
     args = p.parse_args(argv)
     if args.quick:
         args.windows, args.latency_s, args.tracked = 3, 4.0, 3000
@@ -262,17 +319,86 @@ def main(argv: list[str] | None = None) -> int:
                 rows += latency(tmp, port, bundle, args)
             if "memory" in parts:
                 rows += memory(tmp, port, bundle, args)
+            if args.profile and "throughput" in parts:
+                print_profile(args.profile_dir)
         finally:
             broker.terminate()
             broker.wait(5)
     width = [max(len(r[i]) for r in rows) for i in range(4)]
     print(
         f"\nedge agent, {args.sensors:,} sensors, {WINDOW}-sample float32 windows, local Mosquitto, QoS 1, "
-        f"batch_max_wait_ms={BATCH_WAIT_MS}"
+        f"batch_max_wait_ms={args.batch_wait_ms}, store_synchronous={args.store_synchronous or 'FULL (default)'}, "
+        f"mqtt_protocol={args.mqtt_protocol or '5 (default)'}" + "".join(f", {x}" for x in args.set)
     )
     for r in rows:
         print("  " + "  ".join(c.ljust(w) for c, w in zip(r, width, strict=True)))
     return 0
+
+
+def _agent_settings(args: argparse.Namespace) -> dict[str, Any]:
+    out: dict[str, Any] = {"batch_max_wait_ms": args.batch_wait_ms}
+    if args.store_synchronous:
+        out["store_synchronous"] = args.store_synchronous
+    if args.mqtt_protocol:
+        out["mqtt_protocol"] = args.mqtt_protocol
+    for item in args.set:
+        key, _, value = item.partition("=")
+        try:
+            out[key] = json.loads(value)
+        except ValueError:
+            out[key] = value
+    return out
+
+
+#: Stages of the agent's work: (label, how to find it in the profile: file suffix, function name).
+STAGES: list[tuple[str, str, str]] = [
+    ("scoring loop, total (main thread)", "edge_agent/daemon.py", "_loop"),
+    ("  waiting for windows (get_batch)", "edge_agent/mqtt_link.py", "get_batch"),
+    ("  one batch (process)", "edge_agent/daemon.py", "process"),
+    ("    sequence checks", "edge_agent/sequencing.py", "check"),
+    ("    features (features_of)", "edge_agent/scorer.py", "features_of"),
+    ("    model step + alarms (score_features)", "edge_agent/scorer.py", "score_features"),
+    ("      onnxruntime run", "onnxruntime/capi/onnxruntime_inference_collection.py", "run"),
+    ("    results, messages, store (_record_and_publish)", "edge_agent/daemon.py", "_record_and_publish"),
+    ("      health JSON (HealthEncoder.encode)", "edge_agent/daemon.py", "encode"),
+    ("      store commit (record_batch)", "edge_agent/store.py", "record_batch"),
+    ("      states for the commit", "edge_agent/daemon.py", "_sensor_states"),
+    ("      hand to paho (_publish_new)", "edge_agent/daemon.py", "_publish_new"),
+    ("    acks (MqttLink.ack_many)", "edge_agent/mqtt_link.py", "ack_many"),
+    ("  outbox bookkeeping (_collect_published)", "edge_agent/daemon.py", "_collect_published"),
+    ("network thread, total (paho loop_forever)", "paho/mqtt/client.py", "loop_forever"),
+    ("  window decode + enqueue (_on_message)", "edge_agent/mqtt_link.py", "_on_message"),
+    ("  decode_vibration", "edge_agent/protocol.py", "decode_vibration"),
+    ("  publish acks (_on_publish)", "edge_agent/mqtt_link.py", "_on_publish"),
+]
+
+
+def print_profile(profile_dir: Path) -> None:
+    """Where the profiled agent's time went: by stage, then the top functions by own time."""
+    import pstats
+
+    files = sorted(profile_dir.glob("*.prof"))
+    if not files:
+        print("no profile written (did the agent stop cleanly?)")
+        return
+    stats = pstats.Stats(*[str(f) for f in files])
+    table: dict[tuple[str, int, str], Any] = stats.stats  # type: ignore[attr-defined]
+    loop_total = next(
+        (v[3] for k, v in table.items() if k[0].endswith("edge_agent/daemon.py") and k[2] == "_loop"), 0.0
+    )
+    print(
+        f"\nprofile of the throughput agent ({len(files)} threads; cumulative seconds, share of the scoring loop)"
+    )
+    for label, suffix, func in STAGES:
+        cum = sum(v[3] for k, v in table.items() if k[0].endswith(suffix) and k[2] == func)
+        calls = sum(v[1] for k, v in table.items() if k[0].endswith(suffix) and k[2] == func)
+        share = f"{cum / loop_total:6.1%}" if loop_total else ""
+        print(f"  {label:<52} {cum:8.2f} s  {share:>7}  {calls:>9,} calls")
+    print("\ntop 15 functions by own time (all threads)")
+    top = sorted(table.items(), key=lambda kv: kv[1][2], reverse=True)[:15]
+    for (file, line, func), (_, ncalls, tottime, cumtime, _) in top:
+        where = f"{Path(file).name}:{line}" if line else file
+        print(f"  {tottime:8.2f} s own  {cumtime:8.2f} s cum  {ncalls:>9,}  {func}  ({where})")
 
 
 Row = tuple[str, str, str, str]
@@ -289,7 +415,15 @@ def throughput(tmp: Path, port: int, bundle: Path, args: argparse.Namespace) -> 
     bare_rate = bare.rate()
     bare.close()
     # 1b. the agent
-    agent = AgentProcess(tmp, port, "tput", bundle)
+    args.profile_dir = tmp / "profile"
+    agent = AgentProcess(
+        tmp,
+        port,
+        "tput",
+        bundle,
+        profile_dir=args.profile_dir if args.profile else None,
+        **_agent_settings(args),
+    )
     wait_online(port, "tput")
     health = Listener(port, "tput/+/+/health")
     pub = publish(port, "tput", args.sensors, args.windows)
@@ -313,7 +447,7 @@ def throughput(tmp: Path, port: int, bundle: Path, args: argparse.Namespace) -> 
 def latency(tmp: Path, port: int, bundle: Path, args: argparse.Namespace) -> list[Row]:
     rows: list[Row] = []
     # 2. latency at a paced rate
-    agent = AgentProcess(tmp, port, "lat", bundle)
+    agent = AgentProcess(tmp, port, "lat", bundle, **_agent_settings(args))
     wait_online(port, "lat")
     lat = Listener(port, "lat/+/+/health", latency=True)
     per_sensor = max(1, round(args.rate * args.latency_s / args.sensors))
@@ -338,7 +472,9 @@ def memory(tmp: Path, port: int, bundle: Path, args: argparse.Namespace) -> list
     rows: list[Row] = []
     # 3. memory with many tracked sensors: one window each, paced below the agent's capacity
     #    (steady state), then a second window each as fast as possible (a burst fills the queue).
-    agent = AgentProcess(tmp, port, "mem", bundle, max_tracked_sensors=max(10_000, args.tracked))
+    agent = AgentProcess(
+        tmp, port, "mem", bundle, max_tracked_sensors=max(10_000, args.tracked), **_agent_settings(args)
+    )
     wait_online(port, "mem")
     idle_mb = agent.rss_mb()
     mem = Listener(port, "mem/+/+/health")

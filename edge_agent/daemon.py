@@ -8,33 +8,44 @@ One loop in one thread (`Agent.run`), around parts that each do one thing:
    must start afresh (first sight, a gap longer than `gap_reset_s`, a sensor restart).
 3. `Scorer` computes the features of every window of the batch and steps all their sensors in one
    onnxruntime call, then runs the alarm state machine.
-4. `Store.record_batch` commits features, scores, transitions, sampled raw samples and the outgoing
-   messages (the outbox) in ONE transaction; only then are the windows acked to the broker, so a
-   crash means redelivery, never loss.
+4. `Store.record_batch` commits features, scores, transitions, sampled raw samples, the outgoing
+   messages (the outbox) AND the new state of every sensor in the batch (hidden state, alarm
+   counters, last seq/ts) in ONE transaction; only then are the windows acked to the broker, so a
+   crash means redelivery, never loss, and the state on disk always matches the acked windows.
 5. Health messages (one per window) and retained alerts (one per state change) go out from the
    outbox, alerts first; the broker's acknowledgements delete them from the outbox. While the
    connection is down they wait in the outbox and are sent in order once it is back.
 
-Between batches the loop swaps in a newly verified model (`ModelSwapper`), saves the hidden states
-every `states_save_interval_s`, keeps the store inside its disk budget and refreshes the gauges.
+Between batches the loop swaps in a newly verified model (`ModelSwapper`), rewrites the states
+table from memory every `states_save_interval_s` (a compaction: it drops sensors no longer tracked;
+correctness does not depend on it), keeps the store inside its disk budget and refreshes the gauges.
 `stop()` (SIGTERM) ends intake; the loop finishes its batch, saves the states, flushes the outbox
 as far as the broker acknowledges within a second, and closes everything.
 
-Restarts: the snapshot (hidden states, alarm counters, last sequence number per sensor) is taken
-every `states_save_interval_s` and on stop, so after a clean stop every sensor resumes exactly where
-it was (the same scores as an uninterrupted run). After a crash (SIGKILL, power loss) it resumes
-from the last snapshot: windows acked since then are not stepped again, windows not yet acked are
-redelivered and scored, and health messages the broker had acknowledged but the outbox had not yet
+Restarts, clean or not (SIGTERM, SIGKILL, a crash; with `store_synchronous = "FULL"` also power
+loss): every window acked to the broker has its results and its sensor's state committed; every
+window not acked is redelivered and scored from that committed state. So each sensor resumes
+exactly where it was: the same scores as an uninterrupted run. A window committed whose ack was
+lost comes again and is dropped as a duplicate by the restored sequence tracker; its health message
+was already in the outbox. Health messages the broker had acknowledged but the outbox had not yet
 forgotten (it deletes once a second) are sent again: at least once, never lost.
+
+Raw samples kept: a sampled share (`raw_sample_fraction`), every window in warning or alarm, the
+`RAW_AFTER_TRANSITION` windows after a state change, and the `raw_before_transition` windows before
+it (kept in a small in-memory ring, bounded by `raw_ring_bytes`, and attached to their stored rows
+in the transition's transaction).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import json
+import math
 import threading
 import time
 import zlib
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,17 +62,16 @@ from edge_agent.model_swap import ModelLink, ModelSwapper, Offer, result_payload
 from edge_agent.mqtt_link import Inbound
 from edge_agent.protocol import (
     Alert,
-    Health,
     State,
     alert_topic,
     encode_alert,
-    encode_health,
     health_topic,
+    validate_id,
 )
 from edge_agent.scorer import ScoreBatch, Scorer
-from edge_agent.sequencing import SequenceTracker, Verdict
+from edge_agent.sequencing import SequenceTracker, Verdict, seq_newer
 from edge_agent.settings import AgentSettings
-from edge_agent.states import states_from_bytes, states_to_bytes
+from edge_agent.states import states_from_bytes
 from edge_agent.store import (
     PRIORITY_ALERT,
     PRIORITY_HEALTH,
@@ -78,7 +88,9 @@ STATES_META_KEY: Final = "agent_states"
 DEPLOYED_META_KEY: Final = "deployed_model"
 #: Windows after an alarm-state change whose raw samples are kept (before it: those in warning/alarm).
 RAW_AFTER_TRANSITION: Final = 16
-FEATURE_SLICE: Final = 64  # windows per feature-extraction call (bounds the temporaries' memory)
+#: Windows per feature-extraction call. extract_batch works in cache-sized blocks itself, so a slice
+#: bounds only its float64 copy of the input (20 KB per window): 256 windows = 5 MB.
+FEATURE_SLICE: Final = 256
 OUTBOX_CHUNK: Final = 500  # outbox messages handed to the MQTT client per loop turn while catching up
 OUTBOX_MAX_IN_FLIGHT: Final = 2000
 GAUGES_EVERY_S: Final = 1.0
@@ -96,6 +108,112 @@ class _Pending:
     item: Inbound
     verdict: Verdict
     evicted: bool = False  # its hidden state was evicted although its sequence was still tracked
+
+
+class HealthEncoder:
+    """Health messages as `protocol.encode_health` writes them, byte for byte, without its generality.
+
+    The fixed part is pre-built: `head(machine, sensor)` once per sensor (ids validated when the
+    topic was parsed), the model's JSON string once per model, each extra field's JSON key once.
+    Values are formatted as `json.dumps` does (ints with str, floats with float.__repr__).
+    tests/edge_agent/test_daemon_e2e.py checks the bytes against encode_health.
+    """
+
+    def __init__(self, model: str) -> None:
+        self.model = model
+        self._tail = f',"model":{json.dumps(model)}'
+        self._keys: dict[str, str] = {}
+
+    @staticmethod
+    def head(machine: str, sensor: str) -> bytes:
+        validate_id(machine)
+        validate_id(sensor)
+        return f'{{"machine":"{machine}","sensor":"{sensor}","seq":'.encode()
+
+    def encode(self, seq: int, ts_ns: int, score: float, state: str, extra: dict[str, Any]) -> bytes:
+        """Everything after the head; `score` finite in [0, 1], `state` one of ok/warning/alarm."""
+        if state not in _STATES or not 0.0 <= score <= 1.0:
+            raise ProtocolError("bad_field", f"score {score!r} or state {state!r} out of range")
+        parts = [f'{seq},"ts":{ts_ns},"score":{score!r},"state":"{state}"', self._tail]
+        keys = self._keys
+        for name, value in extra.items():
+            key = keys.get(name)
+            if key is None:
+                key = keys[name] = f",{json.dumps(name)}:"
+            parts.append(key)
+            parts.append(_json_scalar(value))
+        parts.append("}")
+        return "".join(parts).encode()
+
+
+_STATES: Final = frozenset({"ok", "warning", "alarm"})
+
+
+def _json_scalar(value: object) -> str:
+    """A value as json.dumps writes it (finite floats, ints, strings)."""
+    if type(value) is float:
+        if not math.isfinite(value):
+            raise ProtocolError("nan", f"health field value {value!r} is not finite")
+        return repr(value)
+    if type(value) is int:
+        return str(value)
+    return json.dumps(value, separators=(",", ":"), allow_nan=False)
+
+
+class RawRing:
+    """The last `per_sensor` windows of each sensor stored WITHOUT raw samples, `max_bytes` in all.
+
+    When a sensor changes alarm state, `take` hands back its windows just before the change so their
+    samples can be attached to the stored rows. Memory is bounded globally: beyond `max_bytes` the
+    oldest windows (of any sensor) are forgotten first.
+    """
+
+    def __init__(self, per_sensor: int, max_bytes: int) -> None:
+        self.per_sensor = per_sensor
+        self.max_bytes = max_bytes
+        self.nbytes = 0
+        self._by_sensor: dict[str, deque[tuple[int, int, npt.NDArray[np.float32]]]] = {}
+        self._order: deque[tuple[str, int]] = deque()  # (sensor, window id), oldest first
+
+    def __len__(self) -> int:
+        return sum(len(d) for d in self._by_sensor.values())
+
+    def add(self, sensor: str, window_id: int, seq: int, samples: npt.NDArray[np.float32]) -> None:
+        if self.per_sensor <= 0 or samples.nbytes > self.max_bytes:
+            return
+        d = self._by_sensor.get(sensor)
+        if d is None:
+            d = self._by_sensor[sensor] = deque()
+        d.append((window_id, seq, samples))
+        self._order.append((sensor, window_id))
+        self.nbytes += samples.nbytes
+        if len(d) > self.per_sensor:
+            self.nbytes -= d.popleft()[2].nbytes  # its entry in _order goes stale
+        while self.nbytes > self.max_bytes:
+            self._pop_oldest()
+        if len(self._order) > 4 * self.per_sensor * max(1, len(self._by_sensor)) + 1024:
+            live = {(k, e[0]) for k, q in self._by_sensor.items() for e in q}
+            self._order = deque(x for x in self._order if x in live)
+
+    def _pop_oldest(self) -> None:
+        sensor, wid = self._order.popleft()
+        d = self._by_sensor.get(sensor)
+        if d and d[0][0] == wid:
+            self.nbytes -= d.popleft()[2].nbytes
+            if not d:
+                del self._by_sensor[sensor]
+
+    def take(self, sensor: str, seq: int) -> list[tuple[int, npt.NDArray[np.float32]]]:
+        """(window id, samples) of `sensor`'s kept windows within `per_sensor` seqs before `seq`."""
+        d = self._by_sensor.pop(sensor, None)
+        if not d:
+            return []
+        out = []
+        for wid, s, samples in d:
+            self.nbytes -= samples.nbytes
+            if seq_newer(seq, s) and (seq - s) % (1 << 32) <= self.per_sensor:
+                out.append((wid, samples))
+        return out
 
 
 class Agent:
@@ -133,9 +251,11 @@ class Agent:
         self._reset_by_model: set[str] = set()
         self._messages_seen = 0
         self._acked_outbox: list[int] = []
-        self._topic_cache: dict[str, tuple[str, str]] = {}
+        self._topic_cache: dict[str, tuple[str, str, bytes]] = {}
+        self._encoder: HealthEncoder | None = None
         self._next_mark_sent = 0.0
         self._logged_rejections: Counter[str] = Counter()
+        self.raw_ring = RawRing(settings.raw_before_transition, settings.raw_ring_bytes)
 
     # ------------------------------------------------------------------------------------ factory
 
@@ -147,7 +267,7 @@ class Agent:
         `settings.model` as long as it still verifies; the configured folder is watched for changes.
         The store is opened by `run()`, in the thread that uses it (SQLite connections are per thread).
         """
-        with Store.open(settings.store, budget_bytes=settings.store_budget_bytes) as store:
+        with _open_store(settings) as store:
             store.set_meta("agent_id", settings.agent_id)
             deployed = store.get_meta(DEPLOYED_META_KEY)
         bundle = _initial_bundle(settings, deployed)
@@ -188,7 +308,7 @@ class Agent:
     def run(self) -> int:
         """Serve until `stop()`; returns the process exit code (0)."""
         s = self.settings
-        self._store = Store.open(s.store, budget_bytes=s.store_budget_bytes)
+        self._store = _open_store(s)
         try:
             self._restore_states()
             self.metrics.set_model(self.model_version)
@@ -306,13 +426,13 @@ class Agent:
                 # states have advanced, so a redelivery would be dropped as a duplicate anyway.
                 log.exception("batch_failed", windows=len(chunk))
                 self._drop("internal_error", len(chunk))
-        for item in batch:
-            self.link.ack(item)
+        self.link.ack_many(batch)
         self.metrics.batch_seconds.observe(time.perf_counter() - t0)
 
     def _score_chunk(self, chunk: list[_Pending]) -> None:
         resets: Counter[str] = Counter()
         seen: set[str] = set()
+        last: dict[str, tuple[int, int]] = {}  # the sequence tracker's entry after this chunk
         for p in chunk:
             key = p.item.key
             if p.verdict.reset:
@@ -324,6 +444,7 @@ class Agent:
                 p.evicted = True
                 resets["evicted"] += 1
             seen.add(key)
+            last[key] = (p.item.window.seq, p.item.window.ts_ns)
         for cause, n in resets.items():
             self.resets[cause] += n
             self.metrics.resets.labels(cause=cause).inc(n)
@@ -334,17 +455,17 @@ class Agent:
             chunk = [p for p, good in zip(chunk, ok, strict=True) if good]
             feats = feats[ok]
         if not chunk:
+            # Nothing to score, but the tracker moved on: keep the store in step with it.
+            self.store.record_batch([], states=self._sensor_states(last))
             return
         result = self.scorer.score_features([p.item.key for p in chunk], feats)
         self.metrics.step_seconds.observe(time.perf_counter() - t0)
-        self._record_and_publish(chunk, feats, result)
+        self._record_and_publish(chunk, feats, result, last)
 
     def _features(self, items: Sequence[Inbound]) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.bool_]]:
         """Features of every window, and which rows are usable (finite, computable)."""
         windows = [it.window for it in items]
         try:
-            # In slices: a whole batch at once would hold ~0.15 MB of float64/complex temporaries per
-            # window (tens of MB for a batch of 256), for no speed gain beyond ~64 windows.
             feats = np.concatenate(
                 [
                     self.scorer.features_of(windows[i : i + FEATURE_SLICE])
@@ -366,19 +487,31 @@ class Agent:
         return feats, ok
 
     def _record_and_publish(
-        self, chunk: list[_Pending], feats: npt.NDArray[np.float32], result: ScoreBatch
+        self,
+        chunk: list[_Pending],
+        feats: npt.NDArray[np.float32],
+        result: ScoreBatch,
+        last: dict[str, tuple[int, int]],
     ) -> None:
         model = self.scorer.model_version
         names = self.scorer.outputs
         fraction = self.settings.raw_sample_fraction
+        ring = self.raw_ring
         rows: list[WindowRow] = []
         alerts: list[OutboxMessage] = []
         healths: list[OutboxMessage] = []
         stored_transitions: list[StoredTransition] = []
+        attach: list[tuple[int, npt.NDArray[np.float32]]] = []
+        no_raw: dict[str, list[int]] = {}  # rows of this chunk stored without raw samples, per sensor
+        samples_of: list[npt.NDArray[np.float32] | None] = []  # per row: samples not stored (yet)
         transitions = {t.index: t for t in result.transitions}
         scores = result.scores
         finite = np.asarray(np.isfinite(scores).all(axis=1), dtype=bool)
+        health_all = np.clip(result.health.astype(np.float64), 0.0, 1.0).tolist()
+        encoder = self._health_encoder()
+        steps_all = result.steps.tolist()
         extra_names = [(k, _extra_name(name)) for k, name in enumerate(names) if k > 0]
+        extra_values = scores[:, 1:].astype(np.float64).tolist() if extra_names else None
         for i, p in enumerate(chunk):
             it, w = p.item, p.item.window
             if not finite[i]:
@@ -387,10 +520,14 @@ class Agent:
                 self._drop("bad_score")
                 log.warning("bad_score", sensor=it.key, seq=w.seq, model=model)
                 continue
-            health = float(min(max(float(result.health[i]), 0.0), 1.0))
+            health = health_all[i]
             state = result.states[i]
-            extra: dict[str, Any] = {name: round(float(scores[i, k]), 6) for k, name in extra_names}
-            extra["step"] = int(result.steps[i])
+            extra: dict[str, Any] = (
+                {name: round(extra_values[i][k - 1], 6) for k, name in extra_names}
+                if extra_values is not None
+                else {}
+            )
+            extra["step"] = steps_all[i]
             cause: str | None = p.verdict.outcome if p.verdict.reset else None
             if cause is None and it.key in self._reset_by_model:
                 cause = "model"
@@ -401,14 +538,11 @@ class Agent:
                 extra["state_reset"] = cause
                 if p.verdict.gap_s is not None:
                     extra["gap_s"] = round(p.verdict.gap_s, 3)
+            topics = self._topics(it)
             healths.append(
                 OutboxMessage(
-                    self._topics(it)[0],
-                    encode_health(
-                        Health(
-                            it.machine, it.sensor, w.seq, w.ts_ns, health, cast(State, state), model, extra
-                        )
-                    ),
+                    topics[0],
+                    topics[2] + encoder.encode(w.seq, w.ts_ns, health, state, extra),
                     qos=1,
                     retain=False,
                     priority=PRIORITY_HEALTH,
@@ -417,6 +551,12 @@ class Agent:
             tr = transitions.get(i)
             keep_raw = state != "ok" or tr is not None or _sampled(it.key, w.seq, fraction)
             if tr is not None:
+                # The windows just before the change: from earlier batches (the ring) and this chunk.
+                attach.extend(ring.take(it.key, w.seq))
+                for j in no_raw.pop(it.key, []):
+                    if (w.seq - rows[j].seq) % (1 << 32) <= ring.per_sensor:
+                        rows[j] = dataclasses.replace(rows[j], raw=samples_of[j])
+                        samples_of[j] = None
                 self._after_transition.pop(it.key, None)
                 self._after_transition[it.key] = RAW_AFTER_TRANSITION
                 if len(self._after_transition) > self.settings.max_tracked_sensors:
@@ -434,7 +574,7 @@ class Agent:
                 )
                 alerts.append(
                     OutboxMessage(
-                        self._topics(it)[1],
+                        topics[1],
                         encode_alert(alert),
                         qos=1,
                         retain=True,
@@ -464,6 +604,8 @@ class Agent:
                     del self._after_transition[it.key]
                 else:
                     self._after_transition[it.key] = left
+            if not keep_raw:
+                no_raw.setdefault(it.key, []).append(len(rows))
             rows.append(
                 WindowRow(
                     sensor=it.key,
@@ -478,8 +620,19 @@ class Agent:
                     raw=np.asarray(w.samples, dtype=np.float32) if keep_raw else None,
                 )
             )
+            samples_of.append(None if keep_raw else np.asarray(w.samples, dtype=np.float32))
         outbox = alerts + healths
-        ids = self.store.record_batch(rows, transitions=stored_transitions, outbox=outbox)
+        ids = self.store.record_batch(
+            rows,
+            transitions=stored_transitions,
+            outbox=outbox,
+            states=self._sensor_states(last),
+            attach_raw=attach,
+        )
+        if ring.per_sensor > 0:
+            for wid, r, samples in zip(self.store.last_window_ids, rows, samples_of, strict=True):
+                if samples is not None:
+                    ring.add(r.sensor, wid, r.seq, samples)
         self.windows_scored += len(rows)
         self.metrics.windows_scored.inc(len(rows))
         self._publish_new(outbox, ids)
@@ -487,8 +640,33 @@ class Agent:
         for p in chunk:
             self.metrics.end_to_end_seconds.observe(max(0, now_ns - p.item.received_ns) / 1e9)
 
-    def _topics(self, item: Inbound) -> tuple[str, str]:
-        """(health topic, alert topic) of a sensor, cached (ids are validated once)."""
+    def _sensor_states(self, last: dict[str, tuple[int, int]]) -> dict[str, SensorState]:
+        """The state of the chunk's sensors as it is now, to commit with the chunk's windows."""
+        store = self.scorer.store
+        model = self.scorer.model_version
+        data = store.data
+        out: dict[str, SensorState] = {}
+        for key, (seq, ts) in last.items():
+            if key in store:
+                r = store.row(key)
+                above = data["above"][r].tolist()
+                below = data["below"][r].tolist()
+                out[key] = SensorState(
+                    h=data["h"][r],
+                    model=model,
+                    last_seq=seq,
+                    last_ts_ns=ts,
+                    alarm=int(data["alarm"][r]),
+                    above=(above[0], above[1]),
+                    below=(below[0], below[1]),
+                    steps=int(data["steps"][r]),
+                )
+            else:
+                out[key] = SensorState(h=None, model=model, last_seq=seq, last_ts_ns=ts)
+        return out
+
+    def _topics(self, item: Inbound) -> tuple[str, str, bytes]:
+        """(health topic, alert topic, health JSON head) of a sensor, cached (ids are validated once)."""
         topics = self._topic_cache.get(item.key)
         if topics is None:
             if len(self._topic_cache) >= self.settings.max_tracked_sensors:
@@ -497,9 +675,16 @@ class Agent:
             topics = (
                 health_topic(prefix, item.machine, item.sensor),
                 alert_topic(prefix, item.machine, item.sensor),
+                HealthEncoder.head(item.machine, item.sensor),
             )
             self._topic_cache[item.key] = topics
         return topics
+
+    def _health_encoder(self) -> HealthEncoder:
+        enc = self._encoder
+        if enc is None or enc.model != self.scorer.model_version:
+            enc = self._encoder = HealthEncoder(self.scorer.model_version)
+        return enc
 
     def _drop(self, reason: str, n: int = 1) -> None:
         if n <= 0:
@@ -552,30 +737,92 @@ class Agent:
     # ------------------------------------------------------------------------------------- states
 
     def save_states(self) -> None:
-        """Save every sensor's hidden state, alarm counters and last sequence number (one snapshot)."""
+        """Rewrite the states table from memory: every tracked sensor, least recently used first.
+
+        Not needed for an exact resume (each batch commits its sensors' states with its windows);
+        it drops sensors no longer tracked, so the table stays within `max_tracked_sensors`.
+        """
         exported = self.scorer.export_states()
         last = self.tracker.export()
-        keys = list(last)
-        snapshot = dict(exported)
-        snapshot["tracker_keys"] = keys
-        snapshot["tracker_seq"] = np.array([last[k][0] for k in keys], dtype=np.int64)
-        snapshot["tracker_ts"] = np.array([last[k][1] for k in keys], dtype=np.int64)
-        self.store.set_meta(STATES_META_KEY, states_to_bytes(snapshot))
-        # The per-sensor table (hidden state + last seq) for tools that read the store.
         sensors: list[str] = list(exported["sensors"])
-        h = exported["h"]
-        per_sensor = {}
-        for i, key in enumerate(sensors):
+        index = {k: i for i, k in enumerate(sensors)}
+        model = self.scorer.model_version
+        # The tracker's order (least recently accepted first); sensors only the scorer holds first.
+        keys = [k for k in sensors if k not in last] + list(last)
+        per_sensor: dict[str, SensorState] = {}
+        for key in keys:
             seq, ts = last.get(key, (0, 0))
+            i = index.get(key)
+            if i is None:
+                per_sensor[key] = SensorState(h=None, model=model, last_seq=seq, last_ts_ns=ts)
+                continue
+            above = exported["above"][i].tolist()
+            below = exported["below"][i].tolist()
             per_sensor[key] = SensorState(
-                h=h[i], model=self.scorer.model_version, last_seq=seq, last_ts_ns=ts
+                h=exported["h"][i],
+                model=model,
+                last_seq=seq,
+                last_ts_ns=ts,
+                alarm=int(exported["alarm"][i]),
+                above=(above[0], above[1]),
+                below=(below[0], below[1]),
+                steps=int(exported["steps"][i]),
             )
         self.store.save_states(per_sensor)
 
     def _restore_states(self) -> None:
-        blob = self.store.get_meta(STATES_META_KEY)
-        if not isinstance(blob, bytes):
+        """Resume from the states table (or, once, from a schema-1 store's snapshot blob)."""
+        if isinstance(self.store.get_meta(STATES_META_KEY), bytes):
+            self._restore_legacy_snapshot()
+            self.save_states()  # into the table, then the old snapshot goes
+            self.store.delete_meta(STATES_META_KEY)
             return
+        saved = self.store.load_states()
+        if not saved:
+            return
+        try:
+            self.tracker.restore({k: (s.last_seq, s.last_ts_ns) for k, s in saved.items()})
+            shape = tuple(self.scorer.state_shape)
+            with_h = {k: s for k, s in saved.items() if s.h is not None and tuple(s.h.shape) == shape}
+            # Hidden states of another shape belong to a model swapped out with its states reset.
+            other = [k for k, s in saved.items() if s.h is not None and tuple(s.h.shape) != shape]
+            self._reset_by_model = set(other)
+            if other:
+                log.warning(
+                    "states_not_restored",
+                    reason="state shape changed",
+                    sensors=len(other),
+                    model=self.scorer.model_version,
+                )
+            keys = list(with_h)
+            n = len(keys)
+            h = np.zeros((n, *shape), np.float32)
+            for i, k in enumerate(keys):
+                h[i] = cast(npt.NDArray[np.float32], with_h[k].h)
+            n = self.scorer.import_states(
+                {
+                    "format": 1,
+                    "model_version": self.scorer.model_version,
+                    "state_shape": list(shape),
+                    "sensors": keys,
+                    "h": h,
+                    "alarm": np.array([with_h[k].alarm for k in keys], np.int8),
+                    "above": np.array([with_h[k].above for k in keys], np.int32).reshape(n, 2),
+                    "below": np.array([with_h[k].below for k in keys], np.int32).reshape(n, 2),
+                    "steps": np.array([with_h[k].steps for k in keys], np.int64),
+                }
+            )
+        except (ValueError, KeyError, TypeError) as exc:
+            log.warning("states_not_restored", reason=str(exc))
+            self.tracker.restore({})
+            self._reset_by_model = set()
+            return
+        log.info("states_restored", sensors=n, tracked=len(saved), model=self.scorer.model_version)
+
+    def _restore_legacy_snapshot(self) -> None:
+        """The whole-store snapshot blob older agents saved in meta (schema 1)."""
+        blob = self.store.get_meta(STATES_META_KEY)
+        assert isinstance(blob, bytes)
         try:
             snap = states_from_bytes(blob)
             keys = [str(k) for k in snap.get("tracker_keys", [])]
@@ -599,7 +846,7 @@ class Agent:
             log.warning("states_not_restored", reason=str(exc))
             self.tracker.restore({})
             return
-        log.info("states_restored", sensors=n, model=self.scorer.model_version)
+        log.info("states_restored", sensors=n, model=self.scorer.model_version, source="snapshot")
 
     # ------------------------------------------------------------------------------------- models
 
@@ -690,6 +937,12 @@ class Agent:
 
 
 # ------------------------------------------------------------------------------------------- helpers
+
+
+def _open_store(settings: AgentSettings) -> Store:
+    return Store.open(
+        settings.store, budget_bytes=settings.store_budget_bytes, synchronous=settings.store_synchronous
+    )
 
 
 def models_dir(settings: AgentSettings) -> Path:

@@ -31,7 +31,7 @@ from typing import Any, Literal
 
 from edge_agent.bundle import Bundle, load_bundle, pack_bundle, unpack_bundle
 from edge_agent.errors import BundleError, GruwatchError
-from edge_agent.mqtt_link import MqttLink
+from edge_agent.mqtt_link import MqttLink, RequestError, request_reply
 from edge_agent.protocol import model_result_topic, model_topic
 from edge_agent.settings import AgentSettings
 
@@ -204,8 +204,8 @@ class ModelSwapper:
 class ModelLink(MqttLink):
     """The agent's MQTT link, also subscribed to `{prefix}/_agents/{agent}/model`.
 
-    Model payloads go to `on_model(payload)` and are acknowledged at once; everything else is the
-    plain `MqttLink`. (A subclass until mqtt_link grows a hook for control topics.)
+    Model payloads go to `on_model(payload)` (through `MqttLink.add_subscription`) and are
+    acknowledged at once; everything else is the plain `MqttLink`.
     """
 
     def __init__(
@@ -220,23 +220,12 @@ class ModelLink(MqttLink):
         self.on_model = on_model
         self.model_topic = model_topic(settings.prefix, settings.agent_id)
         self.result_topic = model_result_topic(settings.prefix, settings.agent_id)
-        self.models_received = 0
+        self.add_subscription(self.model_topic, lambda payload: self.on_model(payload), qos=1)
 
-    def _on_connect(self, client: Any, userdata: Any, flags: Any, reason: Any, properties: Any) -> None:
-        super()._on_connect(client, userdata, flags, reason, properties)
-        if not reason.is_failure:
-            client.subscribe(self.model_topic, qos=1)
-
-    def _on_message(self, client: Any, userdata: Any, msg: Any) -> None:
-        if msg.topic != self.model_topic:
-            super()._on_message(client, userdata, msg)
-            return
-        with self._lock:
-            self.models_received += 1
-        try:
-            self.on_model(bytes(msg.payload))
-        finally:
-            client.ack(msg.mid, msg.qos)
+    @property
+    def models_received(self) -> int:
+        """Bundles received on the model topic so far."""
+        return self.received_on(self.model_topic)
 
 
 # ------------------------------------------------------------------------------------- deployer side
@@ -261,71 +250,38 @@ def deploy_bundle(
 
     Raises DeployError when the broker is unreachable or no answer comes within `timeout_s`.
     """
-    import ssl
-    import uuid
-    from urllib.parse import urlsplit
-
-    import paho.mqtt.client as paho
-    from paho.mqtt.enums import CallbackAPIVersion
-
     payload = pack_bundle(bundle_dir)
-    url = urlsplit(broker)
-    if url.scheme not in ("mqtt", "mqtts") or not url.hostname:
-        raise DeployError(f"broker URL must be mqtt://host[:port] or mqtts://host[:port], got {broker!r}")
-    tls = url.scheme == "mqtts"
-    port = url.port or (8883 if tls else 1883)
     topic, result_topic = model_topic(prefix, agent), model_result_topic(prefix, agent)
-    answers: queue.Queue[dict[str, Any]] = queue.Queue()
-    subscribed = threading.Event()
-
-    client = paho.Client(
-        callback_api_version=CallbackAPIVersion.VERSION2,
-        client_id=f"gruwatch-deploy-{uuid.uuid4().hex[:12]}",
-        protocol=paho.MQTTv311,
-    )
-    if username is not None:
-        client.username_pw_set(username, password)
-    if tls:
-        client.tls_set(ca_certs=ca_file, cert_reqs=ssl.CERT_REQUIRED)
-
-    def on_connect(c: Any, userdata: Any, flags: Any, reason: Any, properties: Any) -> None:
-        if not reason.is_failure:
-            c.subscribe(result_topic, qos=1)
-
-    def on_subscribe(c: Any, userdata: Any, mid: Any, reason_codes: Any, properties: Any) -> None:
-        subscribed.set()
-
-    def on_message(c: Any, userdata: Any, msg: Any) -> None:
-        try:
-            doc = json.loads(msg.payload)
-        except ValueError:
-            return
-        if isinstance(doc, dict):
-            answers.put(doc)
-
-    client.on_connect = on_connect
-    client.on_subscribe = on_subscribe
-    client.on_message = on_message
     try:
-        client.connect(url.hostname, port, 30)
-    except OSError as exc:
-        raise DeployError(f"cannot reach the broker at {broker}: {exc}") from exc
-    client.loop_start()
-    try:
-        deadline = time.monotonic() + timeout_s
-        if not subscribed.wait(timeout_s):
-            raise DeployError(f"the broker at {broker} did not accept our subscription to {result_topic}")
-        info = client.publish(topic, payload, qos=1)
-        info.wait_for_publish(max(0.1, deadline - time.monotonic()))
-        if not info.is_published():
-            raise DeployError(f"the broker did not acknowledge the bundle on {topic} within {timeout_s} s")
-        try:
-            return answers.get(timeout=max(0.1, deadline - time.monotonic()))
-        except queue.Empty:
+        answer = request_reply(
+            broker,
+            topic,
+            payload,
+            result_topic,
+            timeout_s=timeout_s,
+            accept=_is_json_object,
+            username=username,
+            password=password,
+            ca_file=ca_file,
+            client_prefix="gruwatch-deploy",
+        )
+    except RequestError as exc:
+        if exc.stage == "answer":
             raise DeployError(
                 f"no answer on {result_topic} within {timeout_s} s: is agent {agent!r} running with "
                 f"prefix {prefix!r}? (it picks the bundle up when it next connects)"
             ) from None
-    finally:
-        client.disconnect()
-        client.loop_stop()
+        if exc.stage == "publish":
+            raise DeployError(
+                f"the broker did not acknowledge the bundle on {topic} within {timeout_s} s"
+            ) from None
+        raise DeployError(str(exc)) from exc
+    doc: dict[str, Any] = json.loads(answer)
+    return doc
+
+
+def _is_json_object(payload: bytes) -> bool:
+    try:
+        return isinstance(json.loads(payload), dict)
+    except ValueError:
+        return False

@@ -16,6 +16,11 @@ connection (clean DISCONNECT, reconnect with the same session) so the broker red
 
 Malformed messages are acked at once (redelivering them cannot help) and counted by reason.
 
+Control topics: `add_subscription(topic, callback)` subscribes to one more exact topic on every
+connect; its payloads go to `callback(payload)` on the network thread and are acked right after
+(the model topic of `model_swap.ModelLink` is one). `request_reply` is the other side's one-shot
+client: connect, subscribe to a reply topic, publish, wait for the first acceptable answer.
+
 The status topic `{prefix}/_agents/{agent}/status` carries retained JSON {"state", "model"}:
 "online" on every connect, "offline" on a clean stop and, as the last will, when the connection
 drops without a DISCONNECT. Connects, losses and reconnects are logged (logger "edge_agent.mqtt")
@@ -31,9 +36,12 @@ import queue
 import ssl
 import threading
 import time
+import uuid
 from collections import Counter
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
+from urllib.parse import urlsplit
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
@@ -41,7 +49,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from edge_agent.errors import ProtocolError
+from edge_agent.errors import GruwatchError, ProtocolError
 from edge_agent.protocol import (
     Window,
     agent_status_topic,
@@ -54,6 +62,7 @@ from edge_agent.settings import AgentSettings
 log = logging.getLogger("edge_agent.mqtt")
 
 QUEUE_FULL = "queue_full"
+_TOPIC_CACHE_MAX = 100_000  # validated vibration topics remembered (parsing one costs a regex match)
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,6 +158,30 @@ class MqttLink:
         self._client: paho.Client | None = None
         self._stopping = False
         self._last_error: str | None = None
+        self._extra: dict[str, tuple[Callable[[bytes], None], int]] = {}  # topic -> (callback, qos)
+        self._topics: dict[str, tuple[str, str]] = {}  # vibration topic -> (machine, sensor), validated
+        self._extra_received: Counter[str] = Counter()
+
+    # --- control topics --------------------------------------------------------------------------
+
+    def add_subscription(self, topic: str, callback: Callable[[bytes], None], *, qos: int = 1) -> None:
+        """Also subscribe to `topic` (exact, no wildcards) on every connect; payloads go to `callback`.
+
+        The callback runs on paho's network thread and must not block (hand the work to a queue);
+        the message is acked once it returns, even if it raises (the error is logged). Call before
+        `start()`, or after it to subscribe at once when connected.
+        """
+        if "+" in topic or "#" in topic:
+            raise ValueError(f"add_subscription takes an exact topic, got the filter {topic!r}")
+        self._extra[topic] = (callback, qos)
+        client = self._client
+        if client is not None and self._online.is_set():
+            client.subscribe(topic, qos=qos)
+
+    def received_on(self, topic: str) -> int:
+        """Messages received on an `add_subscription` topic so far."""
+        with self._lock:
+            return self._extra_received[topic]
 
     # --- connection ------------------------------------------------------------------------------
 
@@ -300,6 +333,8 @@ class MqttLink:
         _, mid = client.subscribe(self.subscription, qos=self.settings.mqtt_qos)
         with self._lock:
             self._sub_mid = mid
+        for topic, (_, qos) in list(self._extra.items()):
+            client.subscribe(topic, qos=qos)
 
     def _on_subscribe(
         self,
@@ -340,23 +375,33 @@ class MqttLink:
             log.info("mqtt disconnected (%s)", reason)
 
     def _on_message(self, client: paho.Client, userdata: Any, msg: paho.MQTTMessage) -> None:
-        with self._lock:
-            self._received += 1
-            generation = self._generation
+        extra = self._extra.get(msg.topic)
+        if extra is not None:
+            self._on_control(client, msg, extra[0])
+            return
+        # The counters below are written by this thread only: no lock (stats() reads whole ints).
+        self._received += 1
+        generation = self._generation
         try:
-            topic = parse_sensor_topic(msg.topic, self.prefix)
-            if topic.kind != "vibration":
-                raise ProtocolError("bad_topic", f"{msg.topic!r:.120} is not a vibration topic")
+            ids = self._topics.get(msg.topic)
+            if ids is None:
+                topic = parse_sensor_topic(msg.topic, self.prefix)
+                if topic.kind != "vibration":
+                    raise ProtocolError("bad_topic", f"{msg.topic!r:.120} is not a vibration topic")
+                ids = (topic.machine, topic.sensor)
+                if len(self._topics) >= _TOPIC_CACHE_MAX:
+                    self._topics.clear()
+                self._topics[msg.topic] = ids
             window = decode_vibration(msg.payload)
         except ProtocolError as exc:
-            with self._lock:
+            with self._lock:  # stats() copies the Counter: not while it changes
                 self._rejected[exc.reason] += 1
             log.debug("mqtt rejected message on %r: %s", msg.topic, exc)
             client.ack(msg.mid, msg.qos)  # a malformed message stays malformed: do not have it redelivered
             return
         item = Inbound(
-            machine=topic.machine,
-            sensor=topic.sensor,
+            machine=ids[0],
+            sensor=ids[1],
             window=window,
             mid=msg.mid,
             qos=msg.qos,
@@ -374,8 +419,19 @@ class MqttLink:
                 "mqtt queue full: window %s seq=%d dropped unacked for redelivery", item.key, window.seq
             )
             return
+        self._accepted += 1
+
+    def _on_control(
+        self, client: paho.Client, msg: paho.MQTTMessage, callback: Callable[[bytes], None]
+    ) -> None:
         with self._lock:
-            self._accepted += 1
+            self._extra_received[msg.topic] += 1
+        try:
+            callback(bytes(msg.payload))
+        except Exception:
+            log.exception("mqtt handler for %s failed", msg.topic)
+        finally:
+            client.ack(msg.mid, msg.qos)
 
     def _on_publish(
         self,
@@ -409,8 +465,9 @@ class MqttLink:
             return None
 
     def get_batch(self, max_items: int, max_wait_s: float) -> list[Inbound]:
-        """Up to `max_items` windows: waits up to `max_wait_s` for the first, then takes what is there
-        until the batch is full or `max_wait_s` has passed since the first arrived.
+        """Up to `max_items` windows: waits up to `max_wait_s` for the first, then takes whatever else
+        is waiting, without waiting for more (under load the queue fills the batch by itself; when
+        it is quiet a window is scored at once instead of waiting for company).
 
         When windows were dropped unacked (queue full) and the queue has drained since, this first
         reconnects so the broker redelivers them (call it after acking the previous batch).
@@ -423,20 +480,10 @@ class MqttLink:
         first = self.get(max_wait_s)
         if first is not None:
             out.append(first)
-            deadline = time.monotonic() + max_wait_s
-            while len(out) < max_items:
-                try:
-                    out.append(self._queue.get_nowait())
-                    continue
-                except queue.Empty:
-                    pass
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    break
-                nxt = self.get(left)
-                if nxt is None:
-                    break
-                out.append(nxt)
+            get_nowait = self._queue.get_nowait
+            with contextlib.suppress(queue.Empty):
+                while len(out) < max_items:
+                    out.append(get_nowait())
         return out
 
     def qsize(self) -> int:
@@ -461,6 +508,24 @@ class MqttLink:
             return False
         rc = client.ack(item.mid, item.qos)
         return rc == MQTTErrorCode.MQTT_ERR_SUCCESS
+
+    def ack_many(self, items: Sequence[Inbound]) -> int:
+        """`ack` for a whole batch (one lock round); returns how many were acked."""
+        client = self._client
+        todo = [it for it in items if it.qos != 0]
+        with self._lock:
+            online = client is not None and self._online.is_set()
+            gen = self._generation
+            fresh = [it for it in todo if online and it.generation == gen]
+            self._stale_acks += len(todo) - len(fresh)
+            self._acked += len(fresh)
+        if client is None:
+            return 0
+        ok = 0
+        for it in fresh:
+            if client.ack(it.mid, it.qos) == MQTTErrorCode.MQTT_ERR_SUCCESS:
+                ok += 1
+        return ok + (len(items) - len(todo))
 
     def publish(
         self,
@@ -517,3 +582,100 @@ class MqttLink:
                 connected=self._connected.is_set(),
                 last_error=self._last_error,
             )
+
+
+# ------------------------------------------------------------------------------ one-shot requests
+
+
+class RequestError(GruwatchError):
+    """`request_reply` failed; `stage` says where: connect, subscribe, publish or answer."""
+
+    def __init__(self, stage: Literal["connect", "subscribe", "publish", "answer"], message: str) -> None:
+        super().__init__(message)
+        self.stage = stage
+
+
+def request_reply(
+    broker: str,
+    topic: str,
+    payload: bytes,
+    reply_topic: str,
+    *,
+    timeout_s: float = 30.0,
+    accept: Callable[[bytes], bool] = lambda b: True,
+    username: str | None = None,
+    password: str | None = None,
+    ca_file: str | None = None,
+    client_prefix: str = "gruwatch-request",
+) -> bytes:
+    """Publish `payload` to `topic` (QoS 1) and return the first accepted message on `reply_topic`.
+
+    Subscribes to `reply_topic` before publishing, so the answer cannot be missed; messages for
+    which `accept(payload)` is False are skipped. One short-lived MQTT 3.1.1 client (mqtt:// or
+    mqtts:// URL). Raises RequestError (with `.stage`) when the broker cannot be reached, refuses
+    the subscription, does not acknowledge the publish, or no accepted answer comes within
+    `timeout_s` seconds (overall).
+    """
+    url = urlsplit(broker)
+    if url.scheme not in ("mqtt", "mqtts") or not url.hostname:
+        raise RequestError(
+            "connect", f"broker URL must be mqtt://host[:port] or mqtts://host[:port], got {broker!r}"
+        )
+    tls = url.scheme == "mqtts"
+    port = url.port or (8883 if tls else 1883)
+    answers: queue.Queue[bytes] = queue.Queue()
+    subscribed = threading.Event()
+    client = paho.Client(
+        callback_api_version=CallbackAPIVersion.VERSION2,
+        client_id=f"{client_prefix}-{uuid.uuid4().hex[:12]}",
+        protocol=paho.MQTTv311,
+    )
+    if username is not None:
+        client.username_pw_set(username, password)
+    if tls:
+        client.tls_set(ca_certs=ca_file, cert_reqs=ssl.CERT_REQUIRED)
+
+    def on_connect(c: paho.Client, userdata: Any, flags: Any, reason: ReasonCode, properties: Any) -> None:
+        if not reason.is_failure:
+            c.subscribe(reply_topic, qos=1)
+
+    def on_subscribe(
+        c: paho.Client, userdata: Any, mid: int, codes: list[ReasonCode], properties: Any
+    ) -> None:
+        if not any(rc.is_failure for rc in codes):
+            subscribed.set()
+
+    def on_message(c: paho.Client, userdata: Any, msg: paho.MQTTMessage) -> None:
+        body = bytes(msg.payload)
+        with contextlib.suppress(Exception):
+            if accept(body):
+                answers.put(body)
+
+    client.on_connect = on_connect
+    client.on_subscribe = on_subscribe
+    client.on_message = on_message
+    try:
+        client.connect(url.hostname, port, 30)
+    except OSError as exc:
+        raise RequestError("connect", f"cannot reach the broker at {broker}: {exc}") from exc
+    client.loop_start()
+    try:
+        deadline = time.monotonic() + timeout_s
+        if not subscribed.wait(timeout_s):
+            raise RequestError(
+                "subscribe", f"the broker at {broker} did not accept our subscription to {reply_topic}"
+            )
+        info = client.publish(topic, payload, qos=1)
+        with contextlib.suppress(RuntimeError, ValueError):
+            info.wait_for_publish(max(0.1, deadline - time.monotonic()))
+        if not info.is_published():
+            raise RequestError(
+                "publish", f"the broker did not acknowledge the message on {topic} within {timeout_s} s"
+            )
+        try:
+            return answers.get(timeout=max(0.1, deadline - time.monotonic()))
+        except queue.Empty:
+            raise RequestError("answer", f"no answer on {reply_topic} within {timeout_s} s") from None
+    finally:
+        client.disconnect()
+        client.loop_stop()

@@ -101,7 +101,9 @@ class AgentSettings(BaseSettings):
     batch_max_size: int = Field(default=256, ge=1, description="Windows scored in one model call at most.")
     batch_max_wait_ms: int = Field(default=50, ge=0, description="Wait this long to fill a batch.")
     states_save_interval_s: float = Field(
-        default=60.0, gt=0, description="Hidden states are saved this often."
+        default=60.0,
+        gt=0,
+        description="The states table is rewritten (compacted) this often; each batch saves its own.",
     )
 
     # --- local store -----------------------------------------------------------------------------
@@ -110,6 +112,24 @@ class AgentSettings(BaseSettings):
     )
     raw_sample_fraction: float = Field(
         default=0.01, ge=0.0, le=1.0, description="Share of windows whose raw samples are kept."
+    )
+    raw_before_transition: int = Field(
+        default=8,
+        ge=0,
+        le=1024,
+        description="Windows before an alarm-state change whose raw samples are kept (held in memory).",
+    )
+    raw_ring_bytes: int = Field(
+        default=16 * 1024**2,
+        ge=0,
+        description="Memory for the windows held for raw_before_transition, bytes (oldest go first).",
+    )
+    store_synchronous: Literal["FULL", "NORMAL"] = Field(
+        default="FULL",
+        description=(
+            "SQLite fsync policy. FULL: a commit survives power loss. NORMAL (WAL): faster; a commit "
+            "survives a crash of the agent, not a power loss or kernel crash."
+        ),
     )
 
     @field_validator("prefix")

@@ -2,8 +2,10 @@
 
 One `Store` per process, used from one thread (the daemon loop). Every public write is one
 transaction, so what a call returned from is on disk and survives a crash of the process
-(`synchronous=FULL` by default also survives power loss; the agent acks a window to the broker
-only after the transaction holding its results committed).
+(`synchronous=FULL`, the default, also survives power loss; `synchronous=NORMAL` in WAL mode is
+faster and still survives a crash of the process or of the agent, but a power loss or kernel
+crash may roll back the last transactions; the agent acks a window to the broker only after the
+transaction holding its results committed).
 
 Tables (schema version in `meta.schema`):
 
@@ -13,8 +15,10 @@ Tables (schema version in `meta.schema`):
 - ``transitions``: alarm state changes (ok → warning → alarm and back).
 - ``outbox``: messages for the broker not yet acknowledged by it; `outbox_pending` yields alerts
   before health, each in insertion order; `mark_sent` deletes them.
-- ``states``: per-sensor hidden state (float32 blob + shape), model version, last seq and ts,
-  replaced as a whole by `save_states` in one transaction.
+- ``states``: per-sensor hidden state (float32 blob + shape; empty when the sensor is tracked by
+  sequence only), alarm state and hysteresis counters, steps, model version, last seq and ts, and
+  `touched` (a counter: least recently used first). `record_batch(..., states=)` upserts the
+  sensors of a batch in the batch's own transaction; `save_states` replaces the whole table.
 - ``meta``: key → value (text or bytes) for small facts and blobs.
 
 The disk budget (`enforce_budget`) evicts, oldest first: raw samples of ordinary windows, then
@@ -38,7 +42,7 @@ from typing import Any, Literal
 import numpy as np
 import numpy.typing as npt
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 EXPORT_FORMAT = "gruwatch-agent-export"
 EXPORT_VERSION = 1
 
@@ -91,9 +95,32 @@ CREATE TABLE IF NOT EXISTS states (
     shape TEXT NOT NULL,
     model TEXT NOT NULL,
     last_seq INTEGER NOT NULL,
-    last_ts_ns INTEGER NOT NULL
+    last_ts_ns INTEGER NOT NULL,
+    alarm INTEGER NOT NULL DEFAULT 0,
+    above_warning INTEGER NOT NULL DEFAULT 0,
+    above_alarm INTEGER NOT NULL DEFAULT 0,
+    below_ok INTEGER NOT NULL DEFAULT 0,
+    below_warning INTEGER NOT NULL DEFAULT 0,
+    steps INTEGER NOT NULL DEFAULT 0,
+    touched INTEGER NOT NULL DEFAULT 0
 );
 """
+
+#: Columns schema 1 lacked (added by the 1 -> 2 migration, with their defaults).
+_V2_STATE_COLUMNS = (
+    "alarm",
+    "above_warning",
+    "above_alarm",
+    "below_ok",
+    "below_warning",
+    "steps",
+    "touched",
+)
+
+_UPSERT_STATE = (
+    "INSERT OR REPLACE INTO states (sensor, h, shape, model, last_seq, last_ts_ns, alarm, above_warning,"
+    " above_alarm, below_ok, below_warning, steps, touched) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
 
 
 class StoreError(RuntimeError):
@@ -155,12 +182,21 @@ class OutboxItem:
 
 @dataclass(frozen=True, slots=True)
 class SensorState:
-    """A sensor's hidden state for a warm restart."""
+    """Everything a sensor needs to resume exactly: hidden state, alarm counters, last seq and ts.
 
-    h: npt.NDArray[np.float32]  # any shape, typically [layers, hidden]
+    `h` is None for a sensor known by sequence number only (its hidden state was evicted or reset);
+    its next window starts from a fresh state. `above` / `below` are the alarm state machine's
+    hysteresis counters (edge_agent.alarms), `steps` the windows its state has seen.
+    """
+
+    h: npt.NDArray[np.float32] | None  # any shape, typically [layers, hidden]
     model: str
     last_seq: int
     last_ts_ns: int
+    alarm: int = 0  # 0 ok, 1 warning, 2 alarm
+    above: tuple[int, int] = (0, 0)
+    below: tuple[int, int] = (0, 0)
+    steps: int = 0
 
 
 @dataclass(slots=True)
@@ -210,6 +246,9 @@ class Store:
         self.path = path
         self.budget_bytes = budget_bytes
         self.alarm_margin = alarm_margin
+        #: Row ids of the windows stored by the last `record_batch`, in the order given.
+        self.last_window_ids: range = range(0)
+        self._touched = int(conn.execute("SELECT COALESCE(MAX(touched), 0) FROM states").fetchone()[0])
 
     # --- lifecycle -------------------------------------------------------------------------------
 
@@ -222,7 +261,12 @@ class Store:
         alarm_margin: int = 32,
         synchronous: Literal["FULL", "NORMAL"] = "FULL",
     ) -> Store:
-        """Open (creating if needed) the store at `path` in WAL mode; raises StoreError if unusable."""
+        """Open (creating if needed) the store at `path` in WAL mode; raises StoreError if unusable.
+
+        `synchronous="NORMAL"`: commits skip the fsync of the WAL; a committed transaction still
+        survives a crash of the process, but not a power loss or a kernel crash (see the module doc).
+        A schema-1 store is migrated in place (its states table gains the alarm-counter columns).
+        """
         if budget_bytes < 64 * 1024:
             raise ValueError("budget_bytes must be at least 64 KiB")
         path = Path(path)
@@ -245,6 +289,8 @@ class Store:
             row = conn.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
             if row is None:
                 conn.execute("INSERT INTO meta (key, value) VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
+            elif int(row[0]) == 1:
+                _migrate_1_to_2(conn)
             elif int(row[0]) != SCHEMA_VERSION:
                 raise StoreError(
                     f"store {path} has schema {row[0]}, this agent speaks {SCHEMA_VERSION}; "
@@ -289,11 +335,16 @@ class Store:
         *,
         transitions: Sequence[Transition] = (),
         outbox: Sequence[OutboxMessage] = (),
+        states: Mapping[str, SensorState] | None = None,
+        attach_raw: Sequence[tuple[int, npt.ArrayLike]] = (),
     ) -> list[int]:
-        """Store one scoring batch (windows, transitions and messages) in ONE transaction.
+        """Store one scoring batch (windows, transitions, messages, sensor states) in ONE transaction.
 
-        Returns the outbox ids of `outbox`, in order. After this returns the batch is durable and its
-        windows may be acknowledged to the broker.
+        `states` upserts those sensors' rows of the states table (the others are left alone), so the
+        states on disk always match the windows on disk, whatever moment a crash picks.
+        `attach_raw` gives raw samples to windows stored earlier, by window id (see `attach_raw`).
+        Returns the outbox ids of `outbox`, in order; the new windows' ids are in `last_window_ids`.
+        After this returns the batch is durable and its windows may be acknowledged to the broker.
         """
         now = time.time_ns()
         win_params = [
@@ -312,21 +363,55 @@ class Store:
             )
             for r in rows
         ]
+        state_params = self._state_params(states) if states else []
+        raw_params = [(_f32_blob(raw), int(wid)) for wid, raw in attach_raw]
         with self._tx() as c:
             c.executemany(
                 "INSERT INTO windows (sensor, seq, ts_ns, n_features, features, score, state, model, fs, rpm, raw)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 win_params,
             )
-            c.executemany(
-                "INSERT INTO transitions (sensor, seq, ts_ns, previous_state, state, score, model, reason)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                [
-                    (t.sensor, t.seq, t.ts_ns, t.previous_state, t.state, float(t.score), t.model, t.reason)
-                    for t in transitions
-                ],
-            )
-            return self._insert_outbox(c, outbox, now)
+            last = _last_rowid(c)
+            if transitions:
+                c.executemany(
+                    "INSERT INTO transitions (sensor, seq, ts_ns, previous_state, state, score, model, reason)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    [
+                        (
+                            t.sensor,
+                            t.seq,
+                            t.ts_ns,
+                            t.previous_state,
+                            t.state,
+                            float(t.score),
+                            t.model,
+                            t.reason,
+                        )
+                        for t in transitions
+                    ],
+                )
+            if state_params:
+                c.executemany(_UPSERT_STATE, state_params)
+            if raw_params:
+                c.executemany(_ATTACH_RAW, raw_params)
+            ids = self._insert_outbox(c, outbox, now)
+        self.last_window_ids = range(last - len(win_params) + 1, last + 1) if win_params else range(0)
+        return ids
+
+    def attach_raw(self, items: Sequence[tuple[int, npt.ArrayLike]]) -> int:
+        """Give raw samples to windows already stored without them, by window id (`last_window_ids`).
+
+        The daemon uses it for the windows just BEFORE an alarm transition, which it keeps in memory
+        until it knows whether they matter. Windows evicted meanwhile, or already holding raw
+        samples, are left alone. Returns how many windows got their samples. One transaction.
+        """
+        params = [(_f32_blob(raw), int(wid)) for wid, raw in items]
+        if not params:
+            return 0
+        with self._tx() as c:
+            before = c.total_changes
+            c.executemany(_ATTACH_RAW, params)
+            return c.total_changes - before
 
     def enqueue_outbox(self, msgs: Sequence[OutboxMessage]) -> list[int]:
         """Add messages to the outbox in one transaction; returns their ids."""
@@ -335,15 +420,48 @@ class Store:
 
     @staticmethod
     def _insert_outbox(c: sqlite3.Connection, msgs: Iterable[OutboxMessage], now: int) -> list[int]:
-        ids = []
-        for m in msgs:
-            cur = c.execute(
-                "INSERT INTO outbox (topic, payload, qos, retain, priority, created_ns) VALUES (?, ?, ?, ?, ?, ?)",
-                (m.topic, bytes(m.payload), int(m.qos), int(bool(m.retain)), int(m.priority), now),
+        """Insert in one executemany; the ids are consecutive (rowid = largest + 1, one writer)."""
+        params = [
+            (m.topic, bytes(m.payload), int(m.qos), int(bool(m.retain)), int(m.priority), now) for m in msgs
+        ]
+        if not params:
+            return []
+        c.executemany(
+            "INSERT INTO outbox (topic, payload, qos, retain, priority, created_ns) VALUES (?, ?, ?, ?, ?, ?)",
+            params,
+        )
+        last = _last_rowid(c)
+        return list(range(last - len(params) + 1, last + 1))
+
+    def _state_params(self, states: Mapping[str, SensorState]) -> list[tuple[Any, ...]]:
+        """Rows for `_UPSERT_STATE`, all with the same new `touched` (in order: ties keep insertion order)."""
+        self._touched += 1
+        t = self._touched
+        out = []
+        for key, s in states.items():
+            if s.h is None:
+                blob, shape = b"", "[]"
+            else:
+                h = np.asarray(s.h)
+                blob, shape = _f32_blob(h), json.dumps(list(h.shape))
+            out.append(
+                (
+                    key,
+                    blob,
+                    shape,
+                    s.model,
+                    int(s.last_seq),
+                    int(s.last_ts_ns),
+                    int(s.alarm),
+                    int(s.above[0]),
+                    int(s.above[1]),
+                    int(s.below[0]),
+                    int(s.below[1]),
+                    int(s.steps),
+                    t,
+                )
             )
-            assert cur.lastrowid is not None
-            ids.append(int(cur.lastrowid))
-        return ids
+        return out
 
     def outbox_pending(self, limit: int = 1000, *, exclude: Iterable[int] = ()) -> list[OutboxItem]:
         """Up to `limit` unsent messages: alerts first, then health, each in insertion order.
@@ -378,33 +496,35 @@ class Store:
             return c.total_changes - before
 
     def save_states(self, states: Mapping[str, SensorState]) -> None:
-        """Replace all saved hidden states with `states`, in one transaction."""
-        params = [
-            (
-                key,
-                _f32_blob(s.h),
-                json.dumps(list(np.asarray(s.h).shape)),
-                s.model,
-                int(s.last_seq),
-                int(s.last_ts_ns),
-            )
-            for key, s in states.items()
-        ]
+        """Replace all saved states with `states` (least recently used first), in one transaction."""
+        params = self._state_params(states)
         with self._tx() as c:
             c.execute("DELETE FROM states")
-            c.executemany(
-                "INSERT INTO states (sensor, h, shape, model, last_seq, last_ts_ns) VALUES (?, ?, ?, ?, ?, ?)",
-                params,
-            )
+            c.executemany(_UPSERT_STATE, params)
 
     def load_states(self) -> dict[str, SensorState]:
-        """The states saved by the last `save_states` (empty on a fresh store)."""
+        """The saved states, least recently used first (empty on a fresh store)."""
         out: dict[str, SensorState] = {}
-        for sensor, blob, shape, model, last_seq, last_ts in self._conn.execute(
-            "SELECT sensor, h, shape, model, last_seq, last_ts_ns FROM states"
+        for row in self._conn.execute(
+            "SELECT sensor, h, shape, model, last_seq, last_ts_ns, alarm, above_warning, above_alarm,"
+            " below_ok, below_warning, steps FROM states ORDER BY touched, rowid"
         ):
-            h = np.frombuffer(blob, dtype="<f4").astype(np.float32).reshape(json.loads(shape))
-            out[sensor] = SensorState(h=h, model=model, last_seq=last_seq, last_ts_ns=last_ts)
+            sensor, blob, shape, model, last_seq, last_ts, alarm, aw, aa, bo, bw, steps = row
+            h = (
+                np.frombuffer(blob, dtype="<f4").astype(np.float32).reshape(json.loads(shape))
+                if blob
+                else None
+            )
+            out[sensor] = SensorState(
+                h=h,
+                model=model,
+                last_seq=last_seq,
+                last_ts_ns=last_ts,
+                alarm=alarm,
+                above=(aw, aa),
+                below=(bo, bw),
+                steps=steps,
+            )
         return out
 
     def set_meta(self, key: str, value: str | bytes) -> None:
@@ -414,6 +534,10 @@ class Store:
     def get_meta(self, key: str) -> str | bytes | None:
         row = self._conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
         return None if row is None else row[0]
+
+    def delete_meta(self, key: str) -> None:
+        with self._tx() as c:
+            c.execute("DELETE FROM meta WHERE key = ?", (key,))
 
     # --- reads for tests, metrics and export -----------------------------------------------------
 
@@ -636,6 +760,28 @@ class Store:
             "raw_offsets": offsets,
             "raw_samples": np.concatenate(raw_parts) if raw_parts else np.zeros(0, np.float32),
         }
+
+
+_ATTACH_RAW = "UPDATE windows SET raw = ? WHERE id = ? AND raw IS NULL"
+
+
+def _last_rowid(c: sqlite3.Connection) -> int:
+    return int(c.execute("SELECT last_insert_rowid()").fetchone()[0])
+
+
+def _migrate_1_to_2(conn: sqlite3.Connection) -> None:
+    """Schema 1 -> 2: the states table gains alarm counters, steps and `touched` (one transaction)."""
+    have = {r[1] for r in conn.execute("PRAGMA table_info(states)")}
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        for col in _V2_STATE_COLUMNS:
+            if col not in have:
+                conn.execute(f"ALTER TABLE states ADD COLUMN {col} INTEGER NOT NULL DEFAULT 0")
+        conn.execute("UPDATE meta SET value = ? WHERE key = 'schema'", (str(SCHEMA_VERSION),))
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
 
 
 def _f32_blob(a: npt.ArrayLike) -> bytes:

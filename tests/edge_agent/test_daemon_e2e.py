@@ -34,6 +34,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from edge_agent.bundle import sign_bundle, write_bundle
 from edge_agent.daemon import Agent
+from edge_agent.errors import ProtocolError
 from edge_agent.features import DEFAULT_SPEC
 from edge_agent.protocol import (
     HEADER,
@@ -837,3 +838,268 @@ def test_process_reports_every_kind_of_state_reset(models: Models, fleet: Fleet,
     assert dict(agent.resets) == {"new": 3, "gap": 1, "restart": 1, "evicted": 1}
     assert [h.extra["step"] for h in health if h.sensor == "a"] == [1, 2, 1, 2]
     assert [h.extra["step"] for h in health if h.sensor != "a"] == [1, 1, 1, 1]
+
+
+def _kill_test_windows(n: int, sensors: tuple[str, ...]) -> dict[str, list[Window]]:
+    """Per sensor, `n` windows whose RMS swings up and down: ok → warning → alarm → ok, twice."""
+    rng = np.random.default_rng(5)
+    out: dict[str, list[Window]] = {}
+    for j, s in enumerate(sensors):
+        amps = 0.3 * np.exp(1.6 * np.sin(np.arange(n) / (5 + j)))
+        out[s] = [
+            Window(
+                k,
+                10**18 + k * 10**10,
+                25600.0,
+                1500.0,
+                (amps[k] * rng.standard_normal(2560)).astype(np.float32),
+            )
+            for k in range(n)
+        ]
+    return out
+
+
+def test_a_killed_agent_resumes_with_exactly_the_scores_of_an_uninterrupted_run(
+    broker: Broker, topic_prefix: str, models: Models, tmp_path: Path
+) -> None:
+    """SIGKILL mid-stream, restart: every health message (redeliveries included) carries the score,
+    alarm state and step count a single uninterrupted run gives.
+
+    Each batch commits its sensors' states with its windows and is acked only after, so a kill at
+    any moment leaves committed states that match exactly the windows the broker will not resend.
+    The periodic full save is set to an hour: exactness cannot come from it.
+    """
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[2]
+    store = tmp_path / "agent.db"
+    config = tmp_path / "agent.toml"
+    agent_id = f"exact-{topic_prefix[-12:]}"
+    config.write_text(
+        f'broker = "{broker.url}"\nprefix = "{topic_prefix}"\nagent_id = "{agent_id}"\nmodel = "{models.v1}"\n'
+        f'trusted_keys = ["{models.pub}"]\nstore = "{store}"\nmetrics_port = 0\nbatch_max_wait_ms = 5\n'
+        "batch_max_size = 16\nstates_save_interval_s = 3600\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GRUWATCH_")}
+    child = (
+        "import sys; from edge_agent.agent_cli import main; sys.exit(main(['run', '--config', sys.argv[1]]))"
+    )
+
+    def start() -> subprocess.Popen[str]:
+        return subprocess.Popen(
+            [sys.executable, "-c", child, str(config)],
+            cwd=repo,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+
+    sensors = ("s0", "s1", "s2")
+    n = 60
+    windows = _kill_test_windows(n, sensors)
+    scorer = Scorer.from_bundle(models.v1, trusted_keys=[models.pub])
+    ref: dict[tuple[str, int], tuple[float, str, int]] = {}
+    for s in sensors:
+        for w in windows[s]:
+            r = scorer.score_one(s, w)
+            ref[(s, w.seq)] = (r.health, r.state, r.step)
+    assert {v[1] for v in ref.values()} == {"ok", "warning", "alarm"}
+
+    sub = Subscriber(broker, topic_prefix)
+    status: list[dict[str, str]] = []
+    watcher = _client(broker)
+    watcher.on_message = lambda c, u, m: status.append(json.loads(m.payload))
+    watcher.subscribe(f"{topic_prefix}/_agents/{agent_id}/status", qos=1)
+    pub = _client(broker)
+
+    def send(ks: range) -> None:
+        for k in ks:
+            for s in sensors:
+                pub.publish(vibration_topic(topic_prefix, "press1", s), encode_binary(windows[s][k]), qos=1)
+
+    proc = start()
+    try:
+        assert sub.wait(lambda: any(s.get("state") == "online" for s in status), 30)
+        send(range(n // 2))
+        assert sub.wait(lambda: len(sub.health) >= 24)
+        proc.kill()  # mid-stream: batches committed and acked, committed not acked, queued, in flight
+        proc.communicate(timeout=10)
+        send(range(n // 2, n))
+        time.sleep(0.3)
+        before = len(sub.health)
+        proc = start()
+        assert sub.wait(lambda: {(h.sensor, h.seq) for h in sub.health} >= set(ref), 30), (
+            f"{len({(h.sensor, h.seq) for h in sub.health})} of {len(ref)} windows scored"
+        )
+        time.sleep(0.3)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=10)
+        assert proc.returncode == 0, err[-2000:]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+        for c in (pub, watcher):
+            c.disconnect()
+            c.loop_stop()
+        sub.close()
+    assert before < len(ref), "the kill came too late to test anything"
+    health = list(sub.health)
+    assert {(h.sensor, h.seq) for h in health} == set(ref)
+    for h in health:  # redelivered health messages included: each is the uninterrupted run's
+        score, state, step = ref[(h.sensor, h.seq)]
+        assert h.score == pytest.approx(score, abs=1e-6), (h.sensor, h.seq)
+        assert (h.state, h.extra["step"]) == (state, step), (h.sensor, h.seq)
+        assert "state_reset" not in h.extra, (h.sensor, h.seq, h.extra)
+
+
+def test_raw_samples_before_an_alarm_change_are_kept(models: Models, tmp_path: Path) -> None:
+    """The `raw_before_transition` windows before a state change get their raw samples, whether they
+    came in earlier batches (held in memory) or earlier in the same batch; older ones do not."""
+    from edge_agent.mqtt_link import Inbound
+    from edge_agent.store import Store
+
+    settings = load_settings(
+        None,
+        broker="mqtt://127.0.0.1:1",
+        prefix="t",
+        agent_id="t",
+        model=models.v1,
+        trusted_keys=[models.pub],
+        store=tmp_path / "agent.db",
+        metrics_port=0,
+        raw_sample_fraction=0.0,
+        raw_before_transition=3,
+    )
+    agent = Agent.from_settings(settings)
+    agent._store = Store.open(settings.store, budget_bytes=settings.store_budget_bytes)
+    rng = np.random.default_rng(0)
+
+    def item(sensor: str, k: int) -> Inbound:
+        amp = 0.05 if k < 8 else 3.0
+        w = Window(
+            k, T0_NS + k * 10**10, 25600.0, 1500.0, (amp * rng.standard_normal(2560)).astype(np.float32)
+        )
+        return Inbound("m", sensor, w, mid=1, qos=1, dup=False, generation=0, received_ns=time.time_ns())
+
+    try:
+        for k in range(12):  # one window per batch: the ring carries them over
+            agent.process([item("a", k)])
+        agent.process([item("b", k) for k in range(12)])  # all in one batch
+        conn = agent.store._conn
+        raw = {
+            s: [
+                r[0]
+                for r in conn.execute(
+                    "SELECT seq FROM windows WHERE sensor = ? AND raw IS NOT NULL ORDER BY seq", (f"m/{s}",)
+                )
+            ]
+            for s in ("a", "b")
+        }
+        first_change = {t.sensor: t.seq for t in reversed(agent.store.transitions())}
+        assert agent.raw_ring.nbytes <= settings.raw_ring_bytes
+    finally:
+        agent.store.close()
+    for s in ("a", "b"):
+        k_t = first_change[f"m/{s}"]
+        assert k_t > 8  # the change came a few high windows after k = 8
+        assert raw[s] == list(range(k_t - 3, 12)), s  # 3 before, the change, and every one after
+
+
+def test_raw_ring_is_bounded_per_sensor_and_in_bytes() -> None:
+    from edge_agent.daemon import RawRing
+
+    x = np.zeros(10, np.float32)  # 40 bytes
+    ring = RawRing(2, 5 * 40)
+    for k in range(4):
+        ring.add("a", 100 + k, k, x)
+    assert len(ring) == 2
+    assert ring.nbytes == 80
+    for k in range(4):
+        ring.add("b", 200 + k, k, x)
+        ring.add("c", 300 + k, k, x)
+    # Over 200 bytes, the oldest of any sensor went first (a's 102); per sensor, beyond two.
+    assert ring.nbytes == 200
+    assert len(ring) == 5
+    assert [wid for wid, _ in ring.take("a", 4)] == [103]
+    assert ring.take("a", 5) == []  # taken
+    assert [wid for wid, _ in ring.take("b", 4)] == [202, 203]
+    assert [wid for wid, _ in ring.take("c", 5)] == [303]  # 302 is 3 seqs before: too old
+    assert ring.nbytes == 0
+    assert len(ring) == 0
+
+
+def test_health_encoder_writes_what_encode_health_writes() -> None:
+    from edge_agent.daemon import HealthEncoder
+    from edge_agent.protocol import Health, encode_health
+
+    rng = np.random.default_rng(3)
+    models = ["rms-v1", 'odd "model" \u00e9 name']
+    for i in range(300):
+        model = models[i % 2]
+        enc = HealthEncoder(model)
+        score = float(rng.choice([0.0, 1.0, rng.random(), float(np.float32(rng.random()))]))
+        extra: dict[str, Any] = {
+            "p_outer": round(float(rng.random()), 6),
+            "out_step": 1e-7,
+            "step": int(rng.integers(1, 10**9)),
+        }
+        if i % 3 == 0:
+            extra["state_reset"] = ["gap", "restart", "evicted", "model"][i % 4]
+            extra["gap_s"] = round(float(rng.random() * 1e4), 3)
+        state = ["ok", "warning", "alarm"][i % 3]
+        seq, ts = int(rng.integers(0, 2**32)), int(rng.integers(-(2**63), 2**63))
+        want = encode_health(Health("m-1_A", "s0", seq, ts, score, state, model, extra))  # type: ignore[arg-type]
+        assert HealthEncoder.head("m-1_A", "s0") + enc.encode(seq, ts, score, state, extra) == want
+    with pytest.raises(ProtocolError):
+        HealthEncoder.head("bad id", "s0")
+    with pytest.raises(ProtocolError):
+        HealthEncoder("v").encode(1, 1, 1.5, "ok", {})
+    with pytest.raises(ProtocolError):
+        HealthEncoder("v").encode(1, 1, 0.5, "ok", {"x": float("nan")})
+
+
+def test_a_snapshot_left_by_an_older_agent_is_restored_once(
+    models: Models, fleet: Fleet, tmp_path: Path
+) -> None:
+    """Schema-1 agents saved all states as one blob in meta; the first start moves it into the table."""
+    from edge_agent.states import states_to_bytes
+    from edge_agent.store import Store
+
+    settings = load_settings(
+        None,
+        broker="mqtt://127.0.0.1:1",
+        prefix="t",
+        agent_id="t",
+        model=models.v1,
+        trusted_keys=[models.pub],
+        store=tmp_path / "agent.db",
+        metrics_port=0,
+    )
+    old = Scorer.from_bundle(models.v1, trusted_keys=[models.pub])
+    run = fleet.outer
+    for k in range(3):
+        old.score_one("m/a", fleet.window(run, k))
+    snap = old.export_states()
+    snap["tracker_keys"] = ["m/a"]
+    snap["tracker_seq"] = np.array([2], np.int64)
+    snap["tracker_ts"] = np.array([fleet.window(run, 2).ts_ns], np.int64)
+    with Store.open(settings.store, budget_bytes=settings.store_budget_bytes) as st:
+        st.set_meta("agent_states", states_to_bytes(snap))
+    agent = Agent.from_settings(settings)
+    agent._store = Store.open(settings.store, budget_bytes=settings.store_budget_bytes)
+    try:
+        agent._restore_states()
+        assert agent.store.get_meta("agent_states") is None
+        saved = agent.store.load_states()
+        assert saved["m/a"].last_seq == 2
+        assert saved["m/a"].steps == 3
+        assert agent.tracker.last("m/a") == (2, fleet.window(run, 2).ts_ns)
+        want = old.score_one("m/a", fleet.window(run, 3)).health
+        assert agent.scorer.score_one("m/a", fleet.window(run, 3)).health == pytest.approx(want, abs=1e-7)
+    finally:
+        agent.store.close()

@@ -508,3 +508,90 @@ def test_mqtts_with_ca_file_and_password(
         assert "refused" in stats.last_error
     finally:
         bad.stop()
+
+
+def test_only_mqtt_link_imports_paho() -> None:
+    """Rule: in edge_agent only mqtt_link.py talks to paho (one place for the MQTT client's quirks)."""
+    import re
+
+    pattern = re.compile(r"^\s*(import\s+paho|from\s+paho[\s.])", re.MULTILINE)
+    offenders = [
+        p.name
+        for p in sorted((REPO / "edge_agent").glob("*.py"))
+        if p.name != "mqtt_link.py" and pattern.search(p.read_text(encoding="utf-8"))
+    ]
+    assert offenders == []
+    assert pattern.search((REPO / "edge_agent" / "mqtt_link.py").read_text(encoding="utf-8"))
+
+
+def test_get_batch_returns_what_is_there_without_waiting_to_fill(
+    broker: Any, topic_prefix: str, peer: Peer, tmp_path: Path
+) -> None:
+    link = MqttLink(_settings(broker, topic_prefix, tmp_path))
+    link.start()
+    try:
+        assert link.wait_connected(10)
+        topic = vibration_topic(topic_prefix, "m1", "s0")
+        for seq in range(3):
+            peer.publish(topic, encode_binary(_window(seq)))
+        deadline = time.monotonic() + 5
+        while link.qsize() < 3 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        t0 = time.monotonic()
+        batch = link.get_batch(100, 5.0)  # three waiting, nothing more coming
+        took = time.monotonic() - t0
+        assert [it.window.seq for it in batch] == [0, 1, 2]
+        assert took < 2.5, f"get_batch waited {took:.2f} s for a batch that could not fill"
+        assert link.get_batch(100, 0.05) == []
+        for it in batch:
+            link.ack(it)
+    finally:
+        link.stop()
+
+
+def test_extra_subscription_hands_payloads_to_its_callback(
+    broker: Any, topic_prefix: str, peer: Peer, tmp_path: Path
+) -> None:
+    link = MqttLink(_settings(broker, topic_prefix, tmp_path))
+    got: queue.Queue[bytes] = queue.Queue()
+    control = f"{topic_prefix}/_agents/gw1/control"
+    link.add_subscription(control, got.put)
+    late: queue.Queue[bytes] = queue.Queue()
+    link.start()
+    try:
+        assert link.wait_connected(10)
+        time.sleep(0.2)  # the extra subscription follows the vibration one
+        peer.publish(control, b"hello")
+        assert got.get(timeout=5) == b"hello"
+        link.add_subscription(f"{topic_prefix}/_agents/gw1/later", late.put)  # after start: at once
+        time.sleep(0.3)
+        peer.publish(f"{topic_prefix}/_agents/gw1/later", b"again")
+        assert late.get(timeout=5) == b"again"
+        assert link.received_on(control) == 1
+        assert link.stats().received == 0  # not vibration windows
+        with pytest.raises(ValueError, match="exact topic"):
+            link.add_subscription(f"{topic_prefix}/+/x", got.put)
+    finally:
+        link.stop()
+
+
+def test_request_reply_returns_the_first_accepted_answer(broker: Any, topic_prefix: str, peer: Peer) -> None:
+    from edge_agent.mqtt_link import RequestError, request_reply
+
+    ask, answer = f"{topic_prefix}/ask", f"{topic_prefix}/answer"
+
+    def respond(c: Any, u: Any, m: Any) -> None:
+        if m.topic == ask:
+            c.publish(answer, b"not json")
+            c.publish(answer, json.dumps({"echo": m.payload.decode()}).encode())
+
+    peer.client.on_message = respond
+    peer.subscribe(ask)
+    got = request_reply(broker.url, ask, b"ping", answer, timeout_s=10, accept=lambda b: b.startswith(b"{"))
+    assert json.loads(got) == {"echo": "ping"}
+    with pytest.raises(RequestError) as err:
+        request_reply(broker.url, f"{topic_prefix}/nobody", b"x", f"{topic_prefix}/silence", timeout_s=0.5)
+    assert err.value.stage == "answer"
+    with pytest.raises(RequestError) as err:
+        request_reply("http://localhost", ask, b"x", answer)
+    assert err.value.stage == "connect"

@@ -237,3 +237,97 @@ def test_committed_batches_survive_sigkill(tmp_path: Path) -> None:
     assert counts["raw_windows"] == counts["windows"]
     assert st.window_seqs("m/s") == list(range(10 * batches))
     st.close()
+
+
+def test_record_batch_upserts_the_states_of_its_sensors_only(tmp_path: Path) -> None:
+    st = Store.open(tmp_path / "u.db", budget_bytes=10**7)
+    h = np.arange(2 * 3, dtype=np.float32).reshape(2, 3)
+    st.save_states({"m/a": SensorState(h, "v1", 1, 10), "m/b": SensorState(h + 1, "v1", 2, 20)})
+    st.record_batch(
+        [_row("m/b", 3), _row("m/c", 1)],
+        states={
+            "m/b": SensorState(h * 3, "v1", 3, 30, alarm=2, above=(4, 2), below=(0, 0), steps=9),
+            "m/c": SensorState(None, "v1", 1, 11),  # tracked by sequence only
+        },
+    )
+    st.close()
+    with Store.open(tmp_path / "u.db", budget_bytes=10**7) as again:
+        loaded = again.load_states()
+    assert list(loaded) == ["m/a", "m/b", "m/c"]  # least recently used first
+    a, b, c = loaded["m/a"], loaded["m/b"], loaded["m/c"]
+    assert a.h is not None
+    np.testing.assert_array_equal(a.h, h)  # not in the batch: untouched
+    assert (a.last_seq, a.alarm, a.steps) == (1, 0, 0)
+    assert b.h is not None
+    np.testing.assert_array_equal(b.h, h * 3)
+    assert (b.last_seq, b.last_ts_ns, b.alarm, b.above, b.below, b.steps) == (3, 30, 2, (4, 2), (0, 0), 9)
+    assert c.h is None
+    assert (c.last_seq, c.last_ts_ns) == (1, 11)
+
+
+def test_batch_states_roll_back_with_the_batch(tmp_path: Path) -> None:
+    st = Store.open(tmp_path / "r.db", budget_bytes=10**7)
+    h = np.zeros((1, 2), np.float32)
+    bad = WindowRow("m/a", 1, 1, np.zeros(2, np.float32), 0.1, "ok", "v1")
+    with pytest.raises(TypeError):  # the outbox insert fails after the windows and states went in
+        st.record_batch(
+            [bad],
+            states={"m/a": SensorState(h, "v1", 1, 1)},
+            outbox=[OutboxMessage("t", None)],  # type: ignore[arg-type]
+        )
+    assert st.counts() == {"windows": 0, "raw_windows": 0, "transitions": 0, "outbox": 0, "states": 0}
+    st.close()
+
+
+def test_attach_raw_to_stored_windows(tmp_path: Path) -> None:
+    st = Store.open(tmp_path / "raw.db", budget_bytes=10**7)
+    st.record_batch([_row("m/s", i) for i in range(3)])
+    first = st.last_window_ids
+    assert len(first) == 3
+    st.record_batch([_row("m/s", 3, raw=16)], attach_raw=[(first[1], np.full(16, 7, np.float32))])
+    assert list(st.last_window_ids) == [first[-1] + 1]
+    assert st.attach_raw([(first[2], np.ones(4, np.float32)), (first[1], np.zeros(16, np.float32))]) == 1
+    assert st.attach_raw([(10_000, np.ones(4, np.float32))]) == 0  # gone (evicted): ignored
+    st.export_runs(tmp_path / "x")
+    st.close()
+    with np.load(tmp_path / "x" / "m__s.npz", allow_pickle=False) as z:
+        assert z["raw_rows"].tolist() == [1, 2, 3]
+        off = z["raw_offsets"]
+        np.testing.assert_array_equal(z["raw_samples"][off[0] : off[1]], np.full(16, 7, np.float32))  # kept
+        np.testing.assert_array_equal(z["raw_samples"][off[1] : off[2]], np.ones(4, np.float32))
+
+
+def test_outbox_ids_are_those_of_the_rows(tmp_path: Path) -> None:
+    st = Store.open(tmp_path / "ids.db", budget_bytes=10**7)
+    st.enqueue_outbox([OutboxMessage("x", b"0")])
+    st.mark_sent(st.enqueue_outbox([OutboxMessage("y", b"1")]))
+    ids = st.record_batch(
+        [_row("m/s", 1)], outbox=[OutboxMessage(f"t/{i}", str(i).encode()) for i in range(5)]
+    )
+    got = {p.id: p.topic for p in st.outbox_pending(100)}
+    assert {i: got[i] for i in ids} == {i: f"t/{k}" for k, i in enumerate(ids)}
+    st.close()
+
+
+def test_schema_1_store_is_migrated(tmp_path: Path) -> None:
+    db = tmp_path / "v1.db"
+    conn = sqlite3.connect(db)
+    conn.executescript(
+        "CREATE TABLE meta (key TEXT PRIMARY KEY, value BLOB);"
+        "INSERT INTO meta VALUES ('schema', '1');"
+        "CREATE TABLE states (sensor TEXT PRIMARY KEY, h BLOB NOT NULL, shape TEXT NOT NULL,"
+        " model TEXT NOT NULL, last_seq INTEGER NOT NULL, last_ts_ns INTEGER NOT NULL);"
+    )
+    conn.execute(
+        "INSERT INTO states VALUES ('m/a', ?, '[1, 2]', 'v1', 5, 50)", (np.ones(2, "<f4").tobytes(),)
+    )
+    conn.commit()
+    conn.close()
+    with Store.open(db, budget_bytes=10**7) as st:
+        assert st.get_meta("schema") == "2"
+        loaded = st.load_states()
+        assert (loaded["m/a"].last_seq, loaded["m/a"].alarm, loaded["m/a"].steps) == (5, 0, 0)
+        st.record_batch(
+            [_row("m/a", 6)], states={"m/a": SensorState(np.zeros((1, 2), np.float32), "v1", 6, 60)}
+        )
+        assert st.load_states()["m/a"].last_seq == 6
