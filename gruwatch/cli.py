@@ -30,6 +30,11 @@ COMMANDS: dict[str, Command] = {
     "train": Command(
         "trainer.cli:main", "train", "fit a GRU on labelled or healthy-only data and write a model bundle"
     ),
+    "evaluate": Command(
+        "trainer.evaluate_cli:main",
+        "train",
+        "score a bundle step-wise over whole runs: metrics.json and report.html",
+    ),
     "agent": Command(
         "edge_agent.agent_cli:main", "agent", "run the edge daemon, export its data, deploy a model to it"
     ),

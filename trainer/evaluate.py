@@ -1,0 +1,310 @@
+"""Step-wise evaluation of a model bundle over whole runs, exactly as the agent scores, and its metrics.
+
+`score_runs` feeds every run's windows through `edge_agent.scorer.Scorer` one window per sensor per
+step (runs are sensors; many are stepped in one onnxruntime call, as the agent batches sensors), from
+a fresh state at each run's first window, and keeps the scores and the alarm states the scorer's own
+state machine produced. Features come from `edge_agent.features.extract_batch` with the bundle's
+feature spec (via `trainer.sequences`), the code the agent runs on every window.
+
+`evaluate` adds the targets the trainer uses (degraded := the loader's label OR remaining life <=
+`horizon_s`; fault classes named by the bundle's `p_<class>` outputs) and `summarize` computes the
+metrics of `trainer.metrics` into the `metrics.json` layout documented in docs/evaluation.md.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from edge_agent.alarms import STATE_NAMES
+from edge_agent.scorer import Scorer
+from trainer import metrics
+from trainer.data.runs import Run
+from trainer.sequences import FeatureSequence, build_sequences
+
+STATE_CODES = {name: i for i, name in enumerate(STATE_NAMES)}
+MAX_BATCH_SENSORS = 4096
+
+
+@dataclass
+class RunEval:
+    """One run's step-wise results, aligned with its windows."""
+
+    run_id: str
+    machine: str
+    sensor: str
+    source: str
+    ts: np.ndarray  # float64 [N] seconds since the run's start
+    scores: np.ndarray  # float32 [N, K] as the scorer returned them
+    states: np.ndarray  # int8 [N] 0 ok, 1 warning, 2 alarm (the scorer's state after each window)
+    target: np.ndarray  # float32 [N] 1 degraded, 0 healthy, NaN unknown
+    fault: np.ndarray  # int64 [N] fault class index (bundle outputs order), -1 unknown
+    failed_at_end: bool
+
+    @property
+    def health(self) -> np.ndarray:
+        return self.scores[:, 0]
+
+
+def fault_classes_of(outputs: Sequence[str]) -> tuple[str, ...]:
+    """Fault classes named by a bundle's outputs: ("health", "p_outer", ...) -> ("outer", ...)."""
+    return tuple(o[2:] for o in outputs[1:] if o.startswith("p_"))
+
+
+def score_runs(
+    scorer: Scorer, seqs: Sequence[FeatureSequence], *, progress: bool = True
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(scores [N, K], states int8 [N]) per run, stepping the runs side by side as sensors.
+
+    Each run is its own sensor id with a fresh state; step k scores window k of every run that is
+    that long, in one `Scorer.score_features` call (at most MAX_BATCH_SENSORS runs at a time).
+    """
+    K = len(scorer.outputs)
+    out: list[tuple[np.ndarray, np.ndarray]] = [
+        (np.empty((len(s), K), np.float32), np.empty(len(s), np.int8)) for s in seqs
+    ]
+    total = sum(len(s) for s in seqs)
+    bar = tqdm(total=total, desc="scoring", unit="window", disable=not progress)
+    for g0 in range(0, len(seqs), MAX_BATCH_SENSORS):
+        group = list(range(g0, min(g0 + MAX_BATCH_SENSORS, len(seqs))))
+        ids = {i: f"eval{i:06d}" for i in group}
+        for i in group:
+            scorer.reset(ids[i])
+        longest = max((len(seqs[i]) for i in group), default=0)
+        for k in range(longest):
+            live = [i for i in group if len(seqs[i]) > k]
+            x = np.stack([seqs[i].features[k] for i in live])
+            batch = scorer.score_features([ids[i] for i in live], x)
+            for j, i in enumerate(live):
+                out[i][0][k] = batch.scores[j]
+                out[i][1][k] = STATE_CODES[batch.states[j]]
+            bar.update(len(live))
+        for i in group:
+            scorer.reset(ids[i])
+    bar.close()
+    return out
+
+
+def evaluate_runs(
+    scorer: Scorer,
+    runs: Sequence[Run],
+    *,
+    horizon_s: float | None = None,
+    progress: bool = True,
+) -> tuple[list[RunEval], list[FeatureSequence], dict[str, float]]:
+    """Features, targets and step-wise scores for every run. Returns (results, sequences, timings)."""
+    classes = fault_classes_of(scorer.outputs)
+    t0 = time.perf_counter()
+    seqs = build_sequences(runs, scorer.spec, horizon_s=horizon_s, classes=classes, progress=progress)
+    t1 = time.perf_counter()
+    scored = score_runs(scorer, seqs, progress=progress)
+    t2 = time.perf_counter()
+    results = [
+        RunEval(
+            run_id=run.run_id,
+            machine=run.machine,
+            sensor=run.sensor,
+            source=run.source,
+            ts=np.asarray(seq.ts, np.float64),
+            scores=sc,
+            states=st,
+            target=seq.target,
+            fault=seq.fault,
+            failed_at_end=bool(run.labels is not None and run.labels.failed_at_end),
+        )
+        for run, seq, (sc, st) in zip(runs, seqs, scored, strict=True)
+    ]
+    windows = sum(len(s) for s in seqs)
+    timings = {
+        "features_s": t1 - t0,
+        "scoring_s": t2 - t1,
+        "windows": float(windows),
+        "scoring_us_per_window": (t2 - t1) / windows * 1e6 if windows else 0.0,
+    }
+    return results, seqs, timings
+
+
+# ------------------------------------------------------------------------------------------ metrics
+def run_row(r: RunEval) -> dict[str, Any]:
+    """The per-run entry of metrics.json "runs"."""
+    raises = metrics.alarm_raises(r.states)
+    lead_s, lead_frac = metrics.lead_time(r.ts, r.states) if r.failed_at_end else (None, None)
+    deg = np.flatnonzero(r.target == 1)
+    onset_s = float(r.ts[deg[0]]) if deg.size else None
+    first_alarm_s = float(r.ts[raises[0]]) if raises.size else None
+    delay_s = None
+    if deg.size:
+        after = raises[raises >= deg[0]]
+        if after.size:
+            delay_s = float(r.ts[after[0]] - r.ts[deg[0]])
+    n = len(r.ts)
+    return {
+        "run_id": r.run_id,
+        "machine": r.machine,
+        "sensor": r.sensor,
+        "source": r.source,
+        "windows": n,
+        "life_s": float(r.ts[-1] - r.ts[0]) if n else 0.0,
+        "failed_at_end": r.failed_at_end,
+        "degraded_from_s": onset_s,
+        "first_alarm_s": first_alarm_s,
+        "alarm_raises": int(raises.size),
+        "alarm_at_end": bool(n and r.states[-1] == metrics.ALARM),
+        "lead_time_s": lead_s,
+        "lead_fraction": lead_frac,
+        "detection_delay_s": delay_s,
+        "false_alarms": metrics.false_alarms(r.states, r.target),
+        "healthy_days": metrics.healthy_days(r.target, metrics.window_interval(r.ts)),
+        "max_health": float(np.max(r.health)) if n else None,
+    }
+
+
+def quality(results: Sequence[RunEval], classes: Sequence[str] = ()) -> dict[str, Any]:
+    """Window AUROC, alarm lead times, false alarms per machine-day and fault-type accuracy."""
+    target = np.concatenate([r.target for r in results]) if results else np.zeros(0, np.float32)
+    health = np.concatenate([r.health for r in results]) if results else np.zeros(0, np.float32)
+    states = np.concatenate([r.states for r in results]) if results else np.zeros(0, np.int8)
+    known = ~np.isnan(target)
+    y = target[known] == 1
+    rows = [run_row(r) for r in results]
+    failing = [row for row in rows if row["failed_at_end"]]
+    count, days, rate = metrics.false_alarms_per_machine_day(
+        [r.states for r in results], [r.target for r in results], [r.ts for r in results]
+    )
+    out: dict[str, Any] = {
+        "windows": {
+            "count": int(target.size),
+            "labelled": int(known.sum()),
+            "degraded": int(y.sum()),
+            "healthy": int((~y).sum()),
+            "auroc": metrics.auroc(y, health[known]),
+            "roc": metrics.roc_curve(y, health[known]),
+        },
+        "alarms": {
+            "failing_runs": len(failing),
+            "detected": sum(1 for row in failing if row["lead_time_s"] is not None),
+            "missed": sum(1 for row in failing if row["lead_time_s"] is None),
+            "lead_time_s": metrics.describe([row["lead_time_s"] for row in failing]),
+            "lead_fraction": metrics.describe([row["lead_fraction"] for row in failing]),
+            "false_alarms": count,
+            "healthy_machine_days": days,
+            "false_alarms_per_machine_day": rate,
+            "degraded_windows_in_alarm": (
+                float(np.mean(states[target == 1] == metrics.ALARM)) if np.any(target == 1) else None
+            ),
+        },
+        "fault_types": None,
+    }
+    if classes:
+        true = np.concatenate([r.fault for r in results])
+        pred = np.concatenate([r.scores[:, 1:].argmax(axis=1) for r in results])
+        deg = target == 1
+        cm = metrics.confusion_matrix(true, pred, len(classes))
+        out["fault_types"] = {
+            "classes": list(classes),
+            "windows": int(np.sum(true >= 0)),
+            "accuracy": metrics.fault_accuracy(true, pred),
+            "accuracy_degraded": metrics.fault_accuracy(np.where(deg, true, -1), pred),
+            "confusion": cm.tolist(),
+        }
+    out["runs"] = rows
+    return out
+
+
+def summary_row(name: str, q: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    """One line of the comparison table (the bundle and each baseline)."""
+    a = q["alarms"]
+    ft = q.get("fault_types")
+    return {
+        "name": name,
+        "auroc": q["windows"]["auroc"],
+        "detected": a["detected"],
+        "failing_runs": a["failing_runs"],
+        "lead_time_s_median": a["lead_time_s"]["median"],
+        "lead_fraction_median": a["lead_fraction"]["median"],
+        "false_alarms": a["false_alarms"],
+        "false_alarms_per_machine_day": a["false_alarms_per_machine_day"],
+        "fault_accuracy": None if not ft else ft["accuracy"],
+        **extra,
+    }
+
+
+def evaluate_bundle(
+    bundle: Any,
+    runs: Sequence[Run],
+    *,
+    signature: str,
+    horizon_s: float | None = None,
+    train_runs: Sequence[Run] = (),
+    baselines: bool = False,
+    lstm_epochs: int | None = None,
+    seed: int = 0,
+    progress: bool = True,
+    data_paths: Sequence[str] = (),
+    held_out: bool = False,
+    fit_split: tuple[Sequence[Run], Sequence[Run]] | None = None,
+) -> tuple[dict[str, Any], list[RunEval]]:
+    """metrics.json's content (docs/evaluation.md) and the per-run results, for a loaded bundle.
+
+    `signature` is what the caller established ("verified" or "not verified"); with `baselines`,
+    they are fitted on `train_runs` (trainer.baselines; `fit_split` as there) and compared on the
+    same `runs`.
+    """
+    from datetime import UTC, datetime
+
+    scorer = Scorer.from_loaded(bundle)
+    classes = fault_classes_of(bundle.outputs)
+    results, seqs, timings = evaluate_runs(scorer, runs, horizon_s=horizon_s, progress=progress)
+    q = quality(results, classes)
+    card = bundle.card
+    out: dict[str, Any] = {
+        "schema": 1,
+        "generated": datetime.now(UTC).isoformat(timespec="seconds"),
+        "signature": signature,
+        "signature_key_id": bundle.key_id if signature == "verified" else None,
+        "model": {
+            "path": str(bundle.path),
+            "model_version": bundle.model_version,
+            "parent_version": card.get("parent_version"),
+            "mode": card.get("mode"),
+            "outputs": list(bundle.outputs),
+            "state_shape": list(bundle.state_shape),
+            "thresholds": bundle.thresholds.to_dict(),
+        },
+        "data": {
+            "paths": [str(p) for p in data_paths],
+            "held_out": bool(held_out),
+            "runs": len(runs),
+            "sources": sorted({r.source for r in runs}),
+            "horizon_s": horizon_s,
+        },
+        "windows": q["windows"],
+        "alarms": q["alarms"],
+        "fault_types": q["fault_types"],
+        "runs": q["runs"],
+        "timing": timings,
+        "baselines": None,
+    }
+    if baselines:
+        if not train_runs:
+            raise ValueError("baselines need training runs")
+        from trainer.baselines import run_baselines
+
+        out["baselines"] = run_baselines(
+            bundle,
+            train_runs,
+            seqs,
+            results,
+            horizon_s=horizon_s,
+            gru_row=summary_row("GRU (bundle)", q),
+            lstm_epochs=lstm_epochs,
+            seed=seed,
+            progress=progress,
+            fit_split=fit_split,
+        )
+    return out, results
