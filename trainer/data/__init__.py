@@ -1,4 +1,4 @@
-"""Training data for gruwatch: every source (simulator, FEMTO, CWRU, later agent exports) as `list[Run]`.
+"""Training data for gruwatch: every source (simulator, FEMTO, CWRU, agent exports) as `list[Run]`.
 
 >>> from trainer.data import load_runs, split_by_machine
 >>> # runs = load_runs(["../shared/data/femto/Learning_set/Bearing1_2"])
@@ -7,6 +7,7 @@
 See docs/data.md for the formats, their quirks and how labels are derived.
 """
 
+from trainer.data.agent import is_agent_export, load_agent_export
 from trainer.data.cwru import load_cwru, load_cwru_file, parse_name
 from trainer.data.events import MaintenanceEvent, apply_events, load_events_csv
 from trainer.data.femto import load_femto, load_femto_bearing
@@ -33,7 +34,9 @@ __all__ = [
     "RunLabels",
     "apply_events",
     "fingerprint",
+    "is_agent_export",
     "known_formats",
+    "load_agent_export",
     "load_cwru",
     "load_cwru_file",
     "load_events_csv",

@@ -1,10 +1,11 @@
 """`load_runs`: the one entry point that turns data paths of any known format into `list[Run]`.
 
 The format is told by the folder's content, checked in the order of `FORMATS`:
-simulator dataset (`manifest.json`), FEMTO/PRONOSTIA bearing folder (`acc_*.csv[.gz]`), CWRU
-(`*.mat`). A folder that is none of these is searched a few levels down (so `shared/data` or
-`femto/Learning_set` load everything below them). New formats (agent exports, a later issue) plug
-in with `register_format` and are then found the same way.
+agent export (`manifest.json` of format gruwatch-agent-export, `*.npz`; checked before the
+simulator, whose datasets also have a `manifest.json`), simulator dataset (`manifest.json`),
+FEMTO/PRONOSTIA bearing folder (`acc_*.csv[.gz]`), CWRU (`*.mat`). A folder that is none of these is
+searched a few levels down (so `shared/data` or `femto/Learning_set` load everything below them).
+New formats plug in with `register_format` and are then found the same way.
 
 `window` applies to continuous recordings (CWRU), which are cut into windows; snapshot formats
 (simulator, FEMTO) keep their recorded windows. `target_fs`, when given, resamples every run to that
@@ -17,6 +18,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from trainer.data.agent import is_agent_export, load_agent_export
 from trainer.data.cwru import is_cwru_folder, load_cwru
 from trainer.data.femto import is_femto_bearing, load_femto_bearing
 from trainer.data.runs import DataError, Run, resample_run
@@ -42,6 +44,10 @@ class DataFormat:
     load: Callable[[Path, LoadOptions], list[Run]]
 
 
+def _load_agent(path: Path, opts: LoadOptions) -> list[Run]:
+    return load_agent_export(path, progress=opts.progress)
+
+
 def _load_sim(path: Path, opts: LoadOptions) -> list[Run]:
     return load_sim_dataset(path, progress=opts.progress)
 
@@ -61,6 +67,13 @@ def _load_cwru(path: Path, opts: LoadOptions) -> list[Run]:
 
 FORMATS: list[DataFormat] = [
     DataFormat(
+        "agent",
+        "agent exports (gruwatch agent export --store PATH --out DIR): a folder with manifest.json "
+        "of format gruwatch-agent-export and one .npz per sensor",
+        is_agent_export,
+        _load_agent,
+    ),
+    DataFormat(
         "sim",
         "simulator dataset: a folder with manifest.json and one Parquet per run (gruwatch simulate dataset)",
         is_sim_dataset,
@@ -79,7 +92,7 @@ FORMATS: list[DataFormat] = [
         _load_cwru,
     ),
 ]
-NOT_YET = "agent exports (gruwatch agent export) are not readable yet"
+NOT_YET = "an agent's SQLite store is read after `gruwatch agent export --store PATH --out DIR`"
 
 
 def register_format(fmt: DataFormat, *, first: bool = True) -> None:
