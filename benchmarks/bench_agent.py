@@ -360,7 +360,7 @@ STAGES: list[tuple[str, str, str]] = [
     ("    model step + alarms (score_features)", "edge_agent/scorer.py", "score_features"),
     ("      onnxruntime run", "onnxruntime/capi/onnxruntime_inference_collection.py", "run"),
     ("    results, messages, store (_record_and_publish)", "edge_agent/daemon.py", "_record_and_publish"),
-    ("      health JSON (HealthEncoder.encode)", "edge_agent/daemon.py", "encode"),
+    ("      health JSON (HealthEncoder.encode)", "edge_agent/protocol.py", "encode"),
     ("      store commit (record_batch)", "edge_agent/store.py", "record_batch"),
     ("      states for the commit", "edge_agent/daemon.py", "_sensor_states"),
     ("      hand to paho (_publish_new)", "edge_agent/daemon.py", "_publish_new"),

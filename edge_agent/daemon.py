@@ -40,12 +40,10 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
-import math
 import threading
 import time
 import zlib
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,14 +60,15 @@ from edge_agent.model_swap import ModelLink, ModelSwapper, Offer, result_payload
 from edge_agent.mqtt_link import Inbound
 from edge_agent.protocol import (
     Alert,
+    HealthEncoder,
     State,
     alert_topic,
     encode_alert,
     health_topic,
-    validate_id,
 )
+from edge_agent.raw_ring import RawRing
 from edge_agent.scorer import ScoreBatch, Scorer
-from edge_agent.sequencing import SequenceTracker, Verdict, seq_newer
+from edge_agent.sequencing import SequenceTracker, Verdict
 from edge_agent.settings import AgentSettings
 from edge_agent.states import states_from_bytes
 from edge_agent.store import (
@@ -108,112 +107,6 @@ class _Pending:
     item: Inbound
     verdict: Verdict
     evicted: bool = False  # its hidden state was evicted although its sequence was still tracked
-
-
-class HealthEncoder:
-    """Health messages as `protocol.encode_health` writes them, byte for byte, without its generality.
-
-    The fixed part is pre-built: `head(machine, sensor)` once per sensor (ids validated when the
-    topic was parsed), the model's JSON string once per model, each extra field's JSON key once.
-    Values are formatted as `json.dumps` does (ints with str, floats with float.__repr__).
-    tests/edge_agent/test_daemon_e2e.py checks the bytes against encode_health.
-    """
-
-    def __init__(self, model: str) -> None:
-        self.model = model
-        self._tail = f',"model":{json.dumps(model)}'
-        self._keys: dict[str, str] = {}
-
-    @staticmethod
-    def head(machine: str, sensor: str) -> bytes:
-        validate_id(machine)
-        validate_id(sensor)
-        return f'{{"machine":"{machine}","sensor":"{sensor}","seq":'.encode()
-
-    def encode(self, seq: int, ts_ns: int, score: float, state: str, extra: dict[str, Any]) -> bytes:
-        """Everything after the head; `score` finite in [0, 1], `state` one of ok/warning/alarm."""
-        if state not in _STATES or not 0.0 <= score <= 1.0:
-            raise ProtocolError("bad_field", f"score {score!r} or state {state!r} out of range")
-        parts = [f'{seq},"ts":{ts_ns},"score":{score!r},"state":"{state}"', self._tail]
-        keys = self._keys
-        for name, value in extra.items():
-            key = keys.get(name)
-            if key is None:
-                key = keys[name] = f",{json.dumps(name)}:"
-            parts.append(key)
-            parts.append(_json_scalar(value))
-        parts.append("}")
-        return "".join(parts).encode()
-
-
-_STATES: Final = frozenset({"ok", "warning", "alarm"})
-
-
-def _json_scalar(value: object) -> str:
-    """A value as json.dumps writes it (finite floats, ints, strings)."""
-    if type(value) is float:
-        if not math.isfinite(value):
-            raise ProtocolError("nan", f"health field value {value!r} is not finite")
-        return repr(value)
-    if type(value) is int:
-        return str(value)
-    return json.dumps(value, separators=(",", ":"), allow_nan=False)
-
-
-class RawRing:
-    """The last `per_sensor` windows of each sensor stored WITHOUT raw samples, `max_bytes` in all.
-
-    When a sensor changes alarm state, `take` hands back its windows just before the change so their
-    samples can be attached to the stored rows. Memory is bounded globally: beyond `max_bytes` the
-    oldest windows (of any sensor) are forgotten first.
-    """
-
-    def __init__(self, per_sensor: int, max_bytes: int) -> None:
-        self.per_sensor = per_sensor
-        self.max_bytes = max_bytes
-        self.nbytes = 0
-        self._by_sensor: dict[str, deque[tuple[int, int, npt.NDArray[np.float32]]]] = {}
-        self._order: deque[tuple[str, int]] = deque()  # (sensor, window id), oldest first
-
-    def __len__(self) -> int:
-        return sum(len(d) for d in self._by_sensor.values())
-
-    def add(self, sensor: str, window_id: int, seq: int, samples: npt.NDArray[np.float32]) -> None:
-        if self.per_sensor <= 0 or samples.nbytes > self.max_bytes:
-            return
-        d = self._by_sensor.get(sensor)
-        if d is None:
-            d = self._by_sensor[sensor] = deque()
-        d.append((window_id, seq, samples))
-        self._order.append((sensor, window_id))
-        self.nbytes += samples.nbytes
-        if len(d) > self.per_sensor:
-            self.nbytes -= d.popleft()[2].nbytes  # its entry in _order goes stale
-        while self.nbytes > self.max_bytes:
-            self._pop_oldest()
-        if len(self._order) > 4 * self.per_sensor * max(1, len(self._by_sensor)) + 1024:
-            live = {(k, e[0]) for k, q in self._by_sensor.items() for e in q}
-            self._order = deque(x for x in self._order if x in live)
-
-    def _pop_oldest(self) -> None:
-        sensor, wid = self._order.popleft()
-        d = self._by_sensor.get(sensor)
-        if d and d[0][0] == wid:
-            self.nbytes -= d.popleft()[2].nbytes
-            if not d:
-                del self._by_sensor[sensor]
-
-    def take(self, sensor: str, seq: int) -> list[tuple[int, npt.NDArray[np.float32]]]:
-        """(window id, samples) of `sensor`'s kept windows within `per_sensor` seqs before `seq`."""
-        d = self._by_sensor.pop(sensor, None)
-        if not d:
-            return []
-        out = []
-        for wid, s, samples in d:
-            self.nbytes -= samples.nbytes
-            if seq_newer(seq, s) and (seq - s) % (1 << 32) <= self.per_sensor:
-                out.append((wid, samples))
-        return out
 
 
 class Agent:

@@ -699,3 +699,56 @@ def parse_sensor_topic(topic: str, prefix: str) -> SensorTopic:
         )
     machine, sensor, kind = levels
     return SensorTopic(_machine_id(machine), validate_id(sensor), kind)
+
+
+# ------------------------------------------------------------------ fast health encoding (agent hot path)
+
+
+class HealthEncoder:
+    """Health messages as `protocol.encode_health` writes them, byte for byte, without its generality.
+
+    The fixed part is pre-built: `head(machine, sensor)` once per sensor (ids validated when the
+    topic was parsed), the model's JSON string once per model, each extra field's JSON key once.
+    Values are formatted as `json.dumps` does (ints with str, floats with float.__repr__).
+    tests/edge_agent/test_daemon_e2e.py checks the bytes against encode_health.
+    """
+
+    def __init__(self, model: str) -> None:
+        self.model = model
+        self._tail = f',"model":{json.dumps(model)}'
+        self._keys: dict[str, str] = {}
+
+    @staticmethod
+    def head(machine: str, sensor: str) -> bytes:
+        validate_id(machine)
+        validate_id(sensor)
+        return f'{{"machine":"{machine}","sensor":"{sensor}","seq":'.encode()
+
+    def encode(self, seq: int, ts_ns: int, score: float, state: str, extra: dict[str, Any]) -> bytes:
+        """Everything after the head; `score` finite in [0, 1], `state` one of ok/warning/alarm."""
+        if state not in _HEALTH_STATES or not 0.0 <= score <= 1.0:
+            raise ProtocolError("bad_field", f"score {score!r} or state {state!r} out of range")
+        parts = [f'{seq},"ts":{ts_ns},"score":{score!r},"state":"{state}"', self._tail]
+        keys = self._keys
+        for name, value in extra.items():
+            key = keys.get(name)
+            if key is None:
+                key = keys[name] = f",{json.dumps(name)}:"
+            parts.append(key)
+            parts.append(_json_scalar(value))
+        parts.append("}")
+        return "".join(parts).encode()
+
+
+_HEALTH_STATES: Final = frozenset({"ok", "warning", "alarm"})
+
+
+def _json_scalar(value: object) -> str:
+    """A value as json.dumps writes it (finite floats, ints, strings)."""
+    if type(value) is float:
+        if not math.isfinite(value):
+            raise ProtocolError("nan", f"health field value {value!r} is not finite")
+        return repr(value)
+    if type(value) is int:
+        return str(value)
+    return json.dumps(value, separators=(",", ":"), allow_nan=False)

@@ -1011,7 +1011,7 @@ def test_raw_samples_before_an_alarm_change_are_kept(models: Models, tmp_path: P
 
 
 def test_raw_ring_is_bounded_per_sensor_and_in_bytes() -> None:
-    from edge_agent.daemon import RawRing
+    from edge_agent.raw_ring import RawRing
 
     x = np.zeros(10, np.float32)  # 40 bytes
     ring = RawRing(2, 5 * 40)
@@ -1034,8 +1034,7 @@ def test_raw_ring_is_bounded_per_sensor_and_in_bytes() -> None:
 
 
 def test_health_encoder_writes_what_encode_health_writes() -> None:
-    from edge_agent.daemon import HealthEncoder
-    from edge_agent.protocol import Health, encode_health
+    from edge_agent.protocol import Health, HealthEncoder, encode_health
 
     rng = np.random.default_rng(3)
     models = ["rms-v1", 'odd "model" \u00e9 name']
