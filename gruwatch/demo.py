@@ -138,14 +138,17 @@ def _run(url: str, args: argparse.Namespace) -> int:
     ]  # fmt: skip
     thread = threading.Thread(target=lambda: publisher_rc.append(simulate(fleet_argv)), daemon=True)
     thread.start()
-    last = -1
+    last, last_print = -1, 0.0
+    tty = sys.stdout.isatty()  # a live line on a terminal; one line a second in a log
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
         with counter.lock:
             got, bad = counter.received, counter.rejected
-        if got != last:
-            print(f"\r  received {got:6d} / {expected} windows, {bad} rejected", end="", flush=True)
-            last = got
+        now = time.monotonic()
+        if got != last and (tty or now - last_print >= 1.0 or got + bad >= expected):
+            line = f"  received {got:6d} / {expected} windows, {bad} rejected"
+            print(f"\r{line}" if tty else line, end="" if tty else "\n", flush=True)
+            last, last_print = got, now
         if got + bad >= expected and not thread.is_alive():
             break
         if not thread.is_alive() and publisher_rc and publisher_rc[0] != 0:
@@ -155,7 +158,8 @@ def _run(url: str, args: argparse.Namespace) -> int:
     time.sleep(0.5)
     sub.loop_stop()
     sub.disconnect()
-    print()
+    if tty:
+        print()
     ok = counter.received == expected and publisher_rc == [0]
     print(
         f"gruwatch demo: {'OK' if ok else 'INCOMPLETE'}: {counter.received} of {expected} windows arrived and decoded"
