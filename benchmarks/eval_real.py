@@ -234,6 +234,27 @@ def run_femto(root: Path, cfg: TrainConfig, work: Path, out: Path | None) -> Non
     print(f"(FEMTO total {time.perf_counter() - t0:.0f} s)")
 
 
+def config_with(cfg: TrainConfig, settings: Sequence[str]) -> TrainConfig:
+    """`cfg` with KEY=VALUE settings applied (values parsed as the field's current type)."""
+    values = dict(vars(cfg))
+    for item in settings:
+        key, sep, raw = item.partition("=")
+        if not sep or key not in values or key == "progress":
+            raise SystemExit(f"--set {item!r}: expected KEY=VALUE with KEY one of {sorted(values)}")
+        current = values[key]
+        if isinstance(current, bool):
+            values[key] = raw.strip().lower() in ("1", "true", "yes", "on")
+        elif isinstance(current, int):
+            values[key] = int(raw)
+        elif isinstance(current, float) or current is None:
+            values[key] = float(raw)
+        else:
+            values[key] = raw
+    if settings:
+        print(f"trainer settings: {', '.join(settings)}")
+    return TrainConfig(**values)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument(
@@ -246,6 +267,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--hidden", type=int, default=64)
     p.add_argument("--chunk-len", type=int, default=128)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="any other TrainConfig setting for both protocols, e.g. --set batch_size=8 --set refit=true",
+    )
+    p.add_argument(
+        "--cwru-set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a TrainConfig setting for the CWRU protocol only (after --set)",
+    )
+    p.add_argument(
+        "--femto-set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a TrainConfig setting for the FEMTO protocol only (after --set)",
+    )
     p.add_argument("--out", type=Path, help="also write metrics.json and report.html per protocol/fold here")
     args = p.parse_args(argv)
     root = Path(args.data_root)
@@ -256,12 +298,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     cfg = TrainConfig(
         hidden=args.hidden, epochs=args.epochs, chunk_len=args.chunk_len, seed=args.seed, progress=False
     )
+    cfg = config_with(cfg, args.set)
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         if args.only in (None, "cwru") and (root / "cwru").is_dir():
-            run_cwru(root, cfg, work, args.out)
+            run_cwru(root, config_with(cfg, args.cwru_set), work, args.out)
         if args.only in (None, "femto") and (root / "femto").is_dir():
-            run_femto(root, cfg, work, args.out)
+            run_femto(root, config_with(cfg, args.femto_set), work, args.out)
     return 0
 
 

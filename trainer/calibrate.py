@@ -12,6 +12,9 @@ alarm on for the largest share of degraded windows (ties: smaller N, then smalle
 react, less sticky), then sets `warning` the same way for a rate `warning_factor` times higher.
 With little healthy validation time the allowed number of false raises rounds down to zero; the
 card's validation metrics report the healthy machine-days so a reader can judge the estimate.
+Two safety settings cover what few machine-hours cannot show: `min_raise_windows` (never raise on
+fewer consecutive windows, e.g. a cold-start score) and `margin` (no false raise on validation even
+with every score that much higher).
 """
 
 from __future__ import annotations
@@ -75,16 +78,21 @@ def healthy_days(runs: Sequence[ScoredRun]) -> float:
 
 
 def _evaluate(
-    runs: Sequence[ScoredRun], thr: np.ndarray, n_raise: int, n_clear: int
+    runs: Sequence[ScoredRun], thr: np.ndarray, n_raise: int, n_clear: int, margin: float = 0.0
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(false raises [C], degraded windows in alarm [C]) summed over runs."""
+    """(false raises [C], degraded windows in alarm [C]) summed over runs.
+
+    False raises are counted with every score raised by `margin` (a safety margin: a setting must
+    stay free of false alarms even if healthy scores came out `margin` higher than in validation).
+    """
     false = np.zeros(len(thr), np.int64)
     hits = np.zeros(len(thr), np.int64)
     for r in runs:
         if len(r.scores) == 0:
             continue
         state = _in_alarm(r.scores, thr, n_raise, n_clear)
-        false += np.sum(_raises(state) & (r.target == 0)[None, :], axis=1)
+        shifted = state if margin <= 0 else _in_alarm(r.scores + margin, thr, n_raise, n_clear)
+        false += np.sum(_raises(shifted) & (r.target == 0)[None, :], axis=1)
         hits += np.sum(state & (r.target == 1)[None, :], axis=1)
     return false, hits
 
@@ -101,14 +109,20 @@ def _candidates(runs: Sequence[ScoredRun], count: int = 160) -> np.ndarray:
 
 
 def _choose(
-    runs: Sequence[ScoredRun], allowed_false: float, n_degraded: int, hysteresis: Sequence[tuple[int, int]]
+    runs: Sequence[ScoredRun],
+    allowed_false: float,
+    n_degraded: int,
+    hysteresis: Sequence[tuple[int, int]],
+    margin: float = 0.0,
 ) -> tuple[float, int, int, int, int]:
     """(threshold, N, M, false raises, degraded windows in alarm) of the best feasible setting."""
     thr = _candidates(runs)
+    if margin > 0:  # the margin can push the lowest safe threshold past every validation quantile
+        thr = np.unique(np.clip(np.concatenate([thr, thr + margin]), 0.0, 1.0))
     best: tuple[float, int, int, int, int] | None = None
     best_key: tuple[float, ...] | None = None
     for n_raise, n_clear in hysteresis:
-        false, hits = _evaluate(runs, thr, n_raise, n_clear)
+        false, hits = _evaluate(runs, thr, n_raise, n_clear, margin)
         ok = np.flatnonzero(false <= allowed_false)
         if ok.size == 0:
             continue
@@ -132,20 +146,33 @@ def calibrate(
     warning_factor: float = 10.0,
     raise_choices: Sequence[int] = RAISE_CHOICES,
     clear_choices: Sequence[int] = CLEAR_CHOICES,
+    min_raise_windows: int = 1,
+    margin: float = 0.0,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(thresholds for card["thresholds"], metrics for card["validation"]["alarms"])."""
+    """(thresholds for card["thresholds"], metrics for card["validation"]["alarms"]).
+
+    `min_raise_windows` drops faster hysteresis choices (one noisy window never raises an alarm);
+    `margin` (in score units) makes the alarm setting free of false alarms with every validation
+    score raised by it — a safety margin for few validation machine-hours.
+    """
     if target_false_alarms_per_day <= 0:
         raise ValueError("target_false_alarms_per_day must be > 0")
+    if margin < 0:
+        raise ValueError("margin must be >= 0")
     days = healthy_days(runs)
     n_degraded = int(sum(np.sum(r.target == 1) for r in runs))
-    hysteresis = [(n, m) for n in raise_choices for m in clear_choices]
+    raises = [n for n in raise_choices if n >= min_raise_windows] or [max(min_raise_windows, 1)]
+    hysteresis = [(n, m) for n in raises for m in clear_choices]
     allowed = np.floor(target_false_alarms_per_day * days + 1e-9)
-    alarm, n_raise, n_clear, _, _ = _choose(runs, allowed, n_degraded, hysteresis)
+    alarm, n_raise, n_clear, _, _ = _choose(runs, allowed, n_degraded, hysteresis, margin)
     allowed_w = np.floor(target_false_alarms_per_day * warning_factor * days + 1e-9)
     warning, _, _, _, _ = _choose(runs, allowed_w, n_degraded, [(n_raise, n_clear)])
     warning = min(warning, alarm)
     thresholds = {"warning": warning, "alarm": alarm, "raise_windows": n_raise, "clear_windows": n_clear}
-    return thresholds, alarm_metrics(runs, thresholds, target_false_alarms_per_day)
+    metrics = alarm_metrics(runs, thresholds, target_false_alarms_per_day)
+    metrics["min_raise_windows"] = int(min_raise_windows)
+    metrics["margin"] = float(margin)
+    return thresholds, metrics
 
 
 def alarm_metrics(

@@ -108,6 +108,38 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument(
         "--chunk-len", type=int, default=128, help="windows per truncated-BPTT chunk (default 128)"
     )
+    m.add_argument("--weight-decay", type=float, default=1e-5, help="AdamW weight decay (default 1e-5)")
+    m.add_argument(
+        "--input-noise",
+        type=float,
+        default=0.0,
+        help="training noise per window, in feature standard deviations (default 0; CWRU used 0.2)",
+    )
+    m.add_argument(
+        "--run-offset-noise",
+        type=float,
+        default=0.0,
+        help="training offset per run, in feature standard deviations: teaches the model to ignore a "
+        "sensor's or load's constant level shift (default 0; CWRU used 0.5)",
+    )
+    m.add_argument(
+        "--early-weight",
+        type=float,
+        default=0.0,
+        help="extra loss weight on the first windows after a zero state, 1 + w*exp(-t/5) (default 0)",
+    )
+    m.add_argument(
+        "--keep",
+        choices=["best", "last"],
+        default="best",
+        help="weights to keep: lowest validation loss (default) or the last epoch's",
+    )
+    m.add_argument(
+        "--refit",
+        action="store_true",
+        help="after choosing the epochs on validation, retrain on training + validation runs "
+        "(single process; thresholds are then calibrated on runs the model has seen)",
+    )
     m.add_argument("--seed", type=int, default=0, help="seed for the split, initialisation and batching")
     m.add_argument(
         "--device", choices=["auto", "cpu", "cuda"], default="auto", help="auto = cuda when available"
@@ -123,6 +155,20 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=0.1,
         help="alarm raises allowed per healthy machine-day on validation runs (default 0.1)",
+    )
+    c.add_argument(
+        "--min-raise-windows",
+        type=int,
+        default=2,
+        help="consecutive windows at/above the alarm threshold needed to raise it "
+        "(default 2: a single cold-start or noisy window never alarms)",
+    )
+    c.add_argument(
+        "--alarm-margin",
+        type=float,
+        default=0.05,
+        help="score margin: validation must stay free of false alarms with every score this much "
+        "higher (default 0.05)",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     return p
@@ -246,6 +292,14 @@ def _train_and_export(args: argparse.Namespace, device: str, dist: DistContext |
         horizon_s=args.horizon_s,
         val_fraction=args.val_fraction,
         target_false_alarms_per_day=args.target_false_alarms_per_day,
+        weight_decay=args.weight_decay,
+        input_noise=args.input_noise,
+        run_offset_noise=args.run_offset_noise,
+        early_weight=args.early_weight,
+        keep=args.keep,
+        refit=args.refit,
+        min_raise_windows=args.min_raise_windows,
+        alarm_margin=args.alarm_margin,
         progress=progress,
     )
     result = train(train_seqs, val_seqs, cfg, classes=classes, dist=dist)

@@ -13,7 +13,10 @@ Reads top to bottom (nanoGPT style):
      cross-entropy on fault classes where labels exist;
    - forecast (healthy-only data): mean squared error of the next window's scaled features,
      on windows not labelled degraded.
-   The weights with the lowest validation loss are kept.
+   The weights with the lowest validation loss are kept (or the last epoch's, `keep="last"`;
+   `refit` then retrains on training + validation runs for the chosen epochs). Optional training
+   noise (`input_noise` per window, `run_offset_noise` per run) and `early_weight` on the first
+   windows after a zero state.
 3. `score_sequences` scores runs from a zero state exactly like the exported step graph does.
 4. `train` runs it all: features, mode choice, fit, forecast-error calibration, validation metrics
    and alarm thresholds (trainer.calibrate).
@@ -66,12 +69,32 @@ class TrainConfig:
     random_start: float = 0.5  # share of runs that start at a random offset each epoch
     grad_clip: float = 1.0
     fault_weight: float = 0.5
+    # Augmentation, in units of each feature's training standard deviation, training batches only:
+    # fresh noise per window, and one offset per run (a sensor/load/mounting shift held for the run).
+    input_noise: float = 0.0
+    run_offset_noise: float = 0.0
+    # Which weights `fit` keeps: "best" (lowest validation loss) or "last" (the final epoch's; the
+    # validation runs then only calibrate thresholds and report metrics).
+    keep: str = "best"
+    # Extra loss weight on the first windows after a zero state: window t (0-based, counted from
+    # where the run starts in the batch) weighs 1 + early_weight * exp(-t / 5). The agent scores a
+    # new sensor from a zero state, so its first windows should be right too.
+    early_weight: float = 0.0
+    # After choosing the epoch count on validation, train a fresh model on training + validation runs
+    # for that many epochs (single process only). The thresholds are still calibrated on the
+    # validation runs, which the refitted model has seen: use it where the fault-type output
+    # matters more than calibrated alarm thresholds.
+    refit: bool = False
     seed: int = 0
     device: str = "cpu"
     threads: int = 1
     horizon_s: float | None = None
     val_fraction: float = 0.2
     target_false_alarms_per_day: float = 0.1
+    # Calibration safety: at least this many consecutive windows to raise an alarm, and no false
+    # alarm on validation even with every score `alarm_margin` higher (trainer.calibrate).
+    min_raise_windows: int = 2
+    alarm_margin: float = 0.05
     progress: bool = True
 
 
@@ -133,23 +156,26 @@ def _loss(
     mask: torch.Tensor,
     pos_weight: torch.Tensor,
     fault_weight: float,
+    weight: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, int]:
-    """(summed loss, number of windows it covers) for one chunk."""
+    """(summed loss, number of windows it covers) for one chunk; `weight` [B, T] scales windows."""
     if model.mode == "forecast":
         use = mask & ~(target == 1)  # healthy or unknown windows
         per = ((out["forecast"] - out["scaled"]) ** 2).mean(dim=-1)
         return (per * use).sum(), int(use.sum())
     known = mask & ~torch.isnan(target)
     logits = out["health_logit"][known]
-    loss = nn.functional.binary_cross_entropy_with_logits(
-        logits, target[known], pos_weight=pos_weight, reduction="sum"
+    bce = nn.functional.binary_cross_entropy_with_logits(
+        logits, target[known], pos_weight=pos_weight, reduction="none"
     )
+    loss = (bce * weight[known]).sum() if weight is not None else bce.sum()
     count = int(known.sum())
     if "fault_logits" in out:
         has = mask & (fault >= 0)
         if bool(has.any()):
-            ce = nn.functional.cross_entropy(out["fault_logits"][has], fault[has], reduction="sum")
-            loss = loss + fault_weight * ce
+            ce = nn.functional.cross_entropy(out["fault_logits"][has], fault[has], reduction="none")
+            ce_sum = (ce * weight[has]).sum() if weight is not None else ce.sum()
+            loss = loss + fault_weight * ce_sum
     return loss, count
 
 
@@ -196,6 +222,26 @@ def _run_epoch(
     return float(total / max(count, 1.0))
 
 
+def _early_weights(sl: slice, batch: int, cfg: TrainConfig, device: torch.device) -> torch.Tensor | None:
+    """[B, T] loss weights of one chunk: 1 + early_weight * exp(-t / 5), t = windows since the start."""
+    if cfg.early_weight <= 0:
+        return None
+    t = torch.arange(sl.start, sl.stop, device=device, dtype=torch.float32)
+    return (1.0 + cfg.early_weight * torch.exp(-t / 5.0)).expand(batch, -1)
+
+
+def _augment(model: GruHealthModel, x: torch.Tensor, cfg: TrainConfig) -> torch.Tensor:
+    """Training-time noise on raw features [B, T, F], scaled by the model's feature scale."""
+    if cfg.input_noise <= 0 and cfg.run_offset_noise <= 0:
+        return x
+    noise = torch.zeros_like(x)
+    if cfg.input_noise > 0:
+        noise = noise + cfg.input_noise * torch.randn_like(x)
+    if cfg.run_offset_noise > 0:
+        noise = noise + cfg.run_offset_noise * torch.randn(x.shape[0], 1, x.shape[2], device=x.device)
+    return x + noise * model.feature_scale
+
+
 def _epoch_sums(
     model: GruHealthModel,
     batches: list[tuple[list[FeatureSequence], list[int]]],
@@ -210,15 +256,18 @@ def _epoch_sums(
     for group, offsets in batches:
         b = pad_batch(group, offsets)
         x = torch.as_tensor(b.x, device=device)
+        if optimizer is not None:
+            x = _augment(model, x, cfg)
         target = torch.as_tensor(b.target, device=device)
         fault = torch.as_tensor(b.fault, device=device)
         mask = torch.as_tensor(b.mask, device=device)
         h = model.initial_state(len(group), device)
         for sl in chunk_slices(x.shape[1], cfg.chunk_len):
+            weight = _early_weights(sl, len(group), cfg, device) if optimizer is not None else None
             with torch.set_grad_enabled(optimizer is not None):
                 out, h = model.run(x[:, sl], h)
                 loss, n = _loss(
-                    model, out, target[:, sl], fault[:, sl], mask[:, sl], pos_weight, cfg.fault_weight
+                    model, out, target[:, sl], fault[:, sl], mask[:, sl], pos_weight, cfg.fault_weight, weight
                 )
             if optimizer is not None and n > 0:
                 optimizer.zero_grad(set_to_none=True)
@@ -287,6 +336,7 @@ def _epoch_sums_distributed(
                 b = padded[i]
                 current = i
                 tensors = tuple(torch.as_tensor(a, device=device) for a in (b.x, b.target, b.fault, b.mask))
+                tensors = (_augment(model, tensors[0], cfg), *tensors[1:])
                 h = model.initial_state(b.x.shape[0], device)
             x, target, fault, mask = (t[:, sl] for t in tensors)
         else:  # this process has no chunk left: a fully masked one keeps it in step
@@ -294,8 +344,9 @@ def _epoch_sums_distributed(
                 torch.as_tensor(a, device=device) for a in (pad.x, pad.target, pad.fault, pad.mask)
             )
             h = model.initial_state(1, device)
+        weight = _early_weights(plan[k][1], x.shape[0], cfg, device) if k < len(plan) else None
         out, h = ddp(x, h)
-        loss, n = _loss(model, out, target, fault, mask, pos_weight, cfg.fault_weight)
+        loss, n = _loss(model, out, target, fault, mask, pos_weight, cfg.fault_weight, weight)
         if "fault_logits" in out:  # a chunk without fault labels still gives the fault head a (zero)
             loss = loss + 0.0 * out["fault_logits"].sum()  # gradient: DDP reduces every parameter
         n_global = float(global_counts[k])
@@ -326,6 +377,8 @@ def fit(
     With `dist`, `train_seqs`/`val_seqs` are this process's shards; losses, the class weight and the
     choice of the best epoch are global, and `cfg.batch_size` runs per step are split over processes.
     """
+    if cfg.keep not in ("best", "last"):
+        raise ValueError(f"keep must be 'best' or 'last', not {cfg.keep!r}")
     device = torch.device(cfg.device)
     model.to(device)
     ddp: nn.Module | None = None
@@ -366,9 +419,18 @@ def fit(
         if val_loss < best_loss:
             best_loss = val_loss
             best_state = copy.deepcopy(model.state_dict())
-    if best_state is not None:
+    if best_state is not None and cfg.keep != "last":
         model.load_state_dict(best_state)
     return history
+
+
+def _fresh_like(model: GruHealthModel, seed: int) -> GruHealthModel:
+    """A newly initialised model with `model`'s configuration and scaler buffers."""
+    torch.manual_seed(seed)
+    cfg = dict(model.config)
+    fresh = GruHealthModel(cfg.pop("n_features"), **cfg)
+    fresh.set_scaler(model.feature_mean.cpu().numpy(), model.feature_scale.cpu().numpy())
+    return fresh
 
 
 def score_sequences(
@@ -489,8 +551,15 @@ def train(
         model.set_scaler(*global_scaler(train_seqs, dist))
     t0 = time.perf_counter()
     history = fit(model, train_seqs, val_seqs, cfg, rng, dist=dist)
-    timings = {"fit_s": time.perf_counter() - t0}
     validation: dict[str, Any] = {"mode": mode, "epochs": len(history)}
+    if cfg.refit and dist is None and val_seqs and history:
+        best = min(range(len(history)), key=lambda i: history[i]["val_loss"])
+        n_epochs = len(history) if cfg.keep == "last" else best + 1
+        refitted = _fresh_like(model, cfg.seed)
+        fit(refitted, [*train_seqs, *val_seqs], [], replace(cfg, epochs=n_epochs), rng)
+        model = refitted
+        validation["refit_epochs"] = n_epochs
+    timings = {"fit_s": time.perf_counter() - t0}
     if mode == "forecast":
         validation["error_calibration"] = calibrate_forecast_error(model, train_seqs, cfg.device, dist=dist)
     t1 = time.perf_counter()
@@ -527,7 +596,12 @@ def train(
         )
         for sc, s in zip(scores, cal_seqs, strict=True)
     ]
-    thresholds, alarms = calibrate(scored, target_false_alarms_per_day=cfg.target_false_alarms_per_day)
+    thresholds, alarms = calibrate(
+        scored,
+        target_false_alarms_per_day=cfg.target_false_alarms_per_day,
+        min_raise_windows=cfg.min_raise_windows,
+        margin=cfg.alarm_margin,
+    )
     validation["alarms"] = alarms
     validation["final_train_loss"] = history[-1]["train_loss"] if history else None
     validation["best_val_loss"] = min(h["val_loss"] for h in history) if history else None
