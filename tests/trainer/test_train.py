@@ -178,6 +178,29 @@ def test_calibrate_meets_the_false_alarm_target_and_prefers_detection() -> None:
     assert again["false_alarms"] == metrics["false_alarms"]
 
 
+def test_calibration_margin_and_minimum_raise_windows() -> None:
+    rng = np.random.default_rng(3)
+    runs = []
+    for r in range(4):
+        s = np.clip(rng.normal(0.2, 0.05, 600), 0, 1)
+        target = np.zeros(600, np.float32)
+        if r % 2:
+            s[450:] = np.clip(rng.normal(0.8, 0.05, 150), 0, 1)
+            target[450:] = 1
+        runs.append(ScoredRun(s, target, interval_s=60.0))  # < 10 healthy days: no false alarm allowed
+    plain, _ = calibrate(runs, target_false_alarms_per_day=0.1)
+    assert plain["raise_windows"] == 1  # without the floor, clean data gets the fastest raise
+    safe, metrics = calibrate(runs, target_false_alarms_per_day=0.1, min_raise_windows=3, margin=0.1)
+    assert safe["raise_windows"] >= 3
+    # With every validation score raised by the margin, the chosen alarm still raises nothing in
+    # healthy time, so it sits at least `margin` above what the healthy windows sustain.
+    shifted = [ScoredRun(np.clip(r.scores + 0.1, 0, 1), r.target, r.interval_s) for r in runs]
+    assert alarm_metrics(shifted, safe)["false_alarms"] == 0
+    assert metrics["degraded_runs_detected"] == 2
+    with pytest.raises(ValueError, match="margin"):
+        calibrate(runs, margin=-0.1)
+
+
 # --------------------------------------------------------------------------- training
 def test_supervised_training_learns(
     fleet: tuple[list[FeatureSequence], list[FeatureSequence], tuple[str, ...]],
