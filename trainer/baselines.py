@@ -2,9 +2,9 @@
 
 Every baseline turns each window's features (the same `edge_agent.features` the bundle uses) into a
 health score in [0, 1], gets alarm thresholds and hysteresis from `trainer.calibrate` on its own
-training data (same false-alarm target as the bundle), and is replayed through the agent's alarm
-state machine (`edge_agent.alarms.step`) over the evaluation runs, so every row of the comparison
-is computed by the same `trainer.evaluate.quality`:
+training data with the bundle's calibration settings (false-alarm target, minimum raise windows,
+safety margin), and is replayed through the agent's alarm state machine (`edge_agent.alarms.step`)
+over the evaluation runs, so every row of the comparison is computed by `trainer.evaluate.quality`:
 
 - ``rms threshold`` / ``kurtosis threshold``: one feature (log RMS, kurtosis) against a threshold —
   the classic vibration alarm. The feature is mapped to [0, 1] monotonically (a logistic of its
@@ -210,13 +210,20 @@ def _cal_targets(seqs: Sequence[FeatureSequence]) -> list[np.ndarray]:
 
 
 def _calibrated(
-    health: Sequence[np.ndarray], seqs: Sequence[FeatureSequence], target_fa: float
+    health: Sequence[np.ndarray], seqs: Sequence[FeatureSequence], cfg: TrainConfig
 ) -> dict[str, Any]:
+    """Thresholds by `trainer.calibrate` with the bundle's settings (false-alarm target, minimum raise
+    windows, safety margin), so every baseline's alarms are set the way the bundle's were."""
     runs = [
         ScoredRun(np.asarray(h, np.float64), tg, s.interval_s)
         for h, tg, s in zip(health, _cal_targets(seqs), seqs, strict=True)
     ]
-    thresholds, _ = calibrate(runs, target_false_alarms_per_day=target_fa)
+    thresholds, _ = calibrate(
+        runs,
+        target_false_alarms_per_day=cfg.target_false_alarms_per_day,
+        min_raise_windows=int(getattr(cfg, "min_raise_windows", 1)),
+        margin=float(getattr(cfg, "alarm_margin", 0.0)),
+    )
     return thresholds
 
 
@@ -314,7 +321,7 @@ def _fit_recurrent(
         calibrate_forecast_error(model, train_seqs, "cpu")
     cal = list(val_seqs) or list(train_seqs)
     health = [s[:, 0] for s in score_sequences(model, cal)]
-    return model.cpu().eval(), _calibrated(health, cal, cfg.target_false_alarms_per_day), fit_s
+    return model.cpu().eval(), _calibrated(health, cal, cfg), fit_s
 
 
 def run_baselines(
@@ -340,7 +347,6 @@ def run_baselines(
     classes = fault_classes_of(bundle.outputs)
     spec = bundle.spec
     cfg = _train_config(card, epochs=lstm_epochs, seed=seed, progress=progress)
-    target_fa = float(cfg.target_false_alarms_per_day)
     rng = np.random.default_rng(seed)
     all_train = build_sequences(
         train_runs, spec, horizon_s=horizon_s, classes=classes, progress=progress, desc="features (baselines)"
@@ -379,7 +385,7 @@ def run_baselines(
         j = spec.names.index(feat)
         t0 = time.perf_counter()
         squash = RobustSquash(x_tr[:, j])
-        thr = _calibrated([squash(s.features[:, j]) for s in all_train], all_train, target_fa)
+        thr = _calibrated([squash(s.features[:, j]) for s in all_train], all_train, cfg)
         fit_s = time.perf_counter() - t0
         scores = [squash(s.features[:, j])[:, None] for s in test_seqs]
         q = quality(_results(gru_results, scores, thr))
@@ -405,7 +411,7 @@ def run_baselines(
     def if_score(x: np.ndarray) -> np.ndarray:
         return squash_if(-forest.score_samples(scaler.transform(x.astype(np.float64))))
 
-    thr = _calibrated([if_score(s.features) for s in all_train], all_train, target_fa)
+    thr = _calibrated([if_score(s.features) for s in all_train], all_train, cfg)
     fit_s = time.perf_counter() - t0
     q = quality(_results(gru_results, [if_score(s.features)[:, None] for s in test_seqs], thr))
     x1 = test_seqs[0].features[:1] if test_seqs else np.zeros((1, spec.n_features), np.float32)
@@ -445,7 +451,7 @@ def run_baselines(
                 cols.append(probs)
             return np.concatenate(cols, axis=1)
 
-        thr = _calibrated([lr_scores(s.features)[:, 0] for s in all_train], all_train, target_fa)
+        thr = _calibrated([lr_scores(s.features)[:, 0] for s in all_train], all_train, cfg)
         fit_s = time.perf_counter() - t0
         q = quality(
             _results(gru_results, [lr_scores(s.features) for s in test_seqs], thr),
