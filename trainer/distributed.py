@@ -118,9 +118,17 @@ def init_distributed(
 
 
 def shutdown(ctx: DistContext | None) -> None:
-    """Leave the process group (no-op outside torchrun)."""
+    """Leave the process group together (no-op outside torchrun).
+
+    Every rank waits at a barrier first: rank 0 may still be exporting the bundle, and a rank that
+    tears gloo down while its peer is still connected can abort the process ("terminate called
+    without an active exception", seen once in CI).
+    """
     if ctx is not None and torch_dist.is_initialized():
-        torch_dist.destroy_process_group()
+        try:
+            torch_dist.barrier()
+        finally:
+            torch_dist.destroy_process_group()
 
 
 # --------------------------------------------------------------------------- sharding
