@@ -540,22 +540,8 @@ class Agent:
         data = store.data
         out: dict[str, SensorState] = {}
         for key, (seq, ts) in last.items():
-            if key in store:
-                r = store.row(key)
-                above = data["above"][r].tolist()
-                below = data["below"][r].tolist()
-                out[key] = SensorState(
-                    h=data["h"][r],
-                    model=model,
-                    last_seq=seq,
-                    last_ts_ns=ts,
-                    alarm=int(data["alarm"][r]),
-                    above=(above[0], above[1]),
-                    below=(below[0], below[1]),
-                    steps=int(data["steps"][r]),
-                )
-            else:
-                out[key] = SensorState(h=None, model=model, last_seq=seq, last_ts_ns=ts)
+            row = store.row(key) if key in store else None
+            out[key] = _saved_state(data, row, model, seq, ts)
         return out
 
     def _topics(self, item: Inbound) -> tuple[str, str, bytes]:
@@ -645,22 +631,7 @@ class Agent:
         per_sensor: dict[str, SensorState] = {}
         for key in keys:
             seq, ts = last.get(key, (0, 0))
-            i = index.get(key)
-            if i is None:
-                per_sensor[key] = SensorState(h=None, model=model, last_seq=seq, last_ts_ns=ts)
-                continue
-            above = exported["above"][i].tolist()
-            below = exported["below"][i].tolist()
-            per_sensor[key] = SensorState(
-                h=exported["h"][i],
-                model=model,
-                last_seq=seq,
-                last_ts_ns=ts,
-                alarm=int(exported["alarm"][i]),
-                above=(above[0], above[1]),
-                below=(below[0], below[1]),
-                steps=int(exported["steps"][i]),
-            )
+            per_sensor[key] = _saved_state(exported, index.get(key), model, seq, ts)
         self.store.save_states(per_sensor)
 
     def _restore_states(self) -> None:
@@ -830,6 +801,27 @@ class Agent:
 
 
 # ------------------------------------------------------------------------------------------- helpers
+
+
+def _saved_state(columns: Any, row: int | None, model: str, seq: int, ts: int) -> SensorState:
+    """A sensor's row of the scorer's state columns (its live array or an export) as a SensorState.
+
+    `row` None: the sequence tracker knows the sensor but the scorer holds no state for it.
+    """
+    if row is None:
+        return SensorState(h=None, model=model, last_seq=seq, last_ts_ns=ts)
+    above = columns["above"][row].tolist()
+    below = columns["below"][row].tolist()
+    return SensorState(
+        h=columns["h"][row],
+        model=model,
+        last_seq=seq,
+        last_ts_ns=ts,
+        alarm=int(columns["alarm"][row]),
+        above=(above[0], above[1]),
+        below=(below[0], below[1]),
+        steps=int(columns["steps"][row]),
+    )
 
 
 def _open_store(settings: AgentSettings) -> Store:
