@@ -41,7 +41,6 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
-from urllib.parse import urlsplit
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
@@ -49,6 +48,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
+from edge_agent.broker_url import parse_broker_url
 from edge_agent.errors import GruwatchError, ProtocolError
 from edge_agent.protocol import (
     Window,
@@ -616,13 +616,11 @@ def request_reply(
     the subscription, does not acknowledge the publish, or no accepted answer comes within
     `timeout_s` seconds (overall).
     """
-    url = urlsplit(broker)
-    if url.scheme not in ("mqtt", "mqtts") or not url.hostname:
-        raise RequestError(
-            "connect", f"broker URL must be mqtt://host[:port] or mqtts://host[:port], got {broker!r}"
-        )
-    tls = url.scheme == "mqtts"
-    port = url.port or (8883 if tls else 1883)
+    try:
+        address = parse_broker_url(broker)
+    except ValueError as exc:
+        raise RequestError("connect", str(exc)) from exc
+    tls, port = address.tls, address.port
     answers: queue.Queue[bytes] = queue.Queue()
     subscribed = threading.Event()
     client = paho.Client(
@@ -655,7 +653,7 @@ def request_reply(
     client.on_subscribe = on_subscribe
     client.on_message = on_message
     try:
-        client.connect(url.hostname, port, 30)
+        client.connect(address.host, port, 30)
     except OSError as exc:
         raise RequestError("connect", f"cannot reach the broker at {broker}: {exc}") from exc
     client.loop_start()

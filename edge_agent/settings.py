@@ -21,7 +21,6 @@ import json
 import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
-from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import (
@@ -32,6 +31,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from edge_agent.broker_url import BrokerAddress, parse_broker_url
 from edge_agent.errors import GruwatchError, ProtocolError
 from edge_agent.protocol import validate_id
 
@@ -165,22 +165,7 @@ class AgentSettings(BaseSettings):
     @field_validator("broker")
     @classmethod
     def _check_broker(cls, v: str) -> str:
-        url = urlsplit(v)
-        if url.scheme not in ("mqtt", "mqtts"):
-            raise ValueError(f"broker URL must start with mqtt:// or mqtts://, got {v!r}")
-        if not url.hostname:
-            raise ValueError(f"broker URL has no host: {v!r}")
-        if url.username or url.password:
-            raise ValueError(
-                "broker URL must not carry credentials; set mqtt_username / mqtt_password "
-                "(GRUWATCH_MQTT_USERNAME / GRUWATCH_MQTT_PASSWORD) instead"
-            )
-        if url.path not in ("", "/") or url.query or url.fragment:
-            raise ValueError(f"broker URL takes only scheme, host and port: {v!r}")
-        try:
-            url.port  # noqa: B018 - raises ValueError on a bad port
-        except ValueError as exc:
-            raise ValueError(f"broker URL has a bad port: {v!r}") from exc
+        parse_broker_url(v)  # ValueError says what is wrong and what to write
         return v
 
     @model_validator(mode="after")
@@ -201,21 +186,23 @@ class AgentSettings(BaseSettings):
         return self
 
     @property
+    def broker_address(self) -> BrokerAddress:
+        """Host, port (1883 / 8883 by default) and TLS flag of `broker` (edge_agent.broker_url)."""
+        return parse_broker_url(self.broker)
+
+    @property
     def broker_tls(self) -> bool:
         """True for mqtts:// URLs."""
-        return urlsplit(self.broker).scheme == "mqtts"
+        return self.broker_address.tls
 
     @property
     def broker_host(self) -> str:
-        host = urlsplit(self.broker).hostname
-        assert host is not None  # checked by the validator
-        return host
+        return self.broker_address.host
 
     @property
     def broker_port(self) -> int:
         """The URL's port, else 8883 for mqtts and 1883 for mqtt."""
-        port = urlsplit(self.broker).port
-        return port if port is not None else (8883 if self.broker_tls else 1883)
+        return self.broker_address.port
 
     @property
     def client_id(self) -> str:

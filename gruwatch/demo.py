@@ -113,13 +113,15 @@ def _run(url: str, args: argparse.Namespace) -> int:
     from simulator.cli import main as simulate
 
     prefix = f"demo-{uuid.uuid4().hex[:8]}"
-    host, _, port = url.removeprefix("mqtt://").partition(":")
+    from edge_agent.broker_url import parse_broker_url
+
+    address = parse_broker_url(url)
     counter = _Counter()
     sub = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"{prefix}-counter")
     sub.on_message = counter.on_message
     subscribed = threading.Event()
     sub.on_subscribe = lambda *_a: subscribed.set()
-    sub.connect(host, int(port or 1883))
+    sub.connect(address.host, address.port)
     sub.subscribe(f"{prefix}/+/+/vibration", qos=1)
     sub.loop_start()
     if not subscribed.wait(10):

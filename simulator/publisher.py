@@ -23,11 +23,12 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from types import TracebackType
 from typing import Any
-from urllib.parse import urlsplit
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 
+from edge_agent.broker_url import BrokerAddress
+from edge_agent.broker_url import parse_broker_url as _parse_broker_url
 from edge_agent.errors import GruwatchError
 
 USERNAME_ENV = "GRUWATCH_MQTT_USERNAME"
@@ -38,36 +39,12 @@ class PublishError(GruwatchError):
     """The broker could not be reached, refused us, or a URL is unusable."""
 
 
-@dataclass(frozen=True)
-class BrokerAddress:
-    host: str
-    port: int
-    tls: bool
-
-    @property
-    def url(self) -> str:
-        return f"{'mqtts' if self.tls else 'mqtt'}://{self.host}:{self.port}"
-
-
 def parse_broker_url(url: str) -> BrokerAddress:
-    """`mqtt://host[:port]` (default 1883) or `mqtts://host[:port]` (TLS, default 8883)."""
-    parts = urlsplit(url if "://" in url else f"mqtt://{url}")
-    if parts.scheme not in {"mqtt", "mqtts"}:
-        raise PublishError(
-            f"broker URL {url!r}: scheme must be mqtt:// or mqtts://, e.g. mqtt://127.0.0.1:1883"
-        )
-    if parts.username or parts.password:
-        raise PublishError(
-            f"broker URL {url!r} carries credentials; put them in {USERNAME_ENV} / {PASSWORD_ENV} instead"
-        )
-    if not parts.hostname:
-        raise PublishError(f"broker URL {url!r} has no host; e.g. mqtt://127.0.0.1:1883")
+    """edge_agent.broker_url.parse_broker_url, its ValueError as a PublishError."""
     try:
-        port = parts.port
+        return _parse_broker_url(url)
     except ValueError as exc:
-        raise PublishError(f"broker URL {url!r}: the port is not a number in 1–65535") from exc
-    tls = parts.scheme == "mqtts"
-    return BrokerAddress(parts.hostname, port or (8883 if tls else 1883), tls)
+        raise PublishError(str(exc)) from exc
 
 
 @dataclass
