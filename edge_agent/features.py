@@ -32,6 +32,7 @@ from edge_agent.errors import FeatureError, ProtocolError
 from edge_agent.spectra import (
     analytic_envelope,
     band_powers,
+    band_stop,
     envelope_power_spectrum,
     hann_from_rect,
     range_means,
@@ -292,8 +293,13 @@ def extract_batch(
     speeds = _check_rpm(rpm, n_windows, spec.nominal_rpm)
     if n_windows == 0:
         return np.zeros((0, spec.n_features), dtype=np.float32)
-    x = x_in.astype(np.float64)  # always a copy: the caller's array is never touched
-    if not np.isfinite(x).all():
+    # float32 / float64 windows are read in place (never written); other types are converted once.
+    # Every step computes in float64: float32 samples are widened exactly inside the first subtraction.
+    x = x_in if x_in.dtype in (np.float32, np.float64) else x_in.astype(np.float64)
+    # Each row's extremes, in float64 (squares of float32 extremes overflow float32). NaN propagates
+    # through max/min and ±inf shows in them: this is the finiteness check.
+    high, low = x.max(axis=-1).astype(np.float64), x.min(axis=-1).astype(np.float64)
+    if not (np.isfinite(high).all() and np.isfinite(low).all()):
         bad = int(np.count_nonzero(~np.isfinite(x)))
         raise ProtocolError("nan", f"{bad} of {x.size} samples are NaN or infinite")
 
@@ -303,28 +309,35 @@ def extract_batch(
     rows = max(4, _BLOCK_SAMPLES // length)
     for start in range(0, n_windows, rows):
         block = slice(start, start + rows)
-        out[block] = _extract_block(x[block], fs_value, speeds[block], spec)
+        out[block] = _extract_block(x[block], high[block], low[block], fs_value, speeds[block], spec)
     return out
 
 
 _BLOCK_SAMPLES = 32_768
 
 
-def _extract_block(x: F64, fs: float, speeds: F64, spec: FeatureSpec) -> F64:
-    """Features of a block of validated float64 windows [n, L] -> float64 [n, F]."""
+def _extract_block(
+    x: npt.NDArray[np.floating[Any]], high: F64, low: F64, fs: float, speeds: F64, spec: FeatureSpec
+) -> F64:
+    """Features of a block of validated windows [n, L] (float32 or float64, each row's max and min
+    given) -> float64 [n, F]. One rFFT per window feeds every spectral feature."""
     n_windows, length = x.shape
     out = np.zeros((n_windows, spec.n_features), dtype=np.float64)
     floor = spec.power_floor_g2
 
     # Time domain, about the window's mean (an accelerometer's DC offset is not vibration).
     inv_len = 1.0 / length  # sum·(1/L), not .mean(): the same moments without numpy's Python wrapper
-    centred = x - x.sum(axis=-1, keepdims=True) * inv_len
+    x64 = x.astype(np.float64, copy=False)  # per block, in cache; the caller's rows are never written
+    mean = x64.sum(axis=-1) * inv_len
+    centred = x64 - mean[:, None]
     sq = centred * centred
     m2 = sq.sum(axis=-1) * inv_len
     m3 = (sq * centred).sum(axis=-1) * inv_len
-    m4 = (sq * sq).sum(axis=-1) * inv_len
-    peak = np.maximum(centred.max(axis=-1), -centred.min(axis=-1))
-    constant = m2 <= (_CONSTANT_RELATIVE_STD * np.maximum(x.max(axis=-1), -x.min(axis=-1))) ** 2
+    np.multiply(sq, sq, out=sq)
+    m4 = sq.sum(axis=-1) * inv_len
+    # max(x − mean) = max(x) − mean exactly (rounding is monotonic): no pass over `centred`.
+    peak = np.maximum(high - mean, mean - low)
+    constant = m2 <= (_CONSTANT_RELATIVE_STD * np.maximum(high, -low)) ** 2
     m2 = np.where(constant, 0.0, m2)
     peak = np.where(constant, 0.0, peak)
     safe_m2 = np.where(constant, 1.0, m2)
@@ -338,7 +351,8 @@ def _extract_block(x: F64, fs: float, speeds: F64, spec: FeatureSpec) -> F64:
     spectrum: C128 = np.fft.rfft(centred, axis=-1)
     n_time = len(TIME_FEATURES)
     n_bands = spec.n_bands
-    powers = band_powers(hann_from_rect(spectrum, length), fs, length, spec.band_edges_hz)
+    stop = band_stop(length, fs, spec.band_edges_hz)  # taper only the bins the bands reach
+    powers = band_powers(hann_from_rect(spectrum, length, stop), fs, length, spec.band_edges_hz)
     out[:, n_time : n_time + n_bands] = np.log10(powers + floor)
     out[constant, n_time : n_time + n_bands] = math.log10(floor)  # not float noise from the mean
 
@@ -402,7 +416,6 @@ def _envelope_features(spectrum: C128, length: int, fs: float, rpm: F64, spec: F
     assert spec.geometry is not None
     n_rows = spectrum.shape[0]
     df = fs / length
-    power = envelope_power_spectrum(analytic_envelope(spectrum, length, fs, spec.envelope_band_hz))
     shaft_hz = rpm / 60.0  # [n]
 
     # Range 0 is the reference band of orders; range 1 + d·H + (h − 1) is defect d's harmonic h.
@@ -410,6 +423,11 @@ def _envelope_features(spectrum: C128, length: int, fs: float, rpm: F64, spec: F
     centre_orders, relative_half = _envelope_ranges(spec)
     centres = shaft_hz[:, None] * centre_orders
     halves = np.maximum(relative_half * centres, df)
+    # Only the envelope-spectrum bins below the highest range's end are read (range_means' bounds).
+    reach = float(np.max(np.floor((centres + halves) / df + 1e-9))) + 1.0
+    stop = int(min(reach, length // 2 + 1.0))
+    envelope = analytic_envelope(spectrum, length, fs, spec.envelope_band_hz)
+    power = envelope_power_spectrum(envelope, max(stop, 1), overwrite=True)
     means, counts = range_means(power, centres, halves, df)
 
     reference = means[:, 0:1]
