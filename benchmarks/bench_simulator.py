@@ -51,7 +51,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--windows", type=int, default=200, help="windows timed per row (default: 200)")
     parser.add_argument("--repeats", type=int, default=3, help="repeats per row, median taken (default: 3)")
+    parser.add_argument("--quick", action="store_true", help="40 windows per row, one repeat (noisier)")
     args = parser.parse_args(argv)
+    if args.quick:
+        args.windows, args.repeats = 40, 1
 
     print("## Simulator: generating windows (one core)")
     print()

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -57,3 +59,41 @@ def test_bench_lists_the_benchmark_scripts(capsys: pytest.CaptureFixture[str]) -
     for name in ("simulator", "features", "scorer", "train", "publish"):
         assert name in out
     assert bench.main(["no-such-bench"]) == 2
+
+
+def test_bench_describes_the_machine_it_runs_on() -> None:
+    import os
+
+    from gruwatch import bench
+
+    info = bench.machine_info()
+    assert info["cores"] == os.cpu_count()
+    assert 1 <= info["cores_usable"] <= info["cores"]
+    assert info["cpu"]
+    assert info["versions"]["numpy"] == __import__("numpy").__version__
+    text = bench.describe(info)
+    assert info["cpu"] in text
+    assert f"numpy {info['versions']['numpy']}" in text
+
+
+def test_bench_json_needs_one_benchmark_that_writes_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from gruwatch import bench
+
+    out = tmp_path / "agent.json"
+    assert bench.main(["--json", str(out)]) == 2
+    assert bench.main(["features", "--json", str(out)]) == 2
+    assert "no --json output" in capsys.readouterr().err
+    assert bench.main(["agent", "features", "--json", str(out)]) == 2
+    assert not out.exists()
+
+
+def test_bench_json_writes_the_figures_with_the_machine(tmp_path: Path) -> None:
+    from gruwatch import bench
+
+    out = tmp_path / "figures.json"
+    bench.write_json(out, {"windows_per_s": 1.5})
+    doc = json.loads(out.read_text())
+    assert doc["windows_per_s"] == 1.5
+    assert doc["machine"]["cores"] >= 1
