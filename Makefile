@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: test check lint typecheck demo bench venv broker clean
+.PHONY: test check lint typecheck demo demo-bundle bench venv broker clean
 
 venv: $(STAMP)
 
@@ -33,8 +33,13 @@ check: lint typecheck
 test: venv broker check
 	$(BIN)/python -m pytest
 
-demo: venv broker
-	$(BIN)/gruwatch demo --broker mqtt://127.0.0.1:1883
+# No Mosquitto needed: the demo starts an embedded broker (amqtt) unless given --broker URL.
+demo: venv
+	$(BIN)/gruwatch demo
+
+# Rebuild the small model bundle shipped for the demo (after a change to features, model or simulator).
+demo-bundle: venv
+	$(BIN)/gruwatch demo --build-bundle gruwatch/demo_bundle
 
 bench: venv broker
 	$(BIN)/gruwatch bench

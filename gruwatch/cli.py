@@ -22,7 +22,7 @@ class Command(NamedTuple):
 # Only commands that exist are listed (no placeholders). Order is the order shown in --help.
 COMMANDS: dict[str, Command] = {
     "demo": Command(
-        "gruwatch.demo:main", "sim", "a short simulated fleet published to a local broker, counted live"
+        "gruwatch.demo:main", "demo", "the whole loop on one machine: broker, model, agent, failing fleet"
     ),
     "simulate": Command(
         "simulator.cli", "sim", "simulate a bearing fleet: a labelled dataset or a live MQTT feed"

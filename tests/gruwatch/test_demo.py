@@ -1,16 +1,96 @@
-"""`gruwatch demo` publishes a short fleet to a real broker and every window arrives and decodes."""
+"""`gruwatch demo`: the whole loop, embedded broker (amqtt) and a real Mosquitto, counts checked.
+
+The demo's fleet is the simulator's, so the truth is known: which bearings fail and when. A short run
+must publish and score the same windows, report every failing bearing, and write the JSON summary.
+"""
 
 from __future__ import annotations
+
+import contextlib
+import json
+import threading
+from pathlib import Path
 
 import pytest
 
 from gruwatch import demo
+from gruwatch.demo_model import FLEET
+from gruwatch.demo_watch import SUMMARY_KEYS
+from simulator.fleet_model import build_fleet
 from tests.conftest import Broker
+
+MACHINES, SEED = 6, 5  # 6 machines, 2 of which fail within the fleet's 3 simulated hours
+
+
+def _failing() -> int:
+    fleet = build_fleet(MACHINES, SEED, healthy_fraction=demo.HEALTHY_FRACTION, **FLEET)
+    return sum(r.failure_s is not None for r in fleet)
+
+
+def _check(summary: dict[str, object], out: str) -> None:
+    assert set(SUMMARY_KEYS) <= set(summary)
+    assert summary["stopped_by"] == "complete", out
+    published, scored = summary["windows_published"], summary["windows_scored"]
+    assert isinstance(published, int)
+    assert published > 1000
+    assert published == scored, out
+    assert summary["agent_windows_scored"] == scored
+    assert summary["failing"] == _failing() >= 1
+    alarmed = summary["alarmed_before_failure"]
+    assert isinstance(alarmed, int)
+    assert 0 <= alarmed <= summary["failing"]
+    lead = summary["median_lead_fraction"]
+    assert (lead is None) == (alarmed == 0)
+    assert lead is None or 0 < float(lead) < 1  # type: ignore[arg-type]
+    line = (
+        f"failing bearings {summary['failing']} · alarmed before failure {alarmed} · median lead "
+        f"{'n/a' if lead is None else format(lead, '.0%')} of life · false alarms "
+        f"{summary['false_alarms']} · windows published {published} · scored {scored}"
+    )
+    assert line in out
+
+
+@pytest.mark.slow
+def test_demo_with_the_embedded_broker(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out_json = tmp_path / "summary.json"
+    argv = ["--duration", "15", "--machines", str(MACHINES), "--seed", str(SEED), "--json", str(out_json)]
+    rc = demo.main(argv)
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    assert "(embedded amqtt, MQTT 3.1.1)" in out
+    _check(json.loads(out_json.read_text()), out)
 
 
 @pytest.mark.mqtt
-def test_demo_counts_every_window(broker: Broker, capsys: pytest.CaptureFixture[str]) -> None:
-    rc = demo.main(["--broker", broker.url, "--machines", "2", "--windows", "5", "--speedup", "max"])
+@pytest.mark.slow
+def test_demo_with_a_given_broker(broker: Broker, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out_json = tmp_path / "summary.json"
+    argv = ["--broker", broker.url, "--duration", "15", "--machines", str(MACHINES), "--seed", str(SEED)]
+    rc = demo.main([*argv, "--json", str(out_json), "--workdir", str(tmp_path / "work")])
     out = capsys.readouterr().out
     assert rc == 0, out
-    assert "OK: 10 of 10 windows arrived and decoded" in out
+    assert "embedded" not in out
+    _check(json.loads(out_json.read_text()), out)
+    assert (tmp_path / "work" / "agent.sqlite").is_file(), "--workdir keeps the agent's store for export"
+
+
+def test_an_interrupt_stops_cleanly_and_still_summarizes(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The first Ctrl-C (here: the stop event it sets) ends the live fleet; the summary still comes."""
+    args = demo.build_parser().parse_args(["--duration", "60", "--machines", "3", "--seed", str(SEED)])
+    irq = demo._Interrupts()
+    run = demo.Demo(args, irq)
+    timer = threading.Timer(4.0, irq.stop.set)
+    timer.start()
+    try:
+        with contextlib.ExitStack() as stack:
+            run.run(stack)
+    finally:
+        timer.cancel()
+    summary = run.summary()
+    assert summary.extra["stopped_by"] == "interrupted"
+    assert summary.windows_published > 0
+    assert summary.windows_published == summary.windows_scored
+    assert summary.extra["wall_s"] < 30
+    assert "Ctrl-C stops" in capsys.readouterr().out
