@@ -5,11 +5,12 @@ The format is written by `edge_agent.store.Store.export_runs` and documented in 
 sampled fraction (and around alarm transitions), and the trainer computes its own features from raw
 samples. So a `Run` here holds the windows **with raw samples**, sorted by sensor time; windows
 without raw samples leave gaps that show in `ts`. The stored per-window features of **all** windows
-(time order) ride along in `meta` for a later trainer path; they are not used for training now.
+(time order) ride along in `meta`; `load_agent_features` reads only those, one `CollectedStream`
+per sensor, for `gruwatch retrain` (trainer/retrain.py), which trains at the agent's own cadence.
 
 One .npz file gives one run per (sample rate, window length) it holds raw windows of: usually one;
-a sensor reconfigured mid-collection gives several (resample them together with `target_fs`). A file
-without any raw window gives no run and a `UserWarning`. See docs/data.md ("Agent exports").
+a sensor reconfigured mid-collection gives several (resample them together with `target_fs`). Files
+without any raw window give no run and ONE `UserWarning` for the export. See docs/data.md.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from __future__ import annotations
 import json
 import warnings
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -204,13 +206,7 @@ def runs_from_export_file(
         "feature_spec": entry.get("feature_spec"),
         "transitions": _transitions_of(doc, machine, sensor),
     }
-    if rows.size == 0:
-        warnings.warn(
-            f"{root / entry['file']}: {machine}/{sensor} has {ts_ns.size} windows but none with raw samples, "
-            "so no run (the trainer needs raw samples); raise the agent's raw_sample_fraction to collect some",
-            UserWarning,
-            stacklevel=3,
-        )
+    if rows.size == 0:  # load_agent_export says so once for the whole export
         return []
     # Raw windows in time order, grouped by (sample rate, window length) in order of first appearance.
     by_time = np.argsort(rank[rows], kind="stable")
@@ -267,15 +263,89 @@ def load_agent_export(path: str | Path, *, progress: bool = False) -> list[Run]:
             "Let the agent collect data, then export again"
         )
     runs: list[Run] = []
+    without_raw: list[str] = []
     for entry in tqdm(
         doc["files"], desc=f"agent {root.name}", unit="file", disable=not progress, leave=False
     ):
         arrays = read_export_file(root / entry["file"], entry)
-        runs.extend(runs_from_export_file(root, entry, arrays, doc))
+        found = runs_from_export_file(root, entry, arrays, doc)
+        if not found:
+            without_raw.append(f"{entry['machine']}/{entry['sensor']}")
+        runs.extend(found)
+    if without_raw and runs:
+        # One warning for the export, not one per sensor: a month at the default 1 % sampling is normal.
+        shown = ", ".join(without_raw[:5]) + (
+            f" and {len(without_raw) - 5} more" if len(without_raw) > 5 else ""
+        )
+        warnings.warn(
+            f"{root}: {len(without_raw)} of {len(doc['files'])} sensors have no window with raw samples "
+            f"({shown}), so they give no run here; `gruwatch retrain` trains on the features the agent "
+            "stored for every window instead (or raise the agent's raw_sample_fraction)",
+            UserWarning,
+            stacklevel=2,
+        )
     if not runs:
         total = sum(int(e.get("windows") or 0) for e in doc["files"])
         raise DataError(
-            f"{root}: {total} windows but none with raw samples, so nothing to train on; raise the agent's "
-            "raw_sample_fraction (or wait for alarms, whose windows keep their samples) and export again"
+            f"{root}: {total} windows but none with raw samples, so nothing to train on from raw windows; "
+            "retrain on the features the agent stored for every window with `gruwatch retrain --collected "
+            f"{root}`, or raise the agent's raw_sample_fraction and export again"
         )
     return runs
+
+
+@dataclass
+class CollectedStream:
+    """One sensor's windows as the agent scored them: its stored features of EVERY window, time order.
+
+    This is what `gruwatch retrain` trains on: the agent's own cadence (one GRU step per window) and its
+    own features, whether or not the window's raw samples were kept.
+    """
+
+    export: str  # the export folder
+    agent_id: str | None
+    machine: str
+    sensor: str
+    file: str
+    features: np.ndarray  # float32 [N, F]
+    ts_ns: np.ndarray  # int64 [N]
+    seq: np.ndarray  # int64 [N]
+    score: np.ndarray  # float32 [N]
+    state: np.ndarray  # str [N]
+    model: np.ndarray  # str [N]: the model version that scored each window
+    raw_windows: int
+
+    @property
+    def n_features(self) -> int:
+        return int(self.features.shape[1])
+
+    def __len__(self) -> int:
+        return int(self.features.shape[0])
+
+
+def load_agent_features(path: str | Path) -> list[CollectedStream]:
+    """Every sensor's stored features from an agent export folder (no raw samples needed), manifest order."""
+    root = Path(path)
+    doc = read_export_manifest(root)
+    out: list[CollectedStream] = []
+    for entry in doc["files"]:
+        arrays = read_export_file(root / entry["file"], entry)
+        ts_ns = arrays["ts_ns"].astype(np.int64)
+        order = np.argsort(ts_ns, kind="stable")  # arrival order -> sensor time order
+        out.append(
+            CollectedStream(
+                export=str(root),
+                agent_id=doc.get("agent_id"),
+                machine=entry["machine"],
+                sensor=entry["sensor"],
+                file=entry["file"],
+                features=np.ascontiguousarray(arrays["features"][order], dtype=np.float32),
+                ts_ns=ts_ns[order],
+                seq=arrays["seq"].astype(np.int64)[order],
+                score=arrays["score"].astype(np.float32)[order],
+                state=arrays["state"][order],
+                model=arrays["model"][order],
+                raw_windows=int(arrays["raw_rows"].size),
+            )
+        )
+    return out

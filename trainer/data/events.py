@@ -2,7 +2,7 @@
 
 CSV columns, with a header row: `machine`, `sensor` (optional column; empty = every sensor of the
 machine), `ts` (ISO-8601, naive = UTC, or epoch seconds) and `event`, one of failure, repair,
-replacement, inspection. Lines starting with '#' are comments.
+replacement, inspection, inspection_ok (an inspection that found nothing). Lines starting with '#' are comments.
 
 Labelling (`apply_events`), for runs whose `labels` is None (agent exports), using the run's absolute
 time `meta["start_epoch_s"] + ts`: a window's life ends at the next failure, repair or replacement of
@@ -26,7 +26,7 @@ import numpy as np
 
 from trainer.data.runs import DataError, Run, RunLabels
 
-EVENT_KINDS: frozenset[str] = frozenset({"failure", "repair", "replacement", "inspection"})
+EVENT_KINDS: frozenset[str] = frozenset({"failure", "repair", "replacement", "inspection", "inspection_ok"})
 LIFE_ENDING: frozenset[str] = frozenset({"failure", "repair", "replacement"})
 REQUIRED_COLUMNS: tuple[str, ...] = ("machine", "ts", "event")
 
