@@ -41,8 +41,14 @@ demo: venv
 demo-bundle: venv
 	$(BIN)/gruwatch demo --build-bundle gruwatch/demo_bundle
 
+# The agent on aarch64 under qemu: builds .arm/ (cached) and runs tests/arm (docs/deploy-gateway.md).
+.PHONY: test-arm
+test-arm: venv broker
+	PYTHON=$(BIN)/python ./scripts/build-arm-env.sh .arm
+	GRUWATCH_ARM_ENV=$(CURDIR)/.arm $(BIN)/python -m pytest -m arm tests/arm
+
 bench: venv broker
 	$(BIN)/gruwatch bench
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) .arm .pytest_cache .mypy_cache .ruff_cache .hypothesis
