@@ -19,7 +19,7 @@ the same run (the before/after ratio of a change).
 from __future__ import annotations
 
 import argparse
-import importlib.util
+import importlib
 import subprocess
 import sys
 import tempfile
@@ -62,27 +62,25 @@ def reference_features(rev: str) -> ModuleType:
         sources["features"].replace("from edge_agent.spectra import", "from _ref_spectra import")
     )
     sys.path.insert(0, str(tmp))
-    spec = importlib.util.spec_from_file_location("_ref_features", tmp / "_ref_features.py")
-    if spec is None or spec.loader is None:
-        raise SystemExit(f"cannot load edge_agent.features of {rev}")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return importlib.import_module("_ref_features")
 
 
-def best_seconds(fn: Callable[[], object], *, repeats: int, min_time: float) -> float:
-    """Best time of one call over `repeats` rounds, each round looping for at least min_time seconds."""
-    fn()  # warm caches (FFT plans, band plans, lru caches)
-    best = float("inf")
+def best_seconds(fns: dict[str, Callable[[], object]], *, repeats: int, min_time: float) -> dict[str, float]:
+    """Best time of one call of each function over `repeats` rounds, each round looping for at least
+    min_time seconds; the functions take turns within each round, so all see the same conditions."""
+    for fn in fns.values():
+        fn()  # warm caches (FFT plans, band plans, lru caches)
+    best = dict.fromkeys(fns, float("inf"))
     for _ in range(repeats):
-        calls, start = 0, CLOCK()
-        while True:
-            fn()
-            calls += 1
-            elapsed = CLOCK() - start
-            if elapsed >= min_time:
-                break
-        best = min(best, elapsed / calls)
+        for name, fn in fns.items():
+            calls, start = 0, CLOCK()
+            while True:
+                fn()
+                calls += 1
+                elapsed = CLOCK() - start
+                if elapsed >= min_time:
+                    break
+            best[name] = min(best[name], elapsed / calls)
     return best
 
 
@@ -118,10 +116,23 @@ def run(repeats: int, min_time: float, ref: ModuleType | None = None) -> list[di
                     for start in range(0, len(w), step):
                         np.fft.rfft(w[start : start + step].astype(np.float64), axis=-1)
 
-                t_loop = best_seconds(loop, repeats=repeats, min_time=min_time) / batch * 1e6
-                t_batch = best_seconds(batched, repeats=repeats, min_time=min_time) / batch * 1e6
-                t_fft = best_seconds(fft, repeats=repeats, min_time=min_time) / batch * 1e6
-                t_blk = best_seconds(fft_blocks, repeats=repeats, min_time=min_time) / batch * 1e6
+                fns: dict[str, Callable[[], object]] = {
+                    "loop": loop,
+                    "batch": batched,
+                    "fft": fft,
+                    "blk": fft_blocks,
+                }
+                if ref is not None:
+
+                    def before(w: np.ndarray = windows, s: Any = ref_specs[label]) -> None:
+                        ref.extract_batch(w, fs, rpm, s)
+
+                    fns["ref"] = before
+                t = {
+                    k: v / batch * 1e6
+                    for k, v in best_seconds(fns, repeats=repeats, min_time=min_time).items()
+                }
+                t_loop, t_batch, t_fft, t_blk = t["loop"], t["batch"], t["fft"], t["blk"]
                 row: dict[str, Any] = {
                     "features": label,
                     "samples": n,
@@ -133,12 +144,8 @@ def run(repeats: int, min_time: float, ref: ModuleType | None = None) -> list[di
                     "batch/rfft": t_batch / t_fft,
                     "batch/rfft blk": t_batch / t_blk,
                 }
-                if ref is not None:
-
-                    def before(w: np.ndarray = windows, s: Any = ref_specs[label]) -> None:
-                        ref.extract_batch(w, fs, rpm, s)
-
-                    row["ref"] = best_seconds(before, repeats=repeats, min_time=min_time) / batch * 1e6
+                if "ref" in t:
+                    row["ref"] = t["ref"]
                 rows.append(row)
                 print(_format_row(rows[-1]), flush=True)
     return rows
@@ -169,12 +176,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         "at 2,048 / 2,560 / 20,480 samples and batches of 1 and 64. Prints a Markdown table.",
     )
     parser.add_argument(
-        "--repeats", type=int, default=5, help="rounds per cell; the best is kept (default 5)"
+        "--repeats", type=int, default=15, help="rounds per cell; the best is kept (default 15)"
     )
     parser.add_argument(
-        "--min-time", type=float, default=0.2, help="seconds each round loops for (default 0.2)"
+        "--min-time", type=float, default=0.03, help="seconds each round loops for (default 0.03)"
     )
-    parser.add_argument("--quick", action="store_true", help="3 rounds of 0.05 s: a smoke run")
+    parser.add_argument("--quick", action="store_true", help="7 rounds of 0.02 s: a smoke run")
     parser.add_argument(
         "--wall", action="store_true", help="wall-clock time instead of this thread's CPU time"
     )
@@ -185,7 +192,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     global CLOCK
     if args.wall:
         CLOCK = time.perf_counter
-    repeats, min_time = (3, 0.05) if args.quick else (args.repeats, args.min_time)
+    repeats, min_time = (7, 0.02) if args.quick else (args.repeats, args.min_time)
     ref = reference_features(args.against) if args.against else None
     print(describe())
     print(
