@@ -320,6 +320,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.quick:
         args.windows, args.latency_s = 5, 5.0
+    # Stopped by `gruwatch bench` (over its time share): still stop the broker and remove the files.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     print(describe(), flush=True)
     figures: dict[str, Any] = {}
     args.figures = figures

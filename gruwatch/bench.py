@@ -13,11 +13,13 @@ so `gruwatch bench` ends within the budget on a 2-core machine.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.metadata
 import json
 import os
 import platform
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -129,18 +131,24 @@ def _run(cmd: list[str], budget_s: float | None) -> tuple[int | None, float]:
     try:
         rc: int | None = proc.wait(timeout=budget_s)
     except subprocess.TimeoutExpired:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        _stop_group(proc)
         rc = None
     except KeyboardInterrupt:
-        proc.terminate()
-        proc.wait()
+        _stop_group(proc)
         raise
     return rc, time.monotonic() - started
+
+
+def _stop_group(proc: subprocess.Popen[bytes]) -> None:
+    """Stop a benchmark and everything it started (its broker, agents, publishers: one process group)."""
+    for sig, wait_s in ((signal.SIGTERM, 10.0), (signal.SIGKILL, None)):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, sig)
+        try:
+            proc.wait(timeout=wait_s)
+            return
+        except subprocess.TimeoutExpired:
+            continue
 
 
 def main(argv: Sequence[str] | None = None) -> int:
