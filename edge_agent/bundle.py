@@ -44,10 +44,12 @@ from edge_agent.signing import (
 __all__ = [
     "BUNDLE_REASONS",
     "Bundle",
+    "check_shapes",
     "generate_keypair",
     "load_bundle",
     "make_session",
     "pack_bundle",
+    "replay_test_vectors",
     "sign_bundle",
     "unpack_bundle",
     "validate_card",
@@ -309,7 +311,7 @@ def _dims(meta: Any) -> list[int | str | None]:
     return [d if isinstance(d, int) else (str(d) if d is not None else None) for d in meta.shape]
 
 
-def _check_shapes(session: Any, F: int, state_shape: tuple[int, int], K: int) -> None:
+def check_shapes(session: Any, F: int, state_shape: tuple[int, int], K: int) -> None:
     layers, hidden = state_shape
     ins = {i.name: i for i in session.get_inputs()}
     outs = {o.name: o for o in session.get_outputs()}
@@ -430,7 +432,7 @@ def _load_contents(path: Path) -> tuple[dict[str, Any], FeatureSpec, Any]:
         raise BundleError("bad_model", f"onnxruntime cannot load model.onnx: {exc}") from exc
     state_shape = (int(card["state_shape"][0]), int(card["state_shape"][1]))
     F, K = int(spec.n_features), len(card["outputs"])
-    _check_shapes(session, F, state_shape, K)
+    check_shapes(session, F, state_shape, K)
     tv = _read_json(path / TEST_VECTORS, "test_vectors")
     replay_test_vectors(session, tv, F, state_shape, K)
     return card, spec, session

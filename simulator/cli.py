@@ -13,7 +13,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from simulator.arguments import DEFAULT_START, parse_duration, parse_start, positive_float, positive_int
+from simulator.arguments import DEFAULT_START, add_fleet_model_arguments, parse_start
 
 PROG = "gruwatch simulate"
 
@@ -37,86 +37,6 @@ rpm, samples, fault, severity, rul_s, failed) and manifest.json. A default 2,560
 4 kB on disk; 50 machines with the defaults take about 150 MB. Train on it with
 `gruwatch train --data DIR`.
 """
-
-
-def _fault_list(text: str) -> tuple[str, ...]:
-    from simulator.degradation import FAULTS
-
-    faults = tuple(f.strip() for f in text.split(",") if f.strip())
-    bad = [f for f in faults if f not in FAULTS]
-    if bad or not faults:
-        raise argparse.ArgumentTypeError(f"fault types are a comma list of {','.join(FAULTS)}; got {text!r}")
-    return faults
-
-
-def add_fleet_model_arguments(parser: argparse.ArgumentParser) -> None:
-    """Options that shape the simulated fleet (shared by `dataset`; `fleet` may reuse them)."""
-    from simulator.fleet_model import DEFAULT_HEALTHY_FRACTION, DEFAULT_HORIZON_S, DEFAULT_PRESET
-    from simulator.signal import RIG_PRESETS
-
-    presets = "; ".join(f"{p.name}: {p.description}" for p in RIG_PRESETS.values())
-    g = parser.add_argument_group("fleet")
-    g.add_argument(
-        "--machines", type=positive_int, default=20, metavar="N", help="number of machines (default: 20)"
-    )
-    g.add_argument(
-        "--sensors",
-        type=positive_int,
-        default=1,
-        metavar="N",
-        help="accelerometers per machine (default: 1)",
-    )
-    g.add_argument(
-        "--seed", type=int, default=0, help="random seed; same seed and options, same bytes (default: 0)"
-    )
-    g.add_argument(
-        "--preset",
-        choices=sorted(RIG_PRESETS),
-        default=DEFAULT_PRESET,
-        help=f"rig (default: {DEFAULT_PRESET}). {presets}",
-    )
-    g.add_argument(
-        "--healthy-fraction",
-        type=float,
-        default=DEFAULT_HEALTHY_FRACTION,
-        help=f"share of machines that never fail (default: {DEFAULT_HEALTHY_FRACTION})",
-    )
-    g.add_argument(
-        "--faults",
-        type=_fault_list,
-        default=None,
-        metavar="LIST",
-        help="fault types for failing machines, comma list of outer,inner,ball,cage (default: all)",
-    )
-    g.add_argument(
-        "--horizon",
-        type=parse_duration,
-        default=DEFAULT_HORIZON_S,
-        metavar="DURATION",
-        help="simulated time per run; lives fall in 0.3–1× of it, healthy runs last all of it "
-        "(e.g. 3600, 90m, 3h; default: 3h, FEMTO-like accelerated lives)",
-    )
-    g.add_argument(
-        "--speed-variation",
-        type=float,
-        default=0.0,
-        metavar="FRACTION",
-        help="slow swing of shaft speed within a run, as a fraction of nominal (e.g. 0.05; default: 0)",
-    )
-    s = parser.add_argument_group("sampling")
-    s.add_argument(
-        "--fs", type=positive_float, default=25600.0, metavar="HZ", help="sample rate in Hz (default: 25600)"
-    )
-    s.add_argument(
-        "--window", type=positive_int, default=2560, help="samples per window (default: 2560 = 0.1 s)"
-    )
-    s.add_argument(
-        "--interval",
-        type=positive_float,
-        default=10.0,
-        metavar="S",
-        help="seconds between windows (default: 10)",
-    )
 
 
 def _dataset(args: argparse.Namespace) -> int:

@@ -27,7 +27,14 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any, Literal, TextIO
 
-from simulator.arguments import parse_start, positive_float, positive_int, rate, speedup
+from simulator.arguments import (
+    add_fleet_model_arguments,
+    parse_start,
+    positive_float,
+    positive_int,
+    rate,
+    speedup,
+)
 
 if TYPE_CHECKING:
     from simulator.faults import FaultConfig, FaultCounters, SensorFaultPlan
@@ -80,8 +87,6 @@ def add_fleet_arguments(parser: argparse.ArgumentParser) -> None:
             "{prefix}/{machine}/{sensor}/vibration, paced by simulated time, with optional fault injection."
         )
     parser.epilog = _EPILOG
-    from simulator.cli import add_fleet_model_arguments
-
     # The same fleet options as `simulate dataset` (--machines, --sensors, --seed, --preset, --horizon,
     # --fs, --window, --interval, ...): the same options and seed publish the same samples.
     add_fleet_model_arguments(parser)

@@ -4,7 +4,7 @@ Every baseline turns each window's features (the same `edge_agent.features` the 
 health score in [0, 1], gets alarm thresholds and hysteresis from `trainer.calibrate` on its own
 training data with the bundle's calibration settings (false-alarm target, minimum raise windows,
 safety margin), and is replayed through the agent's alarm state machine (`edge_agent.alarms.step`)
-over the evaluation runs, so every row of the comparison is computed by `trainer.evaluate.quality`:
+over the evaluation runs, so every row of the comparison is computed by `trainer.metrics.quality`:
 
 - ``rms threshold`` / ``kurtosis threshold``: one feature (log RMS, kurtosis) against a threshold —
   the classic vibration alarm. The feature is mapped to [0, 1] monotonically (a logistic of its
@@ -13,15 +13,15 @@ over the evaluation runs, so every row of the comparison is computed by `trainer
   training windows, standardised; score = the anomaly score, mapped to [0, 1] the same way.
 - ``logistic regression``: scikit-learn LogisticRegression (class-balanced) on degraded vs
   healthy windows; with fault classes, a second multinomial one predicts the fault type.
-- ``LSTM``: `LstmHealthModel`, the GRU model with an `nn.LSTM` of the bundle's hidden size and
-  layers instead of the GRU, trained with the trainer's own loop (`trainer.train.fit`, truncated
-  BPTT, the bundle's training configuration) and calibrated on a split of the training runs.
+- ``LSTM``: `trainer.model.HealthModel` with `cell="lstm"` of the bundle's hidden size and layers,
+  trained and calibrated by the trainer itself (`trainer.train.train`, the bundle's training
+  configuration) on a split of the training runs.
 - ``GRU``: the bundle itself (quality from the step-wise evaluation). For a like-for-like training
   time and parameter count, the same GRU is retrained here with the same loop and data as the LSTM.
 
 Costs per baseline: parameters (fitted numbers), training time on this machine, and step latency:
 the median time to score ONE window of ONE sensor (features excluded; they are the same for all):
-onnxruntime for the recurrent models (the bundle's graph; the LSTM exported the same way),
+onnxruntime for the recurrent models (the bundle's graph; the LSTM exported by the same `export_onnx`),
 `predict_proba`/`score_samples` for scikit-learn, numpy for the thresholds.
 """
 
@@ -29,11 +29,10 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, fields
+from dataclasses import asdict, fields, replace
 from typing import Any
 
 import numpy as np
-import torch
 from sklearn.ensemble import IsolationForest
 from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
@@ -41,107 +40,17 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from edge_agent.alarms import AlarmState, Thresholds, step
+from edge_agent.bundle import make_session
 from trainer.calibrate import ScoredRun, calibrate
 from trainer.data.runs import Run, split_by_machine
-from trainer.evaluate import RunEval, fault_classes_of, quality, summary_row
-from trainer.model import GruHealthModel
+from trainer.export import export_onnx
+from trainer.metrics import RunEval, fault_classes_of, quality, summary_row
+from trainer.model import HealthModel
 from trainer.sequences import FeatureSequence, build_sequences
-from trainer.train import TrainConfig, calibrate_forecast_error, choose_mode, fit, score_sequences, set_seeds
+from trainer.train import TrainConfig, score_sequences, train
 
 MAX_FIT_WINDOWS = 200_000
 LATENCY_CALLS = 200
-
-
-# ------------------------------------------------------------------------------------- the LSTM
-class LstmHealthModel(GruHealthModel):
-    """`GruHealthModel` with an `nn.LSTM` in place of the GRU; the state is h and c stacked on axis 0.
-
-    State shape [2 × layers, B, hidden] (h rows first, then c), so the trainer's loop (which carries
-    and detaches one state tensor) trains it unchanged.
-    """
-
-    def __init__(
-        self,
-        n_features: int,
-        *,
-        hidden: int = 64,
-        layers: int = 1,
-        mode: str = "supervised",
-        fault_classes: tuple[str, ...] | list[str] = (),
-        dropout: float = 0.0,
-    ) -> None:
-        super().__init__(
-            n_features, hidden=hidden, layers=layers, mode=mode, fault_classes=fault_classes, dropout=dropout
-        )
-        del self.gru
-        self.lstm = nn.LSTM(
-            n_features, hidden, num_layers=layers, batch_first=True, dropout=dropout if layers > 1 else 0.0
-        )
-
-    @property
-    def state_shape(self) -> list[int]:
-        return [2 * self.layers, self.hidden]
-
-    def initial_state(self, batch: int, device: torch.device | str | None = None) -> torch.Tensor:
-        return torch.zeros(2 * self.layers, batch, self.hidden, device=device)
-
-    def run(
-        self, x: torch.Tensor, h0: torch.Tensor | None = None
-    ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-        if h0 is None:
-            h0 = self.initial_state(x.shape[0], x.device)
-        L = self.layers
-        z = self.scale(x)
-        y, (h_n, c_n) = self.lstm(z, (h0[:L].contiguous(), h0[L:].contiguous()))
-        out: dict[str, torch.Tensor] = {}
-        if self.mode == "supervised":
-            out["health_logit"] = self.health_head(y).squeeze(-1)
-            if self.fault_head is not None:
-                out["fault_logits"] = self.fault_head(y)
-        else:
-            prev = torch.cat([h0[L - 1].unsqueeze(1), y[:, :-1]], dim=1)
-            pred = self.forecast_head(prev)
-            out["forecast"] = pred
-            out["scaled"] = z
-            out["error"] = ((z - pred) ** 2).mean(dim=-1)
-        return out, torch.cat([h_n, c_n], dim=0)
-
-    def step(self, features: torch.Tensor, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """ONE step: features [B, F], h [2 × layers, B, hidden] -> (score [B, K], h_out)."""
-        out, h_out = self.run(features.unsqueeze(1), h)
-        return self.scores_from(out)[:, 0], h_out
-
-
-class _Step(nn.Module):
-    def __init__(self, model: GruHealthModel) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, features: torch.Tensor, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.model.step(features, h)
-
-
-def step_onnx_bytes(model: GruHealthModel) -> bytes:
-    """One step of `model` as ONNX (the way trainer.export exports the GRU; batch axis dynamic)."""
-    from trainer.export import _quiet_exporter
-
-    model = model.cpu().eval()
-    rows, hidden = model.state_shape
-    batch = torch.export.Dim("batch", min=1, max=1 << 20)
-    with _quiet_exporter(), torch.no_grad():
-        program = torch.onnx.export(
-            _Step(model).eval(),
-            (torch.zeros(2, model.n_features), torch.zeros(rows, 2, hidden)),
-            input_names=["features", "h"],
-            output_names=["score", "h_out"],
-            dynamo=True,
-            dynamic_shapes={"features": {0: batch}, "h": {1: batch}},
-            optimize=True,
-            verbose=False,
-        )
-    if program is None:  # pragma: no cover - dynamo=True always returns a program
-        raise RuntimeError("torch.onnx.export returned no program")
-    return bytes(program.model_proto.SerializeToString())
 
 
 # ------------------------------------------------------------------------------------ utilities
@@ -270,7 +179,7 @@ def _train_config(card: dict[str, Any], *, epochs: int | None, seed: int, progre
     over: dict[str, Any] = {"device": "cpu", "progress": progress, "seed": seed, "threads": 1}
     over["mode"] = card.get("mode", cfg.mode)
     over["hidden"] = int(card["state_shape"][1])
-    over["layers"] = int(card["state_shape"][0])
+    over["layers"] = int(saved.get("layers", card["state_shape"][0]))
     if epochs is not None:
         over["epochs"] = epochs
     return TrainConfig(**{**asdict(cfg), **over})
@@ -295,33 +204,15 @@ def inner_split(
 
 
 def _fit_recurrent(
-    cls: type[GruHealthModel],
+    cell: str,
     train_seqs: Sequence[FeatureSequence],
     val_seqs: Sequence[FeatureSequence],
     cfg: TrainConfig,
     classes: Sequence[str],
-) -> tuple[GruHealthModel, dict[str, Any], float]:
-    """(model, thresholds, fit seconds) with the trainer's loop and calibration."""
-    rng = set_seeds(cfg.seed, cfg.threads)
-    mode = choose_mode(cfg.mode, train_seqs)
-    model = cls(
-        train_seqs[0].features.shape[1],
-        hidden=cfg.hidden,
-        layers=cfg.layers,
-        mode=mode,
-        fault_classes=tuple(classes) if mode == "supervised" else (),
-        dropout=cfg.dropout,
-    )
-    sc = StandardScaler().fit(np.concatenate([s.features for s in train_seqs]).astype(np.float64))
-    model.set_scaler(sc.mean_, sc.scale_)
-    t0 = time.perf_counter()
-    fit(model, train_seqs, val_seqs, cfg, rng)
-    fit_s = time.perf_counter() - t0
-    if mode == "forecast":
-        calibrate_forecast_error(model, train_seqs, "cpu")
-    cal = list(val_seqs) or list(train_seqs)
-    health = [s[:, 0] for s in score_sequences(model, cal)]
-    return model.cpu().eval(), _calibrated(health, cal, cfg), fit_s
+) -> tuple[HealthModel, dict[str, Any], float]:
+    """(model, thresholds, fit seconds) from the trainer itself (`trainer.train.train`) with `cell`."""
+    result = train(train_seqs, val_seqs, replace(cfg, cell=cell), classes=classes)
+    return result.model, result.thresholds, result.timings["fit_s"]
 
 
 def run_baselines(
@@ -341,8 +232,6 @@ def run_baselines(
 
     The recurrent baselines pick their epoch and calibrate on a by-machine split of `train_runs`
     (`fit_split` = (fit, validation) runs when given, else `inner_split`)."""
-    from trainer.export import onnx_session
-
     card = bundle.card
     classes = fault_classes_of(bundle.outputs)
     spec = bundle.spec
@@ -363,9 +252,9 @@ def run_baselines(
         va_seqs = [by_id[r.run_id] for r in fit_split[1]]
     # Warm torch up once (first-call allocations and kernel choices) so neither fit pays for it.
     warm = TrainConfig(**{**asdict(cfg), "epochs": 1, "progress": False})
-    for cls in (GruHealthModel, LstmHealthModel):
-        _fit_recurrent(cls, tr_seqs, [], warm, classes)
-    gru, _, gru_fit_s = _fit_recurrent(GruHealthModel, tr_seqs, va_seqs, cfg, classes)
+    for cell in ("gru", "lstm"):
+        _fit_recurrent(cell, tr_seqs, [], warm, classes)
+    gru, _, gru_fit_s = _fit_recurrent("gru", tr_seqs, va_seqs, cfg, classes)
     rows.append(
         {
             **gru_row,
@@ -473,10 +362,10 @@ def run_baselines(
     bar.update(1)
 
     # The LSTM of equal hidden size, same loop and data as the GRU retrain.
-    lstm, thr, lstm_fit_s = _fit_recurrent(LstmHealthModel, tr_seqs, va_seqs, cfg, classes)
+    lstm, thr, lstm_fit_s = _fit_recurrent("lstm", tr_seqs, va_seqs, cfg, classes)
     scores = score_sequences(lstm, test_seqs)
     q = quality(_results(gru_results, scores, thr), classes if lstm.fault_classes else ())
-    session = onnx_session(step_onnx_bytes(lstm))
+    session = make_session(export_onnx(lstm))
     rows.append(
         summary_row(
             "LSTM (same hidden size)",

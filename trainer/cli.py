@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from edge_agent.errors import GruwatchError
 
 if TYPE_CHECKING:
-    from trainer.distributed import DistContext
+    from trainer.distributed import ProcessContext
 
 DESCRIPTION = """\
 Fit a GRU on sequences of vibration-window features and write a model bundle for the edge agent.
@@ -210,26 +210,24 @@ def run_training(args: argparse.Namespace) -> dict[str, Any]:
         shutdown(dist)
 
 
-def _train_and_export(args: argparse.Namespace, device: str, dist: DistContext | None) -> dict[str, Any]:
+def _train_and_export(args: argparse.Namespace, device: str, dist: ProcessContext) -> dict[str, Any]:
     import torch
 
     from trainer.data import apply_events, fingerprint, load_events_csv, load_runs, split_by_machine
     from trainer.data.runs import DataError
-    from trainer.distributed import main_decides, shard_indices
+    from trainer.distributed import shard_indices
     from trainer.export import write_model_bundle
     from trainer.sequences import build_sequences, fault_classes, spec_for_runs
     from trainer.train import TrainConfig, set_seeds, train
 
-    is_main = dist is None or dist.is_main
+    is_main = dist.is_main
     progress = not args.no_progress and is_main
-    if dist is not None:
-        device = dist.device
+    device = dist.device or device
     set_seeds(args.seed, args.threads)
     parent = _parent_version(args.parent)
     out = Path(args.out)
-    out_taken = is_main and out.exists() and any(out.iterdir())
-    if dist is not None:  # only rank 0 writes: its answer counts, and every process stops with it
-        out_taken = main_decides(dist, out_taken)
+    # only rank 0 writes: its answer counts, and every process stops with it
+    out_taken = dist.main_decides(is_main and out.exists() and any(out.iterdir()))
     if out_taken:
         raise GruwatchError(f"--out {out} is not empty; write each bundle into a fresh folder")
 
@@ -255,7 +253,7 @@ def _train_and_export(args: argparse.Namespace, device: str, dist: DistContext |
         "train_runs": [r.run_id for r in train_runs],
         "validation_runs": [r.run_id for r in val_runs],
     }
-    if dist is not None:  # keep this process's shard of the runs (features are computed per shard)
+    if dist.world_size > 1:  # keep this process's shard of the runs (features are computed per shard)
         if len(train_runs) < dist.world_size:
             raise DataError(
                 f"{len(train_runs)} training runs for {dist.world_size} processes: every process needs "
@@ -303,13 +301,13 @@ def _train_and_export(args: argparse.Namespace, device: str, dist: DistContext |
         progress=progress,
     )
     result = train(train_seqs, val_seqs, cfg, classes=classes, dist=dist)
-    if dist is not None and not dist.is_main:
+    if not dist.is_main:
         return {"bundle": None, "rank": dist.rank, "world_size": dist.world_size}
 
     t2 = time.perf_counter()
     held_out = [s.features for s in result.calibration_seqs]
     training = {k: v for k, v in vars(result.config).items() if k != "progress"}
-    if dist is not None:
+    if dist.world_size > 1:
         training["distributed"] = dist.describe()
     bundle = write_model_bundle(
         out,
@@ -343,7 +341,7 @@ def _train_and_export(args: argparse.Namespace, device: str, dist: DistContext |
             "calibrate": round(result.timings["calibrate_s"], 2),
             "export": round(t_export, 2),
         },
-        "distributed": None if dist is None else dist.describe(),
+        "distributed": dist.describe(),
     }
 
 

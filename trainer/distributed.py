@@ -18,7 +18,8 @@ group (`init_distributed`: gloo on CPU, NCCL with `--device cuda`, one GPU per p
 - after training every process scores its validation shard and `gather_to_main` sends runs and scores
   to rank 0, which calibrates the alarm thresholds and alone writes the bundle; the others exit 0.
 
-Without torchrun (or with WORLD_SIZE=1) nothing here is used and training is the single-process path.
+Without torchrun (or with WORLD_SIZE=1) `init_distributed` returns `LOCAL`, the no-op context: the
+same training loop runs with every collective being the identity.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from __future__ import annotations
 import inspect
 import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -34,11 +35,12 @@ from typing import Any
 import numpy as np
 import torch
 import torch.distributed as torch_dist
+from sklearn.preprocessing import StandardScaler
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from trainer.data.runs import DataError
-from trainer.model import GruHealthModel
+from trainer.model import HealthModel
 from trainer.sequences import FeatureSequence
 
 ENV_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
@@ -46,22 +48,113 @@ DEFAULT_TIMEOUT_S = 1800.0
 
 
 @dataclass(frozen=True)
-class DistContext:
-    """This process's place in the process group; `device` is where its tensors and collectives live."""
+class ProcessContext:
+    """One process training alone: every collective is the identity (the no-op context).
 
-    rank: int
-    world_size: int
-    local_rank: int
-    backend: str  # "gloo" | "nccl"
-    device: str  # "cpu" or "cuda:<local_rank>"
+    `trainer.train` calls these methods whatever the number of processes; `DistContext` overrides
+    them with torch.distributed collectives.
+    """
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    backend: str = "none"  # "gloo" | "nccl" under torchrun
+    device: str = ""  # where tensors and collectives live ("cpu", "cuda:<local_rank>"); "" = as asked
 
     @property
     def is_main(self) -> bool:
         """Rank 0 calibrates and writes the bundle."""
         return self.rank == 0
 
-    def describe(self) -> dict[str, Any]:
+    def describe(self) -> dict[str, Any] | None:
+        return None
+
+    def all_sum(self, values: Sequence[float] | np.ndarray) -> np.ndarray:
+        return np.asarray(values, dtype=np.float64)
+
+    def all_max(self, value: int) -> int:
+        return int(value)
+
+    def main_decides(self, flag: bool) -> bool:
+        return bool(flag)
+
+    def all_gather(self, obj: Any) -> list[Any]:
+        return [obj]
+
+    def gather_scored(
+        self, seqs: Sequence[FeatureSequence], scores: Sequence[np.ndarray]
+    ) -> tuple[list[FeatureSequence], list[np.ndarray]] | None:
+        """Every process's (runs, scores) on rank 0 (None on the others)."""
+        return list(seqs), list(scores)
+
+    def rng(self, seed: int) -> np.random.Generator:
+        """This process's batching generator."""
+        return np.random.default_rng(seed)
+
+    def scaler(self, seqs: Sequence[FeatureSequence]) -> tuple[np.ndarray, np.ndarray]:
+        """StandardScaler's (mean_, scale_) over the training windows."""
+        sc = StandardScaler().fit(np.concatenate([s.features for s in seqs], axis=0).astype(np.float64))
+        return sc.mean_, sc.scale_
+
+    def n_features(self, seqs: Sequence[FeatureSequence]) -> int:
+        return int(seqs[0].features.shape[1])
+
+    def label_counts(self, seqs: Sequence[FeatureSequence]) -> tuple[float, float]:
+        """(degraded windows, healthy windows)."""
+        t = np.concatenate([s.target for s in seqs]) if seqs else np.zeros(0, np.float32)
+        return float(np.sum(t == 1)), float(np.sum(t == 0))
+
+    def wrap(self, model: HealthModel) -> Callable[..., Any]:
+        """What a training step calls: `model.run(x, h0)`."""
+        return model.run
+
+
+LOCAL = ProcessContext()
+
+
+@dataclass(frozen=True)
+class DistContext(ProcessContext):
+    """This process's place in the process group; `device` is where its tensors and collectives live."""
+
+    def describe(self) -> dict[str, Any] | None:
         return {"world_size": self.world_size, "backend": self.backend}
+
+    def all_sum(self, values: Sequence[float] | np.ndarray) -> np.ndarray:
+        return all_sum(self, values)
+
+    def all_max(self, value: int) -> int:
+        return all_max(self, value)
+
+    def main_decides(self, flag: bool) -> bool:
+        return main_decides(self, flag)
+
+    def all_gather(self, obj: Any) -> list[Any]:
+        return all_gather(self, obj)
+
+    def gather_scored(
+        self, seqs: Sequence[FeatureSequence], scores: Sequence[np.ndarray]
+    ) -> tuple[list[FeatureSequence], list[np.ndarray]] | None:
+        gathered = gather_to_main(self, list(zip(seqs, scores, strict=True)))
+        if gathered is None:
+            return None
+        pairs = sorted((p for rank_pairs in gathered for p in rank_pairs), key=lambda p: p[0].run_id)
+        return [p[0] for p in pairs], [p[1] for p in pairs]
+
+    def rng(self, seed: int) -> np.random.Generator:
+        """Same torch seed (same initial weights) everywhere; a different batch order per process."""
+        return np.random.default_rng([seed, self.rank])
+
+    def scaler(self, seqs: Sequence[FeatureSequence]) -> tuple[np.ndarray, np.ndarray]:
+        return global_scaler(seqs, self)
+
+    def n_features(self, seqs: Sequence[FeatureSequence]) -> int:
+        return global_n_features(seqs, self)
+
+    def label_counts(self, seqs: Sequence[FeatureSequence]) -> tuple[float, float]:
+        return label_counts(seqs, self)
+
+    def wrap(self, model: HealthModel) -> Callable[..., Any]:
+        return wrap_ddp(model, self)
 
 
 def torchrun_env(environ: Mapping[str, str] | None = None) -> tuple[int, int, int] | None:
@@ -89,14 +182,14 @@ def init_distributed(
     *,
     environ: Mapping[str, str] | None = None,
     timeout_s: float = DEFAULT_TIMEOUT_S,
-) -> DistContext | None:
-    """Join torchrun's process group (gloo for `device` "cpu", NCCL for "cuda"); None outside torchrun.
+) -> ProcessContext:
+    """Join torchrun's process group (gloo for `device` "cpu", NCCL for "cuda"); `LOCAL` outside torchrun.
 
     torchrun also sets MASTER_ADDR/MASTER_PORT, which the default `env://` rendezvous reads.
     """
     found = torchrun_env(environ)
     if found is None:
-        return None
+        return LOCAL
     rank, world, local_rank = found
     if device.startswith("cuda"):
         if not torch.cuda.is_available():
@@ -117,14 +210,14 @@ def init_distributed(
     return DistContext(rank=rank, world_size=world, local_rank=local_rank, backend=backend, device=where)
 
 
-def shutdown(ctx: DistContext | None) -> None:
+def shutdown(ctx: ProcessContext) -> None:
     """Leave the process group together (no-op outside torchrun).
 
     Every rank waits at a barrier first: rank 0 may still be exporting the bundle, and a rank that
     tears gloo down while its peer is still connected can abort the process ("terminate called
     without an active exception", seen once in CI).
     """
-    if ctx is not None and torch_dist.is_initialized():
+    if ctx.world_size > 1 and torch_dist.is_initialized():
         try:
             torch_dist.barrier()
         finally:
@@ -224,9 +317,9 @@ def label_counts(seqs: Sequence[FeatureSequence], ctx: DistContext) -> tuple[flo
 
 # --------------------------------------------------------------------------- DDP
 class SequenceForward(nn.Module):
-    """`GruHealthModel.run` as `forward`, so DistributedDataParallel sees (and syncs) every step."""
+    """`HealthModel.run` as `forward`, so DistributedDataParallel sees (and syncs) every step."""
 
-    def __init__(self, model: GruHealthModel) -> None:
+    def __init__(self, model: HealthModel) -> None:
         super().__init__()
         self.model = model
 
@@ -234,7 +327,7 @@ class SequenceForward(nn.Module):
         return self.model.run(x, h0)
 
 
-def wrap_ddp(model: GruHealthModel, ctx: DistContext) -> nn.Module:
+def wrap_ddp(model: HealthModel, ctx: DistContext) -> nn.Module:
     """`model.run` wrapped for data-parallel training (gradients averaged across processes on backward).
 
     Every parameter must take part in every step's loss (trainer.train ties the fault head in with a

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -23,37 +22,12 @@ from tqdm.auto import tqdm
 
 from edge_agent.alarms import STATE_NAMES
 from edge_agent.scorer import Scorer
-from trainer import metrics
 from trainer.data.runs import Run
+from trainer.metrics import RunEval, fault_classes_of, quality, summary_row
 from trainer.sequences import FeatureSequence, build_sequences
 
 STATE_CODES = {name: i for i, name in enumerate(STATE_NAMES)}
 MAX_BATCH_SENSORS = 4096
-
-
-@dataclass
-class RunEval:
-    """One run's step-wise results, aligned with its windows."""
-
-    run_id: str
-    machine: str
-    sensor: str
-    source: str
-    ts: np.ndarray  # float64 [N] seconds since the run's start
-    scores: np.ndarray  # float32 [N, K] as the scorer returned them
-    states: np.ndarray  # int8 [N] 0 ok, 1 warning, 2 alarm (the scorer's state after each window)
-    target: np.ndarray  # float32 [N] 1 degraded, 0 healthy, NaN unknown
-    fault: np.ndarray  # int64 [N] fault class index (bundle outputs order), -1 unknown
-    failed_at_end: bool
-
-    @property
-    def health(self) -> np.ndarray:
-        return self.scores[:, 0]
-
-
-def fault_classes_of(outputs: Sequence[str]) -> tuple[str, ...]:
-    """Fault classes named by a bundle's outputs: ("health", "p_outer", ...) -> ("outer", ...)."""
-    return tuple(o[2:] for o in outputs[1:] if o.startswith("p_"))
 
 
 def score_runs(
@@ -127,111 +101,6 @@ def evaluate_runs(
         "scoring_us_per_window": (t2 - t1) / windows * 1e6 if windows else 0.0,
     }
     return results, seqs, timings
-
-
-# ------------------------------------------------------------------------------------------ metrics
-def run_row(r: RunEval) -> dict[str, Any]:
-    """The per-run entry of metrics.json "runs"."""
-    raises = metrics.alarm_raises(r.states)
-    lead_s, lead_frac = metrics.lead_time(r.ts, r.states) if r.failed_at_end else (None, None)
-    deg = np.flatnonzero(r.target == 1)
-    onset_s = float(r.ts[deg[0]]) if deg.size else None
-    first_alarm_s = float(r.ts[raises[0]]) if raises.size else None
-    delay_s = None
-    if deg.size:
-        after = raises[raises >= deg[0]]
-        if after.size:
-            delay_s = float(r.ts[after[0]] - r.ts[deg[0]])
-    n = len(r.ts)
-    return {
-        "run_id": r.run_id,
-        "machine": r.machine,
-        "sensor": r.sensor,
-        "source": r.source,
-        "windows": n,
-        "life_s": float(r.ts[-1] - r.ts[0]) if n else 0.0,
-        "failed_at_end": r.failed_at_end,
-        "degraded_from_s": onset_s,
-        "first_alarm_s": first_alarm_s,
-        "alarm_raises": int(raises.size),
-        "alarm_at_end": bool(n and r.states[-1] == metrics.ALARM),
-        "lead_time_s": lead_s,
-        "lead_fraction": lead_frac,
-        "detection_delay_s": delay_s,
-        "false_alarms": metrics.false_alarms(r.states, r.target),
-        "healthy_days": metrics.healthy_days(r.target, metrics.window_interval(r.ts)),
-        "max_health": float(np.max(r.health)) if n else None,
-    }
-
-
-def quality(results: Sequence[RunEval], classes: Sequence[str] = ()) -> dict[str, Any]:
-    """Window AUROC, alarm lead times, false alarms per machine-day and fault-type accuracy."""
-    target = np.concatenate([r.target for r in results]) if results else np.zeros(0, np.float32)
-    health = np.concatenate([r.health for r in results]) if results else np.zeros(0, np.float32)
-    states = np.concatenate([r.states for r in results]) if results else np.zeros(0, np.int8)
-    known = ~np.isnan(target)
-    y = target[known] == 1
-    rows = [run_row(r) for r in results]
-    failing = [row for row in rows if row["failed_at_end"]]
-    count, days, rate = metrics.false_alarms_per_machine_day(
-        [r.states for r in results], [r.target for r in results], [r.ts for r in results]
-    )
-    out: dict[str, Any] = {
-        "windows": {
-            "count": int(target.size),
-            "labelled": int(known.sum()),
-            "degraded": int(y.sum()),
-            "healthy": int((~y).sum()),
-            "auroc": metrics.auroc(y, health[known]),
-            "roc": metrics.roc_curve(y, health[known]),
-        },
-        "alarms": {
-            "failing_runs": len(failing),
-            "detected": sum(1 for row in failing if row["lead_time_s"] is not None),
-            "missed": sum(1 for row in failing if row["lead_time_s"] is None),
-            "lead_time_s": metrics.describe([row["lead_time_s"] for row in failing]),
-            "lead_fraction": metrics.describe([row["lead_fraction"] for row in failing]),
-            "false_alarms": count,
-            "healthy_machine_days": days,
-            "false_alarms_per_machine_day": rate,
-            "degraded_windows_in_alarm": (
-                float(np.mean(states[target == 1] == metrics.ALARM)) if np.any(target == 1) else None
-            ),
-        },
-        "fault_types": None,
-    }
-    if classes:
-        true = np.concatenate([r.fault for r in results])
-        pred = np.concatenate([r.scores[:, 1:].argmax(axis=1) for r in results])
-        deg = target == 1
-        cm = metrics.confusion_matrix(true, pred, len(classes))
-        out["fault_types"] = {
-            "classes": list(classes),
-            "windows": int(np.sum(true >= 0)),
-            "accuracy": metrics.fault_accuracy(true, pred),
-            "accuracy_degraded": metrics.fault_accuracy(np.where(deg, true, -1), pred),
-            "confusion": cm.tolist(),
-        }
-    out["runs"] = rows
-    return out
-
-
-def summary_row(name: str, q: dict[str, Any], **extra: Any) -> dict[str, Any]:
-    """One line of the comparison table (the bundle and each baseline)."""
-    a = q["alarms"]
-    ft = q.get("fault_types")
-    return {
-        "name": name,
-        "auroc": q["windows"]["auroc"],
-        "detected": a["detected"],
-        "failing_runs": a["failing_runs"],
-        "lead_time_s_median": a["lead_time_s"]["median"],
-        "lead_fraction_median": a["lead_fraction"]["median"],
-        "false_alarms": a["false_alarms"],
-        "false_alarms_per_machine_day": a["false_alarms_per_machine_day"],
-        "fault_accuracy": None if not ft else ft["accuracy"],
-        **extra,
-    }
 
 
 def evaluate_bundle(

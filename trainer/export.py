@@ -1,19 +1,20 @@
 """Single-step ONNX export of a trained model, the torch/onnxruntime parity check, and bundle writing.
 
-`export_onnx` traces `GruHealthModel.step` (one window: `features` [B, F], `h` [layers, B, hidden] ->
-`score` [B, K], `h_out`) with the dynamo exporter, from an example batch of 2 (a batch-1 example can
-freeze the batch axis to 1) and asserts every batch axis came out dynamic. `check_parity` steps the
-ONNX graph in onnxruntime over >= 1,000 windows of held-out features and compares it with torch's
-full-sequence `nn.GRU` forward; the export raises `ExportError` if any score or state differs by more
-than 1e-5. `write_model_bundle` writes model.onnx, card.json and test_vectors.json through
-`edge_agent.bundle.write_bundle` (and signs with `sign_bundle` when given a key).
+`export_onnx` exports `HealthModel.step` (one window: `features` [B, F], `h` [state rows, B, hidden]
+-> `score` [B, K], `h_out`) with the dynamo exporter, from an example batch of 2 (a batch-1 example
+can freeze the batch axis to 1), and checks the graph in onnxruntime as the agent will load it
+(`edge_agent.bundle.check_shapes`: names, dynamic batch axis, shapes at B=1 and 3). `check_parity`
+steps the ONNX graph over >= 1,000 windows of held-out features and compares it with torch's
+full-sequence forward; the export raises `ExportError` if any score or state differs by more than
+1e-5. `write_model_bundle` writes model.onnx, card.json and test_vectors.json through
+`edge_agent.bundle.write_bundle`, after replaying the test vectors as the agent does at load
+(`edge_agent.bundle.replay_test_vectors`), and signs with `sign_bundle` when given a key.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import logging
 import warnings
 from collections.abc import Iterator, Sequence
@@ -22,12 +23,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnx
-import onnxruntime as ort
 import torch
 
-from edge_agent.errors import GruwatchError
-from trainer.model import GruHealthModel, StepModule
+from edge_agent.bundle import check_shapes, make_session, replay_test_vectors, sign_bundle, write_bundle
+from edge_agent.errors import BundleError, GruwatchError
+from trainer.model import HealthModel, StepModule
 
 PARITY_ATOL = 1e-5
 PARITY_STEPS = 1000
@@ -55,17 +55,16 @@ def _quiet_exporter() -> Iterator[None]:
             lg.setLevel(level)
 
 
-def export_onnx(model: GruHealthModel) -> bytes:
-    """ONE time step of `model` as ONNX bytes with a dynamic batch axis (asserted)."""
+def export_onnx(model: HealthModel) -> bytes:
+    """ONE time step of `model` as ONNX bytes with a dynamic batch axis (checked in onnxruntime)."""
     model = model.cpu().eval()
-    step = StepModule(model).eval()
     example_batch = 2
     features = torch.zeros(example_batch, model.n_features)
-    h = torch.zeros(model.layers, example_batch, model.hidden)
+    h = torch.zeros(model.state_rows, example_batch, model.hidden)
     batch = torch.export.Dim("batch", min=1, max=1 << 20)
     with _quiet_exporter(), torch.no_grad():
         program = torch.onnx.export(
-            step,
+            StepModule(model).eval(),
             (features, h),
             input_names=["features", "h"],
             output_names=["score", "h_out"],
@@ -78,46 +77,16 @@ def export_onnx(model: GruHealthModel) -> bytes:
         raise ExportError("torch.onnx.export returned no program")
     proto = program.model_proto
     proto.producer_name = "gruwatch-trainer"
-    _assert_shapes(proto, model)
-    return bytes(proto.SerializeToString())
+    onnx_bytes = bytes(proto.SerializeToString())
+    try:
+        check_shapes(make_session(onnx_bytes), model.n_features, _state_shape(model), len(model.outputs))
+    except BundleError as exc:
+        raise ExportError(f"the exported graph would not load in the agent: {exc}") from exc
+    return onnx_bytes
 
 
-def _dims(value: onnx.ValueInfoProto) -> list[int | str]:
-    return [d.dim_param if d.dim_param else int(d.dim_value) for d in value.type.tensor_type.shape.dim]
-
-
-def _assert_shapes(proto: onnx.ModelProto, model: GruHealthModel) -> None:
-    inputs = {v.name: _dims(v) for v in proto.graph.input}
-    outputs = {v.name: _dims(v) for v in proto.graph.output}
-    K = len(model.outputs)
-    expected = {
-        "features": (0, [None, model.n_features]),
-        "h": (1, [model.layers, None, model.hidden]),
-        "score": (0, [None, K]),
-        "h_out": (1, [model.layers, None, model.hidden]),
-    }
-    found = {**inputs, **outputs}
-    if set(inputs) != {"features", "h"} or set(outputs) != {"score", "h_out"}:
-        raise ExportError(
-            f"exported names are {sorted(inputs)} -> {sorted(outputs)}, not features,h -> score,h_out"
-        )
-    for name, (batch_axis, want) in expected.items():
-        dims = found[name]
-        if len(dims) != len(want):
-            raise ExportError(f"{name}: exported rank {len(dims)}, expected {len(want)}")
-        for i, (got, exp) in enumerate(zip(dims, want, strict=True)):
-            if i == batch_axis:
-                if not isinstance(got, str):
-                    raise ExportError(f"{name}: batch axis {i} exported as fixed {got}, not dynamic")
-            elif got != exp:
-                raise ExportError(f"{name}: axis {i} is {got}, expected {exp}")
-
-
-def onnx_session(onnx_bytes: bytes) -> ort.InferenceSession:
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = 1
-    opts.inter_op_num_threads = 1
-    return ort.InferenceSession(onnx_bytes, opts, providers=["CPUExecutionProvider"])
+def _state_shape(model: HealthModel) -> tuple[int, int]:
+    return (model.state_rows, model.hidden)
 
 
 def _parity_streams(held_out: Sequence[np.ndarray], steps: int, rows: int) -> np.ndarray:
@@ -133,9 +102,9 @@ def _parity_streams(held_out: Sequence[np.ndarray], steps: int, rows: int) -> np
 
 
 def torch_sequence(
-    model: GruHealthModel, x: np.ndarray, h0: np.ndarray | None = None
+    model: HealthModel, x: np.ndarray, h0: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Full-sequence torch scores: x [B, T, F] -> (score [B, T, K], h_T [layers, B, hidden])."""
+    """Full-sequence torch scores: x [B, T, F] -> (score [B, T, K], h_T [state rows, B, hidden])."""
     model = model.cpu().eval()
     with torch.no_grad():
         h = None if h0 is None else torch.as_tensor(h0, dtype=torch.float32)
@@ -143,10 +112,8 @@ def torch_sequence(
     return score.numpy(), h_n.numpy()
 
 
-def onnx_sequence(
-    session: ort.InferenceSession, x: np.ndarray, h0: np.ndarray
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Step the ONNX graph window by window: (score [B, T, K], h_T, every h_t [T, layers, B, hidden])."""
+def onnx_sequence(session: Any, x: np.ndarray, h0: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Step the ONNX graph window by window: (score [B, T, K], h_T, every h_t [T, rows, B, hidden])."""
     h = np.ascontiguousarray(h0, dtype=np.float32)
     scores, states = [], []
     for t in range(x.shape[1]):
@@ -157,7 +124,7 @@ def onnx_sequence(
 
 
 def check_parity(
-    model: GruHealthModel,
+    model: HealthModel,
     onnx_bytes: bytes,
     held_out: Sequence[np.ndarray],
     *,
@@ -170,16 +137,13 @@ def check_parity(
     """
     x = _parity_streams(held_out, steps, rows=2)
     ref_score, _ = torch_sequence(model, x)
-    # torch's state after every step, to compare states as well as scores.
+    # torch's top-layer state after every step, to compare states as well as scores.
     with torch.no_grad():
-        z = model.scale(torch.as_tensor(x))
-        y, _ = model.gru(z, model.initial_state(x.shape[0]))
-    session = onnx_session(onnx_bytes)
-    got_score, _, got_states = onnx_sequence(
-        session, x, np.zeros((model.layers, 2, model.hidden), np.float32)
-    )
+        y, _ = model.recur(model.scale(torch.as_tensor(x)), model.initial_state(x.shape[0]))
+    session = make_session(onnx_bytes)
+    got_score, _, got_states = onnx_sequence(session, x, model.initial_state(2).numpy())
     err_score = float(np.max(np.abs(got_score - ref_score)))
-    err_state = float(np.max(np.abs(got_states[:, -1] - y.numpy().transpose(1, 0, 2))))
+    err_state = float(np.max(np.abs(got_states[:, model.layers - 1] - y.numpy().transpose(1, 0, 2))))
     if not (np.isfinite(err_score) and np.isfinite(err_state)) or max(err_score, err_state) > atol:
         raise ExportError(
             f"ONNX differs from torch over {steps} steps: max |score| error {err_score:.3g}, "
@@ -189,7 +153,7 @@ def check_parity(
 
 
 def make_test_vectors(
-    model: GruHealthModel, held_out: Sequence[np.ndarray], *, count: int = 3, length: int = 16
+    model: HealthModel, held_out: Sequence[np.ndarray], *, count: int = 3, length: int = 16
 ) -> dict[str, Any]:
     """A few short held-out sequences with torch's expected outputs; vector 1 starts from a warmed-up state."""
     stream = _parity_streams(held_out, steps=length * count + 200, rows=1)[0]
@@ -197,7 +161,7 @@ def make_test_vectors(
     for i in range(count):
         start = 200 + i * length if i else 0
         feats = stream[start : start + length][None]
-        h0 = np.zeros((model.layers, 1, model.hidden), np.float32)
+        h0 = model.initial_state(1).numpy()
         if i == 1:  # a state the agent has after 200 windows, not only the zero state
             _, h0 = torch_sequence(model, stream[None, :200])
         scores, h_final = torch_sequence(model, feats, h0)
@@ -212,21 +176,6 @@ def make_test_vectors(
     return {"atol": PARITY_ATOL, "vectors": vectors}
 
 
-def replay_test_vectors(onnx_bytes: bytes, test_vectors: dict[str, Any]) -> float:
-    """Max abs error of ONNX on the test vectors (what the agent checks at load)."""
-    session = onnx_session(onnx_bytes)
-    worst = 0.0
-    for v in test_vectors["vectors"]:
-        x = np.asarray(v["features"], np.float32)[None]
-        score, h, _ = onnx_sequence(session, x, np.asarray(v["h0"], np.float32))
-        worst = max(
-            worst,
-            float(np.max(np.abs(score[0] - np.asarray(v["scores"], np.float32)))),
-            float(np.max(np.abs(h - np.asarray(v["h_final"], np.float32)))),
-        )
-    return worst
-
-
 def model_version(onnx_bytes: bytes, now: datetime | None = None) -> str:
     """e.g. '20261128T093000Z-1a2b3c4d': UTC time of export + the first 8 hex of the graph's sha256."""
     now = now or datetime.now(UTC)
@@ -234,7 +183,7 @@ def model_version(onnx_bytes: bytes, now: datetime | None = None) -> str:
 
 
 def build_card(
-    model: GruHealthModel,
+    model: HealthModel,
     onnx_bytes: bytes,
     *,
     feature_spec: dict[str, Any],
@@ -269,27 +218,9 @@ def build_card(
     return card
 
 
-def _sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def _write_bundle_files(
-    out_dir: Path, *, onnx_bytes: bytes, card: dict[str, Any], test_vectors: dict[str, Any]
-) -> Path:
-    """The bundle layout of common.md, for when edge_agent.bundle is not importable."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    tv_bytes = json.dumps(test_vectors, sort_keys=True).encode()
-    card = dict(card)
-    card["files"] = {"model.onnx": _sha256(onnx_bytes), "test_vectors.json": _sha256(tv_bytes)}
-    (out_dir / "model.onnx").write_bytes(onnx_bytes)
-    (out_dir / "test_vectors.json").write_bytes(tv_bytes)
-    (out_dir / "card.json").write_text(json.dumps(card, indent=2, sort_keys=True) + "\n")
-    return out_dir
-
-
 def write_model_bundle(
     out_dir: str | Path,
-    model: GruHealthModel,
+    model: HealthModel,
     *,
     held_out: Sequence[np.ndarray],
     feature_spec: dict[str, Any],
@@ -306,9 +237,12 @@ def write_model_bundle(
     onnx_bytes = export_onnx(model)
     parity = check_parity(model, onnx_bytes, held_out, steps=parity_steps)
     vectors = make_test_vectors(model, held_out)
-    replay_err = replay_test_vectors(onnx_bytes, vectors)
-    if replay_err > PARITY_ATOL:
-        raise ExportError(f"test vectors do not replay in onnxruntime (max error {replay_err:.3g})")
+    try:  # what the agent checks when it loads the bundle
+        replay_test_vectors(
+            make_session(onnx_bytes), vectors, model.n_features, _state_shape(model), len(model.outputs)
+        )
+    except BundleError as exc:
+        raise ExportError(f"test vectors do not replay in onnxruntime: {exc}") from exc
     validation = {**validation, "onnx_parity": parity}
     card = build_card(
         model,
@@ -320,14 +254,7 @@ def write_model_bundle(
         parent_version=parent_version,
         training=training,
     )
-    out = Path(out_dir)
-    try:
-        from edge_agent.bundle import sign_bundle, write_bundle
-    except ImportError:
-        if signing_key is not None:
-            raise ExportError("signing needs edge_agent.bundle, which this installation lacks") from None
-        return _write_bundle_files(out, onnx_bytes=onnx_bytes, card=card, test_vectors=vectors)
-    path = Path(write_bundle(out, onnx_bytes=onnx_bytes, card=card, test_vectors=vectors))
+    path = Path(write_bundle(Path(out_dir), onnx_bytes=onnx_bytes, card=card, test_vectors=vectors))
     if signing_key is not None:
         sign_bundle(path, Path(signing_key))
     return path

@@ -1,10 +1,10 @@
-"""Evaluation metrics in maintenance terms: window AUROC, alarm lead time, false alarms per machine-day.
+"""Evaluation metrics in maintenance terms: alarm lead time, false alarms per machine-day, and the
+`quality` summary of step-wise results (`RunEval`) that metrics.json and the baselines table report.
 
-All functions take plain numpy arrays of one run (or pooled windows) so they can be checked by hand:
+scikit-learn computes the window AUROC, the ROC curve, the confusion matrix and accuracies; this
+module adds what it lacks: None instead of an error where a class is missing, the ROC thinned for
+the report, and the alarm metrics on arrays of one run:
 
-- `auroc(labels, scores)`: probability that a random degraded window scores higher than a random
-  healthy one (ties count one half) — the Mann-Whitney statistic, no scikit-learn needed.
-- `roc_curve(labels, scores)`: false/true positive rates at every distinct score threshold.
 - `alarm_raises(states)`: windows at which the alarm state (0 ok, 1 warning, 2 alarm, as in
   `edge_agent.alarms`) went up to alarm.
 - `sustained_alarm_start(states)`: the first window of the alarm that is still on at the end of the
@@ -14,10 +14,7 @@ All functions take plain numpy arrays of one run (or pooled windows) so they can
 - `false_alarms(states, target)` / `false_alarms_per_machine_day`: raises at windows labelled
   healthy (target 0), per day of healthy time (healthy windows × window spacing / 86,400 s) — the
   same definition as `trainer.calibrate`.
-- `confusion_matrix` / `fault_accuracy`: fault-type classification on windows with a known class.
 
->>> auroc(np.array([0, 0, 1, 1]), np.array([0.1, 0.4, 0.35, 0.8]))
-0.75
 >>> states = np.array([0, 2, 0, 0, 2, 2, 2])      # a false raise at t=10, cleared, raised again at t=40
 >>> lead_time(np.arange(7) * 10.0, states)
 (20.0, 0.3333333333333333)
@@ -26,58 +23,31 @@ All functions take plain numpy arrays of one run (or pooled windows) so they can
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from sklearn.metrics import accuracy_score, confusion_matrix, roc_auc_score, roc_curve
 
 ALARM = 2  # edge_agent.alarms.ALARM
 SECONDS_PER_DAY = 86_400.0
 
 
 # ------------------------------------------------------------------------------------------ windows
-def _average_ranks(x: np.ndarray) -> np.ndarray:
-    """1-based ranks with ties given their average rank (like scipy.stats.rankdata)."""
-    order = np.argsort(x, kind="mergesort")
-    xs = x[order]
-    # boundaries of runs of equal values
-    starts = np.flatnonzero(np.concatenate([[True], xs[1:] != xs[:-1]]))
-    ends = np.concatenate([starts[1:], [len(xs)]])
-    avg = (starts + ends + 1) / 2.0  # mean of ranks start+1 .. end
-    ranks_sorted = np.repeat(avg, ends - starts)
-    ranks = np.empty(len(x), dtype=np.float64)
-    ranks[order] = ranks_sorted
-    return ranks
-
-
 def auroc(labels: np.ndarray, scores: np.ndarray) -> float | None:
-    """Area under the ROC curve of `scores` for binary `labels` (1 positive); None without both classes."""
+    """scikit-learn's ROC AUC of `scores` for binary `labels`; None without both classes."""
     y = np.asarray(labels).astype(bool)
-    s = np.asarray(scores, dtype=np.float64)
-    if y.shape != s.shape:
-        raise ValueError(f"labels {y.shape} and scores {s.shape} differ in shape")
-    n_pos = int(y.sum())
-    n_neg = int(y.size - n_pos)
-    if n_pos == 0 or n_neg == 0:
+    if y.all() or not y.any():
         return None
-    ranks = _average_ranks(s)
-    u = float(ranks[y].sum()) - n_pos * (n_pos + 1) / 2.0
-    return u / (n_pos * n_neg)
+    return float(roc_auc_score(y, np.asarray(scores, dtype=np.float64)))
 
 
-def roc_curve(labels: np.ndarray, scores: np.ndarray, *, max_points: int = 400) -> dict[str, list[float]]:
-    """{"fpr": [...], "tpr": [...]} from (0, 0) to (1, 1), at most about `max_points` points."""
+def roc_points(labels: np.ndarray, scores: np.ndarray, *, max_points: int = 400) -> dict[str, list[float]]:
+    """scikit-learn's ROC curve from (0, 0) to (1, 1) thinned to about `max_points` points for the report."""
     y = np.asarray(labels).astype(bool)
-    s = np.asarray(scores, dtype=np.float64)
-    n_pos, n_neg = int(y.sum()), int((~y).sum())
-    if n_pos == 0 or n_neg == 0:
+    if y.all() or not y.any():
         return {"fpr": [], "tpr": []}
-    order = np.argsort(-s, kind="mergesort")
-    s_sorted, y_sorted = s[order], y[order]
-    tp = np.cumsum(y_sorted)
-    fp = np.cumsum(~y_sorted)
-    last_of_value = np.flatnonzero(np.concatenate([s_sorted[1:] != s_sorted[:-1], [True]]))
-    fpr = np.concatenate([[0.0], fp[last_of_value] / n_neg])
-    tpr = np.concatenate([[0.0], tp[last_of_value] / n_pos])
+    fpr, tpr, _ = roc_curve(y, np.asarray(scores, dtype=np.float64), drop_intermediate=False)
     if len(fpr) > max_points:  # thin evenly, keep both ends
         keep = np.unique(np.linspace(0, len(fpr) - 1, max_points).round().astype(int))
         fpr, tpr = fpr[keep], tpr[keep]
@@ -144,26 +114,6 @@ def false_alarms_per_machine_day(
     return count, days, (count / days if days > 0 else None)
 
 
-# -------------------------------------------------------------------------------------- fault types
-def confusion_matrix(true: np.ndarray, pred: np.ndarray, n_classes: int) -> np.ndarray:
-    """int64 [C, C]: rows are the true class, columns the predicted one; entries with true < 0 are skipped."""
-    t = np.asarray(true, dtype=np.int64)
-    p = np.asarray(pred, dtype=np.int64)
-    keep = (t >= 0) & (t < n_classes) & (p >= 0) & (p < n_classes)
-    cm = np.zeros((n_classes, n_classes), dtype=np.int64)
-    np.add.at(cm, (t[keep], p[keep]), 1)
-    return cm
-
-
-def fault_accuracy(true: np.ndarray, pred: np.ndarray) -> float | None:
-    """Share of windows with a known class (true >= 0) whose predicted class is right."""
-    t = np.asarray(true, dtype=np.int64)
-    keep = t >= 0
-    if not keep.any():
-        return None
-    return float(np.mean(np.asarray(pred)[keep] == t[keep]))
-
-
 # ----------------------------------------------------------------------------------------- summaries
 def describe(values: Sequence[float]) -> dict[str, Any]:
     """{"n", "median", "mean", "min", "max"} of the non-None values (None entries when there are none)."""
@@ -177,3 +127,143 @@ def describe(values: Sequence[float]) -> dict[str, Any]:
         "min": float(np.min(v)),
         "max": float(np.max(v)),
     }
+
+
+# ----------------------------------------------------------------------------------- step-wise runs
+@dataclass
+class RunEval:
+    """One run's step-wise results, aligned with its windows."""
+
+    run_id: str
+    machine: str
+    sensor: str
+    source: str
+    ts: np.ndarray  # float64 [N] seconds since the run's start
+    scores: np.ndarray  # float32 [N, K] as the scorer returned them
+    states: np.ndarray  # int8 [N] 0 ok, 1 warning, 2 alarm (the scorer's state after each window)
+    target: np.ndarray  # float32 [N] 1 degraded, 0 healthy, NaN unknown
+    fault: np.ndarray  # int64 [N] fault class index (bundle outputs order), -1 unknown
+    failed_at_end: bool
+
+    @property
+    def health(self) -> np.ndarray:
+        return self.scores[:, 0]
+
+
+def fault_classes_of(outputs: Sequence[str]) -> tuple[str, ...]:
+    """Fault classes named by a bundle's outputs: ("health", "p_outer", ...) -> ("outer", ...)."""
+    return tuple(o[2:] for o in outputs[1:] if o.startswith("p_"))
+
+
+def run_row(r: RunEval) -> dict[str, Any]:
+    """The per-run entry of json "runs"."""
+    raises = alarm_raises(r.states)
+    lead_s, lead_frac = lead_time(r.ts, r.states) if r.failed_at_end else (None, None)
+    deg = np.flatnonzero(r.target == 1)
+    onset_s = float(r.ts[deg[0]]) if deg.size else None
+    first_alarm_s = float(r.ts[raises[0]]) if raises.size else None
+    delay_s = None
+    if deg.size:
+        after = raises[raises >= deg[0]]
+        if after.size:
+            delay_s = float(r.ts[after[0]] - r.ts[deg[0]])
+    n = len(r.ts)
+    return {
+        "run_id": r.run_id,
+        "machine": r.machine,
+        "sensor": r.sensor,
+        "source": r.source,
+        "windows": n,
+        "life_s": float(r.ts[-1] - r.ts[0]) if n else 0.0,
+        "failed_at_end": r.failed_at_end,
+        "degraded_from_s": onset_s,
+        "first_alarm_s": first_alarm_s,
+        "alarm_raises": int(raises.size),
+        "alarm_at_end": bool(n and r.states[-1] == ALARM),
+        "lead_time_s": lead_s,
+        "lead_fraction": lead_frac,
+        "detection_delay_s": delay_s,
+        "false_alarms": false_alarms(r.states, r.target),
+        "healthy_days": healthy_days(r.target, window_interval(r.ts)),
+        "max_health": float(np.max(r.health)) if n else None,
+    }
+
+
+def quality(results: Sequence[RunEval], classes: Sequence[str] = ()) -> dict[str, Any]:
+    """Window AUROC, alarm lead times, false alarms per machine-day and fault-type accuracy."""
+    target = np.concatenate([r.target for r in results]) if results else np.zeros(0, np.float32)
+    health = np.concatenate([r.health for r in results]) if results else np.zeros(0, np.float32)
+    states = np.concatenate([r.states for r in results]) if results else np.zeros(0, np.int8)
+    known = ~np.isnan(target)
+    y = target[known] == 1
+    rows = [run_row(r) for r in results]
+    failing = [row for row in rows if row["failed_at_end"]]
+    count, days, rate = false_alarms_per_machine_day(
+        [r.states for r in results], [r.target for r in results], [r.ts for r in results]
+    )
+    out: dict[str, Any] = {
+        "windows": {
+            "count": int(target.size),
+            "labelled": int(known.sum()),
+            "degraded": int(y.sum()),
+            "healthy": int((~y).sum()),
+            "auroc": auroc(y, health[known]),
+            "roc": roc_points(y, health[known]),
+        },
+        "alarms": {
+            "failing_runs": len(failing),
+            "detected": sum(1 for row in failing if row["lead_time_s"] is not None),
+            "missed": sum(1 for row in failing if row["lead_time_s"] is None),
+            "lead_time_s": describe([row["lead_time_s"] for row in failing]),
+            "lead_fraction": describe([row["lead_fraction"] for row in failing]),
+            "false_alarms": count,
+            "healthy_machine_days": days,
+            "false_alarms_per_machine_day": rate,
+            "degraded_windows_in_alarm": (
+                float(np.mean(states[target == 1] == ALARM)) if np.any(target == 1) else None
+            ),
+        },
+        "fault_types": None,
+    }
+    if classes:
+        true = np.concatenate([r.fault for r in results])
+        pred = np.concatenate([r.scores[:, 1:].argmax(axis=1) for r in results])
+        deg = target == 1
+        has = true >= 0
+        cm = (
+            confusion_matrix(true[has], pred[has], labels=range(len(classes)))
+            if has.any()
+            else np.zeros((len(classes), len(classes)), np.int64)
+        )
+        out["fault_types"] = {
+            "classes": list(classes),
+            "windows": int(np.sum(true >= 0)),
+            "accuracy": _accuracy(true, pred, has),
+            "accuracy_degraded": _accuracy(true, pred, deg & has),
+            "confusion": cm.tolist(),
+        }
+    out["runs"] = rows
+    return out
+
+
+def summary_row(name: str, q: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    """One line of the comparison table (the bundle and each baseline)."""
+    a = q["alarms"]
+    ft = q.get("fault_types")
+    return {
+        "name": name,
+        "auroc": q["windows"]["auroc"],
+        "detected": a["detected"],
+        "failing_runs": a["failing_runs"],
+        "lead_time_s_median": a["lead_time_s"]["median"],
+        "lead_fraction_median": a["lead_fraction"]["median"],
+        "false_alarms": a["false_alarms"],
+        "false_alarms_per_machine_day": a["false_alarms_per_machine_day"],
+        "fault_accuracy": None if not ft else ft["accuracy"],
+        **extra,
+    }
+
+
+def _accuracy(true: np.ndarray, pred: np.ndarray, use: np.ndarray) -> float | None:
+    """Share of the `use` windows whose predicted class is right (None when there are none)."""
+    return float(accuracy_score(true[use], pred[use])) if use.any() else None

@@ -2,7 +2,7 @@
 
 Reads top to bottom (nanoGPT style):
 
-1. `fit_scaler` fits scikit-learn's StandardScaler on the training windows' features; it is folded
+1. `ProcessContext.scaler` fits scikit-learn's StandardScaler on the training windows' features; it is folded
    into the model as buffers, so the exported graph takes raw features.
 2. `fit` trains with truncated back-propagation through time: each batch of runs is cut into chunks
    of `chunk_len` windows and the hidden state is carried (detached) from one chunk to the next, so
@@ -23,34 +23,32 @@ Reads top to bottom (nanoGPT style):
 
 Seeds are fixed (torch.manual_seed and a numpy Generator); torch uses 1 thread by default.
 
-Under torchrun each process passes its shard of the runs and a `trainer.distributed.DistContext`
-(`dist=`): the scaler, the mode choice and the class weight become global, `fit` steps a
-DistributedDataParallel wrapper the same number of times on every process, and rank 0 receives every
-process's validation runs and scores and alone calibrates (see trainer/distributed.py).
+One loop serves one process and many: every function takes a `trainer.distributed.ProcessContext`
+(`dist=`; `LOCAL`, the no-op context, by default). Under torchrun each process passes its shard of
+the runs and a `DistContext`: the scaler, the mode choice and the class weight become global, `fit`
+steps a DistributedDataParallel wrapper the same number of times on every process, and rank 0
+receives every process's validation runs and scores and alone calibrates (trainer/distributed.py).
 """
 
 from __future__ import annotations
 
 import copy
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
 from sklearn.metrics import average_precision_score, roc_auc_score
-from sklearn.preprocessing import StandardScaler
 from torch import nn
 from tqdm.auto import tqdm
 
 from trainer.calibrate import ScoredRun, calibrate
 from trainer.data.runs import DataError
-from trainer.model import LOG_EPS, GruHealthModel
+from trainer.distributed import LOCAL, ProcessContext, per_rank_batch
+from trainer.model import LOG_EPS, HealthModel
 from trainer.sequences import Batch, FeatureSequence, chunk_slices, pad_batch
-
-if TYPE_CHECKING:
-    from trainer.distributed import DistContext
 
 
 @dataclass
@@ -58,6 +56,7 @@ class TrainConfig:
     """Everything `fit`/`train` need; stored in the bundle card under "training"."""
 
     mode: str = "auto"  # "supervised" | "forecast" | "auto" (supervised when degraded labels exist)
+    cell: str = "gru"  # "gru" | "lstm"
     hidden: int = 64
     layers: int = 1
     dropout: float = 0.0
@@ -100,7 +99,7 @@ class TrainConfig:
 
 @dataclass
 class TrainResult:
-    model: GruHealthModel
+    model: HealthModel
     config: TrainConfig
     thresholds: dict[str, Any]
     validation: dict[str, Any]
@@ -144,12 +143,8 @@ def _has_both_classes(seqs: Sequence[FeatureSequence]) -> bool:
     return bool(np.any(t == 1) and np.any(t == 0))
 
 
-def fit_scaler(seqs: Sequence[FeatureSequence]) -> StandardScaler:
-    return StandardScaler().fit(np.concatenate([s.features for s in seqs], axis=0).astype(np.float64))
-
-
 def _loss(
-    model: GruHealthModel,
+    model: HealthModel,
     out: dict[str, torch.Tensor],
     target: torch.Tensor,
     fault: torch.Tensor,
@@ -197,28 +192,24 @@ def _batches(
 
 
 def _run_epoch(
-    model: GruHealthModel,
+    model: HealthModel,
     batches: list[tuple[list[FeatureSequence], list[int]]],
     cfg: TrainConfig,
     pos_weight: torch.Tensor,
     optimizer: torch.optim.Optimizer | None,
     *,
-    dist: DistContext | None = None,
-    ddp: nn.Module | None = None,
+    dist: ProcessContext = LOCAL,
+    ddp: Callable[..., Any] | None = None,
 ) -> float:
-    """Mean loss per labelled window over `batches` (and over every process with `dist`)."""
-    if dist is None:
-        total, count = _epoch_sums(model, batches, cfg, pos_weight, optimizer)
-        return total / max(count, 1)
-    from trainer.distributed import all_sum
+    """Mean loss per labelled window over `batches` (over every process under torchrun).
 
-    if optimizer is None:  # evaluation: no gradients, nothing to keep in step
-        total, count = _epoch_sums(model, batches, cfg, pos_weight, None)
-    else:
-        if ddp is None:
-            raise ValueError("distributed training steps need the DistributedDataParallel wrapper (ddp=)")
-        total, count = _epoch_sums_distributed(model, ddp, batches, cfg, pos_weight, optimizer, dist)
-    total, count = all_sum(dist, [total, count])
+    Training steps when given an `optimizer`, through `ddp` (the context's wrapper of `model.run`)
+    when given; evaluation (no optimizer) runs `model.run` without gradients.
+    """
+    if optimizer is not None and dist.world_size > 1 and ddp is None:
+        raise ValueError("distributed training steps need the DistributedDataParallel wrapper (ddp=)")
+    forward = ddp if ddp is not None and optimizer is not None else model.run
+    total, count = dist.all_sum(_epoch_sums(model, forward, batches, cfg, pos_weight, optimizer, dist))
     return float(total / max(count, 1.0))
 
 
@@ -230,7 +221,7 @@ def _early_weights(sl: slice, batch: int, cfg: TrainConfig, device: torch.device
     return (1.0 + cfg.early_weight * torch.exp(-t / 5.0)).expand(batch, -1)
 
 
-def _augment(model: GruHealthModel, x: torch.Tensor, cfg: TrainConfig) -> torch.Tensor:
+def _augment(model: HealthModel, x: torch.Tensor, cfg: TrainConfig) -> torch.Tensor:
     """Training-time noise on raw features [B, T, F], scaled by the model's feature scale."""
     if cfg.input_noise <= 0 and cfg.run_offset_noise <= 0:
         return x
@@ -242,44 +233,6 @@ def _augment(model: GruHealthModel, x: torch.Tensor, cfg: TrainConfig) -> torch.
     return x + noise * model.feature_scale
 
 
-def _epoch_sums(
-    model: GruHealthModel,
-    batches: list[tuple[list[FeatureSequence], list[int]]],
-    cfg: TrainConfig,
-    pos_weight: torch.Tensor,
-    optimizer: torch.optim.Optimizer | None,
-) -> tuple[float, int]:
-    """(summed loss, labelled windows) over `batches` in this process; steps when given an optimizer."""
-    device = torch.device(cfg.device)
-    total, count = 0.0, 0
-    model.train(optimizer is not None)
-    for group, offsets in batches:
-        b = pad_batch(group, offsets)
-        x = torch.as_tensor(b.x, device=device)
-        if optimizer is not None:
-            x = _augment(model, x, cfg)
-        target = torch.as_tensor(b.target, device=device)
-        fault = torch.as_tensor(b.fault, device=device)
-        mask = torch.as_tensor(b.mask, device=device)
-        h = model.initial_state(len(group), device)
-        for sl in chunk_slices(x.shape[1], cfg.chunk_len):
-            weight = _early_weights(sl, len(group), cfg, device) if optimizer is not None else None
-            with torch.set_grad_enabled(optimizer is not None):
-                out, h = model.run(x[:, sl], h)
-                loss, n = _loss(
-                    model, out, target[:, sl], fault[:, sl], mask[:, sl], pos_weight, cfg.fault_weight, weight
-                )
-            if optimizer is not None and n > 0:
-                optimizer.zero_grad(set_to_none=True)
-                (loss / n).backward()
-                nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-                optimizer.step()
-            h = h.detach()  # truncated BPTT: carry the state, not the graph
-            total += float(loss.detach())
-            count += n
-    return total, count
-
-
 def _labelled_windows(mode: str, b: Batch, sl: slice) -> int:
     """The windows `_loss` counts in one chunk (known targets; forecast: not degraded)."""
     mask, target = b.mask[:, sl], b.target[:, sl]
@@ -287,7 +240,7 @@ def _labelled_windows(mode: str, b: Batch, sl: slice) -> int:
     return int(use.sum())
 
 
-def _padding_chunk(model: GruHealthModel) -> Batch:
+def _padding_chunk(model: HealthModel) -> Batch:
     """One fully masked window: a step on it adds nothing to the loss or the gradient."""
     f = model.n_features
     return Batch(
@@ -298,102 +251,100 @@ def _padding_chunk(model: GruHealthModel) -> Batch:
     )
 
 
-def _epoch_sums_distributed(
-    model: GruHealthModel,
-    ddp: nn.Module,
+def _epoch_sums(
+    model: HealthModel,
+    forward: Callable[..., Any],
     batches: list[tuple[list[FeatureSequence], list[int]]],
     cfg: TrainConfig,
     pos_weight: torch.Tensor,
-    optimizer: torch.optim.Optimizer,
-    dist: DistContext,
+    optimizer: torch.optim.Optimizer | None,
+    dist: ProcessContext,
 ) -> tuple[float, int]:
-    """One training epoch in step with the other processes (same TBPTT loop as `_epoch_sums`).
+    """(summed loss, labelled windows) over `batches` in this process; steps when given an optimizer.
 
-    Every process takes the same number of optimizer steps (the most chunks any process has); one
-    that runs out steps on a fully masked padding chunk. Each step's loss is scaled by
-    world_size / (labelled windows of this step over all processes), so DDP's gradient average is the
-    gradient of the mean loss over the union of the processes' chunks, as in one process.
+    Truncated BPTT: each batch of runs is cut into chunks of `cfg.chunk_len` windows and the state is
+    carried (detached) from chunk to chunk. Training takes the same number of optimizer steps on
+    every process (the most chunks any process has; one that runs out steps on a fully masked
+    padding chunk), and each step's loss is divided by the labelled windows of that step over all
+    processes (per process: that count / world_size), so DDP's gradient average is the gradient of
+    the mean loss over the union of the processes' chunks, as in one process.
     """
-    from trainer.distributed import all_max, all_sum
-
     device = torch.device(cfg.device)
-    model.train(True)
+    training = optimizer is not None
+    model.train(training)
     padded = [pad_batch(group, offsets) for group, offsets in batches]
     plan = [(i, sl) for i, b in enumerate(padded) for sl in chunk_slices(b.x.shape[1], cfg.chunk_len)]
-    n_steps = all_max(dist, len(plan))
-    local = np.zeros(n_steps)
-    local[: len(plan)] = [_labelled_windows(model.mode, padded[i], sl) for i, sl in plan]
-    global_counts = all_sum(dist, local)
+    n_steps, step_counts = len(plan), np.zeros(0)
+    if training:
+        n_steps = dist.all_max(len(plan))
+        local = np.zeros(n_steps)
+        local[: len(plan)] = [_labelled_windows(model.mode, padded[i], sl) for i, sl in plan]
+        step_counts = dist.all_sum(local)
     pad = _padding_chunk(model)
     total, count = 0.0, 0
     current = -1
     tensors: tuple[torch.Tensor, ...] = ()
     h = model.initial_state(1, device)
     for k in range(n_steps):
+        weight = None
         if k < len(plan):
             i, sl = plan[k]
             if i != current:  # a new batch of runs starts from a zero state
-                b = padded[i]
-                current = i
+                b, current = padded[i], i
                 tensors = tuple(torch.as_tensor(a, device=device) for a in (b.x, b.target, b.fault, b.mask))
-                tensors = (_augment(model, tensors[0], cfg), *tensors[1:])
+                if training:
+                    tensors = (_augment(model, tensors[0], cfg), *tensors[1:])
                 h = model.initial_state(b.x.shape[0], device)
             x, target, fault, mask = (t[:, sl] for t in tensors)
+            if training:
+                weight = _early_weights(sl, x.shape[0], cfg, device)
         else:  # this process has no chunk left: a fully masked one keeps it in step
             x, target, fault, mask = (
                 torch.as_tensor(a, device=device) for a in (pad.x, pad.target, pad.fault, pad.mask)
             )
             h = model.initial_state(1, device)
-        weight = _early_weights(plan[k][1], x.shape[0], cfg, device) if k < len(plan) else None
-        out, h = ddp(x, h)
-        loss, n = _loss(model, out, target, fault, mask, pos_weight, cfg.fault_weight, weight)
-        if "fault_logits" in out:  # a chunk without fault labels still gives the fault head a (zero)
-            loss = loss + 0.0 * out["fault_logits"].sum()  # gradient: DDP reduces every parameter
-        n_global = float(global_counts[k])
-        optimizer.zero_grad(set_to_none=True)
-        # Every process runs backward every step (DDP's all-reduce needs all of them); a step with no
-        # labelled window anywhere changes nothing, as in `_epoch_sums`.
-        (loss * (dist.world_size / max(n_global, 1.0))).backward()
-        if n_global > 0:
-            nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            optimizer.step()
-        h = h.detach()
+        with torch.set_grad_enabled(training):
+            out, h = forward(x, h)
+            loss, n = _loss(model, out, target, fault, mask, pos_weight, cfg.fault_weight, weight)
+        if optimizer is not None:
+            if dist.world_size > 1 and "fault_logits" in out:  # DDP reduces every parameter: a chunk
+                loss = loss + 0.0 * out["fault_logits"].sum()  # without fault labels ties the head in
+            n_step = float(step_counts[k])
+            optimizer.zero_grad(set_to_none=True)
+            # Every process runs backward every step (DDP's all-reduce needs all of them); a step
+            # with no labelled window anywhere changes nothing.
+            (loss / (max(n_step, 1.0) / dist.world_size)).backward()
+            if n_step > 0:
+                nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                optimizer.step()
+        h = h.detach()  # truncated BPTT: carry the state, not the graph
         total += float(loss.detach())
         count += n
     return total, count
 
 
 def fit(
-    model: GruHealthModel,
+    model: HealthModel,
     train_seqs: Sequence[FeatureSequence],
     val_seqs: Sequence[FeatureSequence],
     cfg: TrainConfig,
     rng: np.random.Generator,
     *,
-    dist: DistContext | None = None,
+    dist: ProcessContext = LOCAL,
 ) -> list[dict[str, float]]:
     """Train in place (keeps the weights with the best validation loss). Returns per-epoch history.
 
-    With `dist`, `train_seqs`/`val_seqs` are this process's shards; losses, the class weight and the
-    choice of the best epoch are global, and `cfg.batch_size` runs per step are split over processes.
+    Under torchrun `train_seqs`/`val_seqs` are this process's shards; losses, the class weight and
+    the choice of the best epoch are global, and `cfg.batch_size` runs per step are split over processes.
     """
     if cfg.keep not in ("best", "last"):
         raise ValueError(f"keep must be 'best' or 'last', not {cfg.keep!r}")
     device = torch.device(cfg.device)
     model.to(device)
-    ddp: nn.Module | None = None
-    batch_cfg = cfg
-    if dist is None:
-        t = np.concatenate([s.target for s in train_seqs])
-        n_pos, n_neg = float(np.sum(t == 1)), float(np.sum(t == 0))
-        has_val = bool(val_seqs)
-    else:
-        from trainer.distributed import all_sum, label_counts, per_rank_batch, wrap_ddp
-
-        n_pos, n_neg = label_counts(train_seqs, dist)
-        has_val = bool(all_sum(dist, [len(val_seqs)])[0] > 0)
-        batch_cfg = replace(cfg, batch_size=per_rank_batch(cfg.batch_size, dist.world_size))
-        ddp = wrap_ddp(model, dist)
+    n_pos, n_neg = dist.label_counts(train_seqs)
+    has_val = bool(dist.all_sum([len(val_seqs)])[0] > 0)
+    batch_cfg = replace(cfg, batch_size=per_rank_batch(cfg.batch_size, dist.world_size))
+    ddp = dist.wrap(model)
     pos_weight = torch.tensor(min(max(n_neg / max(n_pos, 1.0), 1.0), 50.0), device=device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(cfg.epochs, 1))
@@ -424,17 +375,17 @@ def fit(
     return history
 
 
-def _fresh_like(model: GruHealthModel, seed: int) -> GruHealthModel:
+def _fresh_like(model: HealthModel, seed: int) -> HealthModel:
     """A newly initialised model with `model`'s configuration and scaler buffers."""
     torch.manual_seed(seed)
     cfg = dict(model.config)
-    fresh = GruHealthModel(cfg.pop("n_features"), **cfg)
+    fresh = HealthModel(cfg.pop("n_features"), **cfg)
     fresh.set_scaler(model.feature_mean.cpu().numpy(), model.feature_scale.cpu().numpy())
     return fresh
 
 
 def score_sequences(
-    model: GruHealthModel, seqs: Sequence[FeatureSequence], *, device: str = "cpu", key: str = "score"
+    model: HealthModel, seqs: Sequence[FeatureSequence], *, device: str = "cpu", key: str = "score"
 ) -> list[np.ndarray]:
     """Per run, from a zero state: score [N, K] (key="score") or forecast error [N] (key="error")."""
     model.eval().to(device)
@@ -451,18 +402,15 @@ def score_sequences(
 
 
 def calibrate_forecast_error(
-    model: GruHealthModel, seqs: Sequence[FeatureSequence], device: str, *, dist: DistContext | None = None
+    model: HealthModel, seqs: Sequence[FeatureSequence], device: str, *, dist: ProcessContext = LOCAL
 ) -> dict[str, float]:
     """Map log forecast error to [0, 1]: the healthy median -> 0.01, the healthy 99th percentile -> 0.5.
 
-    With `dist`, the quantiles are over every process's healthy windows (identical on all of them).
+    The quantiles are over every process's healthy windows (identical on all of them).
     """
     errs = score_sequences(model, seqs, device=device, key="error")
     parts = [e[s.target != 1] for e, s in zip(errs, seqs, strict=True)]
-    if dist is not None:
-        from trainer.distributed import all_gather
-
-        parts = [p for rank_parts in all_gather(dist, parts) for p in rank_parts]
+    parts = [p for rank_parts in dist.all_gather(parts) for p in rank_parts]
     healthy = np.concatenate(parts) if parts else np.zeros(0, np.float32)
     if healthy.size == 0:
         raise DataError("forecast mode needs healthy training windows to calibrate its error score")
@@ -486,7 +434,7 @@ def window_metrics(scores: Sequence[np.ndarray], seqs: Sequence[FeatureSequence]
 
 
 def fault_accuracy(
-    model: GruHealthModel, scores: Sequence[np.ndarray], seqs: Sequence[FeatureSequence]
+    model: HealthModel, scores: Sequence[np.ndarray], seqs: Sequence[FeatureSequence]
 ) -> float | None:
     """Share of degraded windows with a known fault class whose most probable class is right."""
     if len(model.fault_classes) < 2:
@@ -504,55 +452,36 @@ def train(
     cfg: TrainConfig,
     *,
     classes: Sequence[str] = (),
-    dist: DistContext | None = None,
+    dist: ProcessContext = LOCAL,
 ) -> TrainResult:
     """Fit a model on `train_seqs`, calibrate on `val_seqs` (or train when there is none).
 
-    With `dist` (torchrun), `train_seqs`/`val_seqs` are this process's shards and every process must
-    call `train` with the same `cfg` and `classes`; rank 0 gets the complete result, the other ranks
-    a partial one (empty thresholds, validation {"mode", "rank"}).
+    Under torchrun `train_seqs`/`val_seqs` are this process's shards and every process must call
+    `train` with the same `cfg` and `classes`; rank 0 gets the complete result, the other ranks a
+    partial one (empty thresholds, validation {"mode", "rank"}).
     """
-    if dist is None:
-        n_train = len(train_seqs)
-    else:
-        from trainer.distributed import all_sum
-
-        n_train = int(all_sum(dist, [len(train_seqs)])[0])
-    if n_train == 0:
+    if int(dist.all_sum([len(train_seqs)])[0]) == 0:
         raise DataError("no training runs; pass --data with at least one run")
-    rng = set_seeds(cfg.seed, cfg.threads)
-    if dist is not None:  # same torch seed (same initial weights); different batch order per process
-        rng = np.random.default_rng([cfg.seed, dist.rank])
+    set_seeds(cfg.seed, cfg.threads)
+    rng = dist.rng(cfg.seed)
     if cfg.device == "cuda" and not torch.cuda.is_available():
         raise DataError("--device cuda: no CUDA device is available here; use --device cpu")
-    if dist is None:
-        mode = choose_mode(cfg.mode, train_seqs)
-        n_features = train_seqs[0].features.shape[1]
-    else:
-        from trainer.distributed import global_n_features, label_counts
-
-        mode = choose_mode(cfg.mode, train_seqs, counts=label_counts(train_seqs, dist))
-        n_features = global_n_features([*train_seqs, *val_seqs], dist)
+    mode = choose_mode(cfg.mode, train_seqs, counts=dist.label_counts(train_seqs))
     cfg = TrainConfig(**{**asdict(cfg), "mode": mode})
-    model = GruHealthModel(
-        n_features,
+    model = HealthModel(
+        dist.n_features([*train_seqs, *val_seqs]),
+        cell=cfg.cell,
         hidden=cfg.hidden,
         layers=cfg.layers,
         mode=mode,
         fault_classes=tuple(classes) if mode == "supervised" else (),
         dropout=cfg.dropout,
     )
-    if dist is None:
-        scaler = fit_scaler(train_seqs)
-        model.set_scaler(scaler.mean_, scaler.scale_)
-    else:
-        from trainer.distributed import global_scaler
-
-        model.set_scaler(*global_scaler(train_seqs, dist))
+    model.set_scaler(*dist.scaler(train_seqs))
     t0 = time.perf_counter()
     history = fit(model, train_seqs, val_seqs, cfg, rng, dist=dist)
     validation: dict[str, Any] = {"mode": mode, "epochs": len(history)}
-    if cfg.refit and dist is None and val_seqs and history:
+    if cfg.refit and dist.world_size == 1 and val_seqs and history:
         best = min(range(len(history)), key=lambda i: history[i]["val_loss"])
         n_epochs = len(history) if cfg.keep == "last" else best + 1
         refitted = _fresh_like(model, cfg.seed)
@@ -563,24 +492,14 @@ def train(
     if mode == "forecast":
         validation["error_calibration"] = calibrate_forecast_error(model, train_seqs, cfg.device, dist=dist)
     t1 = time.perf_counter()
-    if dist is None:
-        has_val = bool(val_seqs)
-        cal_seqs = list(val_seqs) if val_seqs else list(train_seqs)
-        scores = score_sequences(model, cal_seqs, device=cfg.device)
-    else:
-        from trainer.distributed import all_sum, gather_to_main
-
-        has_val = bool(all_sum(dist, [len(val_seqs)])[0] > 0)
-        local = list(val_seqs) if has_val else list(train_seqs)
-        local_scores = score_sequences(model, local, device=cfg.device)
-        gathered = gather_to_main(dist, list(zip(local, local_scores, strict=True)))
-        if gathered is None:  # not rank 0: rank 0 calibrates and writes the bundle
-            model.cpu().eval()
-            timings["calibrate_s"] = time.perf_counter() - t1
-            return TrainResult(model, cfg, {}, {"mode": mode, "rank": dist.rank}, history, timings)
-        pairs = sorted((p for rank_pairs in gathered for p in rank_pairs), key=lambda p: p[0].run_id)
-        cal_seqs = [p[0] for p in pairs]
-        scores = [p[1] for p in pairs]
+    has_val = bool(dist.all_sum([len(val_seqs)])[0] > 0)
+    local = list(val_seqs) if has_val else list(train_seqs)
+    gathered = dist.gather_scored(local, score_sequences(model, local, device=cfg.device))
+    if gathered is None:  # not rank 0: rank 0 calibrates and writes the bundle
+        model.cpu().eval()
+        timings["calibrate_s"] = time.perf_counter() - t1
+        return TrainResult(model, cfg, {}, {"mode": mode, "rank": dist.rank}, history, timings)
+    cal_seqs, scores = gathered
     validation["on"] = "validation" if has_val else "training (no validation runs)"
     validation["runs"] = len(cal_seqs)
     validation.update(window_metrics(scores, cal_seqs))

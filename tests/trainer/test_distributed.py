@@ -14,7 +14,7 @@ import torch
 
 from trainer.data.runs import DataError
 from trainer.distributed import per_rank_batch, shard_indices, torchrun_env
-from trainer.model import GruHealthModel
+from trainer.model import HealthModel
 from trainer.sequences import FeatureSequence
 from trainer.train import TrainConfig, _run_epoch
 
@@ -76,9 +76,9 @@ def toy_sequences() -> list[FeatureSequence]:
     return out
 
 
-def toy_model() -> GruHealthModel:
+def toy_model() -> HealthModel:
     torch.manual_seed(0)
-    return GruHealthModel(6, hidden=8, fault_classes=("healthy", "outer"))
+    return HealthModel(6, hidden=8, fault_classes=("healthy", "outer"))
 
 
 TOY_CONFIG = TrainConfig(chunk_len=5, batch_size=2, lr=1e-2, grad_clip=1e9, progress=False)

@@ -41,7 +41,7 @@ def test_auroc_of_known_rankings() -> None:
 
 
 def test_roc_curve_runs_from_origin_to_one() -> None:
-    roc = metrics.roc_curve(np.array([0, 1, 0, 1]), np.array([0.1, 0.9, 0.4, 0.6]))
+    roc = metrics.roc_points(np.array([0, 1, 0, 1]), np.array([0.1, 0.9, 0.4, 0.6]))
     assert roc["fpr"][0] == 0.0
     assert roc["tpr"][0] == 0.0
     assert roc["fpr"][-1] == 1.0
@@ -94,10 +94,22 @@ def test_false_alarms_per_machine_day() -> None:
 def test_confusion_matrix_and_fault_accuracy() -> None:
     true = np.array([0, 0, 1, 1, 2, -1])
     pred = np.array([0, 1, 1, 1, 0, 2])
-    cm = metrics.confusion_matrix(true, pred, 3)
-    assert cm.tolist() == [[1, 1, 0], [0, 2, 0], [1, 0, 0]]
-    assert metrics.fault_accuracy(true, pred) == pytest.approx(3 / 5)
-    assert metrics.fault_accuracy(np.array([-1]), np.array([0])) is None
+    n = len(true)
+    scores = np.zeros((n, 4), np.float32)
+    scores[np.arange(n), 1 + pred] = 1.0  # score[:, 1:] are the class probabilities
+    run = metrics.RunEval(
+        "r", "m", "s", "sim", np.arange(n) * 10.0, scores, np.zeros(n, np.int8),
+        np.ones(n, np.float32), true, False,
+    )  # fmt: skip
+    ft = metrics.quality([run], ("a", "b", "c"))["fault_types"]
+    assert ft["confusion"] == [[1, 1, 0], [0, 2, 0], [1, 0, 0]]
+    assert ft["windows"] == 5
+    assert ft["accuracy"] == pytest.approx(3 / 5)
+    assert ft["accuracy_degraded"] == pytest.approx(3 / 5)
+    run.fault = np.full(n, -1)  # no window with a known class: no accuracy, an empty matrix
+    ft = metrics.quality([run], ("a", "b", "c"))["fault_types"]
+    assert ft["accuracy"] is None
+    assert ft["confusion"] == [[0, 0, 0]] * 3
 
 
 # --------------------------------------------------------------------------- a tiny bundle, once
@@ -323,23 +335,23 @@ def test_baselines_need_training_runs(tiny: Tiny, tmp_path: Path, capsys: pytest
 # --------------------------------------------------------------------------- baselines
 @pytest.mark.parametrize("mode", ["supervised", "forecast"])
 def test_lstm_baseline_steps_in_onnx_like_torch(mode: str) -> None:
-    from trainer.baselines import LstmHealthModel, step_onnx_bytes
-    from trainer.export import onnx_sequence, onnx_session, torch_sequence
-    from trainer.model import GruHealthModel
+    from edge_agent.bundle import make_session
+    from trainer.export import export_onnx, onnx_sequence, torch_sequence
+    from trainer.model import HealthModel
 
     torch.manual_seed(0)
     classes = ("healthy", "outer", "inner") if mode == "supervised" else ()
-    model = LstmHealthModel(5, hidden=6, layers=2, mode=mode, fault_classes=classes)
+    model = HealthModel(5, cell="lstm", hidden=6, layers=2, mode=mode, fault_classes=classes)
     if mode == "forecast":
         model.set_error_calibration(-1.0, 0.5)
     assert model.state_shape == [4, 6]
     x = np.random.default_rng(0).normal(size=(3, 40, 5)).astype(np.float32)
     want, h_want = torch_sequence(model, x)
-    got, h_got, _ = onnx_sequence(onnx_session(step_onnx_bytes(model)), x, np.zeros((4, 3, 6), np.float32))
+    got, h_got, _ = onnx_sequence(make_session(export_onnx(model)), x, np.zeros((4, 3, 6), np.float32))
     np.testing.assert_allclose(got, want, atol=1e-5)
     np.testing.assert_allclose(h_got, h_want, atol=1e-5)
-    gru = GruHealthModel(5, hidden=6, layers=2)
-    lstm = LstmHealthModel(5, hidden=6, layers=2)
+    gru = HealthModel(5, hidden=6, layers=2)
+    lstm = HealthModel(5, cell="lstm", hidden=6, layers=2)
     rec = lambda m: sum(p.numel() for n, p in m.named_parameters() if n.startswith(("gru", "lstm")))  # noqa: E731
     assert rec(lstm) * 3 == rec(gru) * 4  # an LSTM has a third more recurrent weights than a GRU
 

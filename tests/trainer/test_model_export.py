@@ -10,26 +10,26 @@ import pytest
 import torch
 from onnx import numpy_helper
 
+from edge_agent.bundle import make_session, replay_test_vectors
+from edge_agent.errors import BundleError
 from trainer.export import (
     ExportError,
     check_parity,
     export_onnx,
     make_test_vectors,
     onnx_sequence,
-    onnx_session,
-    replay_test_vectors,
     torch_sequence,
     write_model_bundle,
 )
-from trainer.model import GruHealthModel
+from trainer.model import HealthModel
 
 torch.set_num_threads(1)
 F = 6
 
 
-def _model(mode: str, layers: int = 1, faults: tuple[str, ...] = ()) -> GruHealthModel:
+def _model(mode: str, layers: int = 1, faults: tuple[str, ...] = ()) -> HealthModel:
     torch.manual_seed(3)
-    m = GruHealthModel(F, hidden=8, layers=layers, mode=mode, fault_classes=faults)
+    m = HealthModel(F, hidden=8, layers=layers, mode=mode, fault_classes=faults)
     rng = np.random.default_rng(0)
     m.set_scaler(rng.normal(size=F), rng.uniform(0.5, 2.0, size=F))
     if mode == "forecast":
@@ -68,7 +68,7 @@ def test_step_matches_sequence_forward(mode: str, layers: int, faults: tuple[str
 
 def test_checkpoint_round_trip() -> None:
     m = _model("forecast", 2)
-    again = GruHealthModel.from_checkpoint(m.checkpoint()).eval()
+    again = HealthModel.from_checkpoint(m.checkpoint()).eval()
     x = torch.as_tensor(_feats(10))[None]
     with torch.no_grad():
         assert torch.equal(m(x)[0], again(x)[0])
@@ -92,7 +92,7 @@ def test_export_is_dynamic_and_matches_torch(mode: str) -> None:
     assert dims["score"][1] == 1 + len(faults)
     assert "GRU" not in {n.op_type for n in proto.graph.node}  # plain matmuls: faster to step in batches
     # Any batch size works, including 1 and 5, and matches torch.
-    session = onnx_session(onnx_bytes)
+    session = make_session(onnx_bytes)
     for batch in (1, 5):
         x = np.stack([_feats(40, seed) for seed in range(batch)])
         ref, h_ref = torch_sequence(m, x)
@@ -129,9 +129,11 @@ def test_test_vectors_replay_and_carry_a_warm_state() -> None:
     assert np.asarray(v0["features"]).shape == (16, F)
     assert np.asarray(v0["scores"]).shape == (16, 1)
     assert np.asarray(v0["h_final"]).shape == (1, 1, 8)
-    assert replay_test_vectors(onnx_bytes, vectors) <= 1e-5
+    session = make_session(onnx_bytes)
+    assert replay_test_vectors(session, vectors, F, (1, 8), 1) == 3 * 16  # every step within atol
     v0["scores"][3][0] += 0.01
-    assert replay_test_vectors(onnx_bytes, vectors) > 1e-3
+    with pytest.raises(BundleError, match="step 3: scores differ"):
+        replay_test_vectors(session, vectors, F, (1, 8), 1)
 
 
 def test_write_model_bundle_files(tmp_path: pytest.TempPathFactory) -> None:
@@ -160,4 +162,4 @@ def test_write_model_bundle_files(tmp_path: pytest.TempPathFactory) -> None:
     assert card["files"]["model.onnx"] == hashlib.sha256((out / "model.onnx").read_bytes()).hexdigest()
     assert card["model_version"].endswith(card["files"]["model.onnx"][:8])
     tv = json.loads((out / "test_vectors.json").read_text())
-    assert replay_test_vectors((out / "model.onnx").read_bytes(), tv) <= 1e-5
+    assert replay_test_vectors(make_session((out / "model.onnx").read_bytes()), tv, F, (1, 8), 3) == 48

@@ -12,7 +12,7 @@ import torch
 from edge_agent.alarms import ALARM, AlarmState, Thresholds, step
 from trainer.calibrate import ScoredRun, _in_alarm, alarm_metrics, calibrate
 from trainer.data.runs import Run, RunLabels, split_by_machine
-from trainer.model import GruHealthModel
+from trainer.model import HealthModel
 from trainer.sequences import (
     FeatureSequence,
     build_sequences,
@@ -119,9 +119,7 @@ def test_truncated_bptt_carries_the_state_across_chunks(
     """The loss over chunks of 7 windows equals the loss over whole runs only if the state is carried."""
     train_seqs, _, classes = fleet
     torch.manual_seed(0)
-    model = GruHealthModel(
-        train_seqs[0].features.shape[1], hidden=8, mode="supervised", fault_classes=classes
-    )
+    model = HealthModel(train_seqs[0].features.shape[1], hidden=8, mode="supervised", fault_classes=classes)
     pw = torch.tensor(1.0)
     rng = np.random.default_rng(0)
     whole = _run_epoch(
@@ -290,7 +288,7 @@ def test_gruwatch_train_writes_a_signed_bundle_the_scorer_reproduces(
     bundle = load_bundle(out, trusted_keys=[pub])
     assert bundle.verified
     # The agent's scorer, stepping window by window, reproduces torch's full-sequence scores.
-    model = GruHealthModel.from_checkpoint(torch.load(ckpt, weights_only=True))
+    model = HealthModel.from_checkpoint(torch.load(ckpt, weights_only=True))
     runs = {r.run_id: r for r in load_runs([sim_dataset], progress=False)}
     val_ids = card["training_data"]["validation_runs"]
     scorer = Scorer.from_loaded(bundle)
