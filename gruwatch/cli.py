@@ -35,6 +35,11 @@ COMMANDS: dict[str, Command] = {
         "train",
         "score a bundle step-wise over whole runs: metrics.json and report.html",
     ),
+    "retrain": Command(
+        "trainer.retrain_cli:main",
+        "train",
+        "retrain from agent exports and maintenance events; promote only if better; --deploy ships it",
+    ),
     "agent": Command(
         "edge_agent.agent_cli:main", "agent", "run the edge daemon, export its data, deploy a model to it"
     ),

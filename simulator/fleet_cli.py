@@ -178,6 +178,14 @@ def add_fleet_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="FILE",
         help="also write the final summary as JSON here",
     )
+    parser.add_argument(
+        "--events-out",
+        type=Path,
+        default=None,
+        metavar="CSV",
+        help="after the run, write the fleet's maintenance events (failures; inspection_ok for the "
+        "others) as a plant would record them, for `gruwatch retrain --events`",
+    )
     faults = parser.add_argument_group("fault injection (rates are probabilities; see below)")
     faults.add_argument("--drop", type=rate, default=0.0, metavar="RATE", help="drop a window's message")
     faults.add_argument("--duplicate", type=rate, default=0.0, metavar="RATE", help="publish a window twice")
@@ -627,4 +635,13 @@ def run_fleet(args: argparse.Namespace) -> int:
     sys.stdout.flush()
     if args.summary_json is not None:
         args.summary_json.write_text(json.dumps(report.to_dict(), indent=2) + "\n")
+    if args.events_out is not None:
+        from simulator.events_out import write_fleet_events
+        from simulator.fleet_model import build_fleet
+
+        fleet = build_fleet(options.machines, options.seed, sensors=options.sensors, **options.model)
+        failures = write_fleet_events(
+            args.events_out, fleet, [s.windows for s in report.sensors], report.start_ns
+        )
+        sys.stdout.write(f"  maintenance events ({failures} failures) written to {args.events_out}\n")
     return EXIT_OK

@@ -453,12 +453,16 @@ def train(
     *,
     classes: Sequence[str] = (),
     dist: ProcessContext = LOCAL,
+    init: HealthModel | None = None,
 ) -> TrainResult:
     """Fit a model on `train_seqs`, calibrate on `val_seqs` (or train when there is none).
 
     Under torchrun `train_seqs`/`val_seqs` are this process's shards and every process must call
     `train` with the same `cfg` and `classes`; rank 0 gets the complete result, the other ranks a
     partial one (empty thresholds, validation {"mode", "rank"}).
+
+    `init` fine-tunes that model (its mode, fault classes and feature scaler are kept) instead of a
+    fresh one (single process only; trainer/retrain.py).
     """
     if int(dist.all_sum([len(train_seqs)])[0]) == 0:
         raise DataError("no training runs; pass --data with at least one run")
@@ -466,18 +470,26 @@ def train(
     rng = dist.rng(cfg.seed)
     if cfg.device == "cuda" and not torch.cuda.is_available():
         raise DataError("--device cuda: no CUDA device is available here; use --device cpu")
-    mode = choose_mode(cfg.mode, train_seqs, counts=dist.label_counts(train_seqs))
-    cfg = TrainConfig(**{**asdict(cfg), "mode": mode})
-    model = HealthModel(
-        dist.n_features([*train_seqs, *val_seqs]),
-        cell=cfg.cell,
-        hidden=cfg.hidden,
-        layers=cfg.layers,
-        mode=mode,
-        fault_classes=tuple(classes) if mode == "supervised" else (),
-        dropout=cfg.dropout,
-    )
-    model.set_scaler(*dist.scaler(train_seqs))
+    if init is not None:
+        if dist.world_size != 1:
+            raise ValueError("fine-tuning (init=) runs in one process")
+        # The champion's scaler stays: the challenger reads features as the champion did.
+        model = init.to(torch.device(cfg.device))
+        mode = init.mode
+        cfg = replace(cfg, mode=mode, hidden=init.hidden, layers=init.layers)
+    else:
+        mode = choose_mode(cfg.mode, train_seqs, counts=dist.label_counts(train_seqs))
+        cfg = TrainConfig(**{**asdict(cfg), "mode": mode})
+        model = HealthModel(
+            dist.n_features([*train_seqs, *val_seqs]),
+            cell=cfg.cell,
+            hidden=cfg.hidden,
+            layers=cfg.layers,
+            mode=mode,
+            fault_classes=tuple(classes) if mode == "supervised" else (),
+            dropout=cfg.dropout,
+        )
+        model.set_scaler(*dist.scaler(train_seqs))
     t0 = time.perf_counter()
     history = fit(model, train_seqs, val_seqs, cfg, rng, dist=dist)
     validation: dict[str, Any] = {"mode": mode, "epochs": len(history)}
