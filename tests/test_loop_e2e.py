@@ -112,18 +112,12 @@ def test_collect_export_retrain_deploy_swap(broker: Broker, topic_prefix: str, t
         # 1. A fleet runs to failure through the agent; the plant's log records the failures.
         events = tmp_path / "events.csv"
         summary = tmp_path / "fleet1.json"
-        rc = simulate(
-            ["fleet", "--broker", broker.url, "--prefix", topic_prefix, "--machines", str(MACHINES)]
-            + ["--seed", str(SEED), "--healthy-fraction", "0.4", "--speedup", "max", *FLEET_ARGS]
-            + [
-                "--start-time",
-                "2026-01-01T00:00:00Z",
-                "--events-out",
-                str(events),
-                "--summary-json",
-                str(summary),
-            ]
-        )
+        fleet_argv = [
+            "fleet", "--broker", broker.url, "--prefix", topic_prefix, "--machines", str(MACHINES),
+            "--seed", str(SEED), "--healthy-fraction", "0.4", "--speedup", "max", *FLEET_ARGS,
+            "--start-time", "2026-01-01T00:00:00Z", "--events-out", str(events), "--summary-json", str(summary),
+        ]  # fmt: skip
+        rc = simulate(fleet_argv)
         assert rc == 0
         published_1 = json.loads(summary.read_text())["publish"]["acked"]
         assert health.wait_for(published_1) == published_1
@@ -154,15 +148,16 @@ def test_collect_export_retrain_deploy_swap(broker: Broker, topic_prefix: str, t
         fleet2.start()
         try:
             out = tmp_path / "retrain"
-            rc = retrain_main(
-                ["--collected", str(collected), "--events", str(events), "--current", str(v1)]
-                + ["--out", str(out), "--signing-key", str(key), "--trusted-keys", str(pub)]
-                + ["--horizon-s", "1800", "--epochs", "4", "--no-progress"]
-                # Promote whatever comes out (the comparison is still computed and recorded): this test
-                # is about the loop, not about which model wins on a small fleet.
-                + ["--min-improvement", "-1", "--allow-more-false-alarms"]
-                + ["--deploy", "--broker", broker.url, "--agent", "e2e-gw", "--prefix", topic_prefix]
-            )
+            retrain_argv = [
+                "--collected", str(collected), "--events", str(events), "--current", str(v1),
+                "--out", str(out), "--signing-key", str(key), "--trusted-keys", str(pub),
+                "--horizon-s", "1800", "--epochs", "4", "--no-progress",
+                # Promote whatever comes out (the comparison is still computed and recorded): this
+                # test is about the loop, not about which model wins on a small fleet.
+                "--min-improvement", "-1", "--allow-more-false-alarms",
+                "--deploy", "--broker", broker.url, "--agent", "e2e-gw", "--prefix", topic_prefix,
+            ]  # fmt: skip
+            rc = retrain_main(retrain_argv)
             assert rc == 0
             comparison = json.loads((out / "comparison.json").read_text())
             assert comparison["winner"] == "challenger"
