@@ -90,7 +90,8 @@ def test_a_month_of_one_sensor_at_defaults_is_a_training_set(tmp_path: Path) -> 
     manifest = json.loads((collected / "manifest.json").read_text())
     assert manifest["files"][0]["raw_windows"] < n * 0.02  # raw samples: about 1 % only
     (stream,) = load_agent_features(collected)
-    assert len(stream) == n and stream.n_features == 25
+    assert len(stream) == n
+    assert stream.n_features == 25
     failure = MaintenanceEvent("m1", "s0", T0 + (n - 1) * 60.0, "failure")
     (item,) = label_streams([stream], [failure], horizon_s=2 * 86400.0)
     assert len(item.seq) == n  # the agent's cadence: one step per window, no gaps
@@ -135,7 +136,8 @@ def test_the_challenger_must_be_better() -> None:
     assert decide(champ, {**champ, "auroc": 0.92}, "auroc", 0.05, False)[0] == "champion"
     worse_fa = {**champ, "auroc": 0.99, "false_alarms": 2}
     winner, why = decide(champ, worse_fa, "auroc", 0.0, False)
-    assert winner == "champion" and "false alarms" in why
+    assert winner == "champion"
+    assert "false alarms" in why
     assert decide(champ, worse_fa, "auroc", 0.0, True)[0] == "challenger"
     lower = {**champ, "false_alarms_per_machine_day": 0.1}
     assert decide(champ, lower, "false_alarms_per_machine_day", 0.0, False)[0] == "challenger"
