@@ -362,6 +362,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.duration <= 0:
         sys.stderr.write("gruwatch demo: --duration must be > 0 seconds\n")
         return 2
+    if args.workdir is not None and args.workdir.exists() and any(args.workdir.iterdir()):
+        sys.stderr.write(f"gruwatch demo: --workdir {args.workdir} is not empty; give a fresh folder\n")
+        return 2
     rc = 0
     with _Interrupts() as irq, _quiet_logs():
         demo = Demo(args, irq)
