@@ -36,7 +36,7 @@ def test_the_champion_is_read_back_from_its_onnx_graph() -> None:
     bundle = load_bundle(SHIPPED, allow_unsigned=True)
     model = model_from_bundle(bundle)
     assert model.mode == bundle.card["mode"]
-    assert [model.layers, model.hidden] == bundle.card["state_shape"]
+    assert [model.state_rows, model.hidden] == bundle.card["state_shape"]
     assert model.outputs == list(bundle.outputs)
     assert _matches(model, bundle.session, bundle.n_features, steps=50) < 1e-5
     # Whole sequences (what fine-tuning trains) agree with the ONNX graph stepped window by window.
