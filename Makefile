@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: test check lint typecheck demo demo-bundle bench venv broker clean
+.PHONY: test check lint typecheck demo demo-bundle bench venv broker browser clean
 
 venv: $(STAMP)
 
@@ -21,6 +21,10 @@ $(STAMP): pyproject.toml
 broker:
 	./scripts/ensure-broker.sh
 
+# Debian's headless chromium + chromedriver for the dashboard's browser tests (no browser downloads).
+browser:
+	./scripts/ensure-chromium.sh
+
 lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
@@ -30,7 +34,7 @@ typecheck: venv
 
 check: lint typecheck
 
-test: venv broker check
+test: venv broker browser check
 	$(BIN)/python -m pytest
 
 # No Mosquitto needed: the demo starts an embedded broker (amqtt) unless given --broker URL.

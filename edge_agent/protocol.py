@@ -41,6 +41,7 @@ from edge_agent.errors import ProtocolError
 
 __all__ = [
     "AGENTS_LEVEL",
+    "AGENT_STATES",
     "DTYPE_FLOAT32",
     "DTYPE_INT16",
     "HEADER",
@@ -53,6 +54,7 @@ __all__ = [
     "MAX_SAMPLES",
     "STATES",
     "VERSION",
+    "AgentStatus",
     "Alert",
     "Health",
     "SensorTopic",
@@ -61,11 +63,13 @@ __all__ = [
     "alert_topic",
     "decode_alert",
     "decode_health",
+    "decode_status",
     "decode_vibration",
     "encode_alert",
     "encode_binary",
     "encode_health",
     "encode_json",
+    "encode_status",
     "health_topic",
     "model_result_topic",
     "model_topic",
@@ -180,6 +184,20 @@ class Alert:
     score: float
     model: str
     reason: str  # for people, e.g. "score 0.91 >= alarm 0.80 for 3 windows"
+
+
+@dataclass(frozen=True, slots=True)
+class AgentStatus:
+    """An agent's presence, retained on `{prefix}/_agents/{agent}/status` (and its last will).
+
+    `warning` / `alarm` are the thresholds of the model it serves, when the agent announces them
+    (dashboards draw them); both or neither.
+    """
+
+    state: Literal["online", "offline"]
+    model: str  # model version served ("" before the first model)
+    warning: float | None = None
+    alarm: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -752,3 +770,45 @@ def _json_scalar(value: object) -> str:
     if type(value) is int:
         return str(value)
     return json.dumps(value, separators=(",", ":"), allow_nan=False)
+
+
+# ------------------------------------------------------------------------------------- agent status
+
+AGENT_STATES: Final = ("online", "offline")
+
+
+def encode_status(s: AgentStatus) -> bytes:
+    """Encode an agent status: `{"state","model"}`, plus `"thresholds": {"warning","alarm"}` when known.
+
+    >>> encode_status(AgentStatus("online", "v3", warning=0.4, alarm=0.6))
+    b'{"state":"online","model":"v3","thresholds":{"warning":0.4,"alarm":0.6}}'
+    """
+    if s.state not in AGENT_STATES:
+        raise ProtocolError("bad_field", f"state must be online or offline, got {s.state!r:.40}")
+    doc: dict[str, Any] = {"state": s.state, "model": _str_field(s.model, "model")}
+    if s.warning is not None or s.alarm is not None:
+        warning, alarm = _thresholds_field({"warning": s.warning, "alarm": s.alarm})
+        doc["thresholds"] = {"warning": warning, "alarm": alarm}
+    return _dump_json(doc)
+
+
+def decode_status(b: bytes | bytearray | memoryview) -> AgentStatus:
+    """Decode an agent status; unknown keys are ignored. Raises only ProtocolError."""
+    doc = _load_json_object(_as_bytes(b), MAX_MESSAGE_BYTES)
+    _require(doc, ("state", "model"), "agent status")
+    if doc["state"] not in AGENT_STATES:
+        raise ProtocolError("bad_field", f"state must be online or offline, got {doc['state']!r:.40}")
+    warning = alarm = None
+    if doc.get("thresholds") is not None:
+        warning, alarm = _thresholds_field(doc["thresholds"])
+    return AgentStatus(doc["state"], _str_field(doc["model"], "model"), warning, alarm)
+
+
+def _thresholds_field(value: object) -> tuple[float, float]:
+    if not isinstance(value, Mapping) or "warning" not in value or "alarm" not in value:
+        raise ProtocolError("bad_field", "thresholds must be an object with warning and alarm")
+    warning = _float_field(value["warning"], "thresholds.warning", positive=False)
+    alarm = _float_field(value["alarm"], "thresholds.alarm", positive=False)
+    if not 0.0 <= warning <= alarm <= 1.0:
+        raise ProtocolError("bad_field", f"need 0 <= warning ({warning}) <= alarm ({alarm}) <= 1")
+    return warning, alarm

@@ -47,6 +47,9 @@ COMMANDS: dict[str, Command] = {
         "edge_agent.bundle_cli:keys_main", "agent", "create an Ed25519 key pair for signing model bundles"
     ),
     "bundle": Command("edge_agent.bundle_cli:bundle_main", "agent", "sign or verify a model bundle"),
+    "dashboard": Command(
+        "dashboards.cli:main", "dashboard", "serve the live fleet view of a broker in the browser"
+    ),
     "bench": Command("gruwatch.bench:main", "all", "run the benchmarks and print their tables of ratios"),
 }
 

@@ -180,7 +180,7 @@ def run_evaluation(args: argparse.Namespace) -> dict[str, Any]:
 
 def write_outputs(out: Path, metrics: dict[str, Any], results: Sequence[Any]) -> None:
     """OUT/metrics.json and OUT/report.html (the folder is created)."""
-    from dashboards.report import RunTrace, write_report
+    from dashboards.evaluation_report import RunTrace, write_report
 
     out.mkdir(parents=True, exist_ok=True)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2, allow_nan=False) + "\n")

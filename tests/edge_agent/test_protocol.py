@@ -603,3 +603,33 @@ def test_parse_sensor_topic_rejects(topic: str, reason: str) -> None:
     with pytest.raises(ProtocolError) as info:
         parse_sensor_topic(topic, "gruwatch")
     assert info.value.reason == reason
+
+
+# ------------------------------------------------------------------------------------- agent status
+
+
+def test_agent_status_round_trips_with_and_without_thresholds() -> None:
+    from edge_agent.protocol import AgentStatus, decode_status, encode_status
+
+    for s in (AgentStatus("online", "v1"), AgentStatus("offline", "", 0.5, 0.8)):
+        assert decode_status(encode_status(s)) == s
+    assert decode_status(b'{"state":"online","model":"v2","uptime_s":5}') == AgentStatus("online", "v2")
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        b'{"state":"away","model":"v"}',
+        b'{"model":"v"}',
+        b'{"state":"online","model":3}',
+        b'{"state":"online","model":"v","thresholds":{"warning":0.9,"alarm":0.5}}',
+        b'{"state":"online","model":"v","thresholds":{"warning":0.5}}',
+        b'["online"]',
+    ],
+)
+def test_bad_agent_status_is_a_protocol_error(payload: bytes) -> None:
+    from edge_agent.protocol import decode_status
+
+    with pytest.raises(ProtocolError) as err:
+        decode_status(payload)
+    assert err.value.reason == "bad_field"

@@ -7,7 +7,7 @@ import xml.etree.ElementTree as ET
 
 import numpy as np
 
-from dashboards.report import RunTrace, _reduce, render_report, score_plot
+from dashboards.evaluation_report import RunTrace, _reduce, render_report, score_plot
 
 
 def _metrics(runs: list[dict], fault_types: dict | None = None, baselines: list | None = None) -> dict:
@@ -110,3 +110,67 @@ def test_long_series_are_thinned_but_keep_spikes() -> None:
     assert yr.max() == 1.0
     assert 54_321 in xr
     assert np.all(np.diff(xr) > 0)
+
+
+def _row(
+    run_id: str, life_s: float, lead_s: float | None, false_alarms: int = 0, failed: bool = True
+) -> dict:
+    return {
+        "run_id": run_id,
+        "failed_at_end": failed,
+        "life_s": life_s,
+        "degraded_from_s": life_s * 0.7 if failed else None,
+        "first_alarm_s": life_s - lead_s if lead_s is not None else None,
+        "lead_time_s": lead_s,
+        "lead_fraction": lead_s / life_s if lead_s is not None else None,
+        "false_alarms": false_alarms,
+    }
+
+
+def test_every_time_is_in_one_unit_and_the_direction_is_said_once() -> None:
+    rows = [_row("long", 3 * 3600.0, 3080.0), _row("short", 1800.0, 600.0)]
+    m = _metrics(rows, baselines=[{"name": "rms", "lead_time_s_median": 3080.0}])
+    m["alarms"]["lead_time_s"]["median"] = 3080.0
+    page = render_report(m, [])
+    assert "All times are in hours" in page
+    assert "3.08e+03" not in page
+    assert " s<" not in page
+    assert "(min)" not in page
+    assert " min<" not in page
+    assert "0.86 h" in page  # 3,080 s in the summary
+    assert ">0.86<" in page  # the lead-time table and the baseline table, in the column's unit
+    assert "lead time (h)" in page
+    assert "median lead (h)" in page
+    assert page.count("higher = worse") == 1
+    short = render_report(_metrics([_row("short", 1800.0, 600.0)]), [])
+    assert "All times are in minutes" in short
+    assert ">10.0<" in short
+    assert "lead time (min)" in short
+
+
+def test_warning_line_is_labelled_when_it_differs_and_drawn_once_when_equal() -> None:
+    trace, _ = _trace("r")
+    both = ET.fromstring(score_plot(trace, {"warning": 0.78, "alarm": 0.8}, ("min", 60.0)))
+    labels = [t.text for t in both.findall("text[@class='threshold-label']")]
+    assert labels == ["warning 0.78", "alarm 0.80"]
+    same = ET.fromstring(score_plot(trace, {"warning": 0.8, "alarm": 0.8}))
+    assert [t.text for t in same.findall("text[@class='threshold-label']")] == ["warning = alarm 0.80"]
+    assert len([el for el in same.findall("line") if el.get("stroke-dasharray") == "6 3"]) == 1
+
+
+def test_runs_that_need_attention_come_first() -> None:
+    rows = [
+        _row("fine", 1000.0, 400.0),
+        _row("noisy", 1000.0, None, false_alarms=3, failed=False),
+        _row("missed", 1000.0, None),
+        _row("late", 1000.0, 20.0),
+    ]
+    traces = [_trace(r["run_id"])[0] for r in rows]
+    page = render_report(_metrics(rows), traces)
+    assert page.index("Runs that need attention") < page.index("<h2>Summary")
+    table = page[page.index("Runs that need attention") : page.index("<h2>Summary")]
+    assert [w for w in ("missed", "noisy", "late") if w in table] == ["missed", "noisy", "late"]
+    assert table.index("missed") < table.index("noisy") < table.index("late")
+    assert "fine" not in table
+    captions = re.findall(r"<figcaption>(\w+)", page)
+    assert captions == ["missed", "noisy", "late", "fine"]

@@ -1,10 +1,16 @@
-"""The self-contained HTML evaluation report: inline SVG plots and tables, no scripts, no external files.
+"""The evaluation report of `gruwatch evaluate`: one self-contained HTML page, inline SVG, no scripts.
+
+It lives in `dashboards/` beside the live fleet view (app.py, fleet.py, feed.py) because both are
+what people look at; the trainer only calls `write_report` (trainer/evaluate_cli.py).
 
 `render_report(metrics, traces)` turns the `metrics.json` of `gruwatch evaluate` (docs/evaluation.md)
-and one `RunTrace` per run into one HTML page: a summary table, the ROC curve, the fault-type
-confusion matrix, the lead-time table, the baseline comparison and, per run, the health score over
-its life with the warning and alarm thresholds, the windows in alarm and the first degraded window.
-Plots are hand-written SVG (no plotting library), so the page opens offline and can be mailed.
+and one `RunTrace` per run into one page, written for a maintenance engineer: the runs that need
+attention first (missed failures, false alarms, late alarms), then the summary table, the ROC curve,
+the fault-type confusion matrix, the lead-time table, the baseline comparison and, per run (those
+needing attention first), the health score over its life with the warning and alarm thresholds, the
+windows in alarm and the first degraded window. Every time on the page is in one unit (minutes, or
+hours when the longest run lasts two hours or more). Plots are hand-written SVG (no plotting
+library), so the page opens offline and can be mailed.
 """
 
 from __future__ import annotations
@@ -154,6 +160,11 @@ def _spans(mask: np.ndarray) -> list[tuple[int, int]]:
     return list(zip(np.flatnonzero(d == 1).tolist(), np.flatnonzero(d == -1).tolist(), strict=True))
 
 
+def report_unit(longest_s: float) -> tuple[str, float]:
+    """The one time unit of a report: hours when the longest run lasts 2 h or more, else minutes."""
+    return ("h", 3600.0) if longest_s >= 2 * 3600 else ("min", 60.0)
+
+
 def _time_unit(span_s: float) -> tuple[str, float]:
     """(unit name, seconds per unit) that keeps a time axis readable."""
     if span_s >= 3 * 86_400:
@@ -165,16 +176,20 @@ def _time_unit(span_s: float) -> tuple[str, float]:
     return "s", 1.0
 
 
-def score_plot(trace: RunTrace, thresholds: dict[str, Any]) -> str:
-    """Health score over the run's life with thresholds, alarm spans and raises, and onset."""
+def score_plot(trace: RunTrace, thresholds: dict[str, Any], unit: tuple[str, float] | None = None) -> str:
+    """Health score over the run's life with thresholds, alarm spans and raises, and onset.
+
+    `unit` is (name, seconds per unit) for the time axis; by default one that suits this run.
+    A warning threshold equal to the alarm threshold is drawn once, labelled "warning = alarm".
+    """
     t_s = np.asarray(trace.t_s, np.float64)
     y = np.asarray(trace.health, np.float64)
     if t_s.size == 0:
         return _svg(["<text x='10' y='20'>no windows</text>"], title=trace.run_id)
-    unit, per = _time_unit(float(t_s[-1] - t_s[0]))
+    unit_name, per = unit or _time_unit(float(t_s[-1] - t_s[0]))
     t = t_s / per
     ax = _Axes(float(t[0]), float(t[-1]), 0.0, 1.0)
-    parts = _frame(ax, f"time since start ({unit})", "health score", [0, 0.25, 0.5, 0.75, 1.0])
+    parts = _frame(ax, f"time since start ({unit_name})", "health score", [0, 0.25, 0.5, 0.75, 1.0])
     states = np.asarray(trace.states)
     step = float(np.median(np.diff(t))) if t.size > 1 else 0.0
     for a, b in _spans(states == 2):  # windows in alarm, shaded
@@ -189,13 +204,24 @@ def score_plot(trace: RunTrace, thresholds: dict[str, Any]) -> str:
             f'<line x1="{_fmt(x)}" y1="{PAD_T}" x2="{_fmt(x)}" y2="{H - PAD_B}" stroke="{COLORS["degraded"]}" '
             f'stroke-dasharray="4 3"/>'
         )
-    for name in ("warning", "alarm"):
-        if name in thresholds and thresholds[name] is not None:
-            yy = ax.py(float(thresholds[name]))
-            parts.append(
-                f'<line x1="{PAD_L}" y1="{_fmt(yy)}" x2="{W - PAD_R}" y2="{_fmt(yy)}" stroke="{COLORS[name]}" '
-                f'stroke-dasharray="6 3"/>'
-            )
+    lines = {n: float(thresholds[n]) for n in ("warning", "alarm") if thresholds.get(n) is not None}
+    if "warning" in lines and lines["warning"] == lines.get("alarm"):
+        del lines["warning"]
+        labels = {"alarm": "warning = alarm"}
+    else:
+        labels = {n: n for n in lines}
+    for name, value in lines.items():
+        yy = ax.py(value)
+        parts.append(
+            f'<line x1="{PAD_L}" y1="{_fmt(yy)}" x2="{W - PAD_R}" y2="{_fmt(yy)}" stroke="{COLORS[name]}" '
+            f'stroke-width="1.5" stroke-dasharray="6 3"/>'
+        )
+        # labels sit above the alarm line and below the warning line, so close lines keep both readable
+        dy = -3 if name == "alarm" else 11
+        parts.append(
+            f'<text class="threshold-label" x="{W - PAD_R - 4}" y="{_fmt(yy + dy)}" text-anchor="end" '
+            f'fill="{COLORS[name]}">{labels[name]} {value:.2f}</text>'
+        )
     xr, yr = _reduce(t, y)
     parts.append(_polyline(ax, xr, yr, COLORS["health"]))
     prev = np.concatenate([[0], states[:-1]])
@@ -284,14 +310,43 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[Any]], cls: str = "") 
     return f'<table class="{cls}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
 
 
-def _duration(s: float | None) -> str:
-    if s is None:
-        return "–"
-    if s >= 3600:
-        return f"{s / 3600:.2f} h"
-    if s >= 60:
-        return f"{s / 60:.1f} min"
-    return f"{s:.0f} s"
+class _Unit:
+    """Formats every time on the page in one unit (a number; the unit is named once per column)."""
+
+    def __init__(self, name: str, per_s: float) -> None:
+        self.name, self.per_s = name, per_s
+
+    def __call__(self, s: float | None, *, suffix: bool = False) -> str:
+        if s is None or not math.isfinite(s):
+            return "–"
+        v = s / self.per_s
+        text = f"{v:,.2f}" if self.name == "h" else f"{v:,.1f}"
+        return f"{text} {self.name}" if suffix else text
+
+
+def attention_runs(runs: Sequence[dict[str, Any]], late_fraction: float = 0.05) -> list[tuple[str, str]]:
+    """(run id, why) for the runs a maintenance engineer should look at first, worst first.
+
+    A failing run whose alarm is off at its end (missed), runs with false alarms (most first), and
+    failing runs caught in the last `late_fraction` of their life (too late to plan a repair).
+    """
+    missed, false, late = [], [], []
+    for r in runs:
+        if r.get("failed_at_end") and r.get("lead_time_s") is None:
+            missed.append((r["run_id"], "failure missed: no alarm at end of life"))
+        if r.get("false_alarms"):
+            n = int(r["false_alarms"])
+            false.append((n, r["run_id"], f"{n} false alarm{'s' if n != 1 else ''}"))
+        frac = r.get("lead_fraction")
+        if (
+            r.get("failed_at_end")
+            and r.get("lead_time_s") is not None
+            and frac is not None
+            and frac < late_fraction
+        ):
+            late.append((r["run_id"], f"alarm only in the last {frac:.1%} of life"))
+    false.sort(key=lambda x: -x[0])
+    return missed + [(rid, why) for _, rid, why in false] + late
 
 
 CSS = """
@@ -313,6 +368,13 @@ def render_report(metrics: dict[str, Any], traces: Sequence[RunTrace]) -> str:
     win = metrics["windows"]
     al = metrics["alarms"]
     sig = metrics.get("signature", "not verified")
+    runs = metrics.get("runs", [])
+    longest = max(
+        [r.get("life_s") or 0.0 for r in runs]
+        + [float(t.t_s[-1] - t.t_s[0]) for t in traces if len(t.t_s)]
+        + [0.0]
+    )
+    unit = _Unit(*report_unit(longest))
     out = [
         "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
         f"<title>gruwatch evaluation: {_esc(model.get('model_version', ''))}</title>",
@@ -321,16 +383,26 @@ def render_report(metrics: dict[str, Any], traces: Sequence[RunTrace]) -> str:
         f"<p class='note'>Generated {_esc(metrics.get('generated', ''))}. Data: "
         f"{_esc(', '.join(metrics.get('data', {}).get('paths', [])))} "
         f"({metrics.get('data', {}).get('runs', 0)} runs, {win['count']} windows). "
-        "Scores were computed step-wise through the agent's scorer, window by window from a fresh state.</p>",
+        "Scores were computed step-wise through the agent's scorer, window by window from a fresh state. "
+        "The health score runs from 0 to 1: <b>higher = worse</b>. "
+        f"All times are in {'hours' if unit.name == 'h' else 'minutes'}.</p>",
     ]
     sig_class = "note" if sig == "verified" else "warn"
     out.append(f"<p class='{sig_class}'>Bundle signature: {_esc(sig)}.</p>")
+    attention = attention_runs(runs)
+    out.append("<h2>Runs that need attention</h2>")
+    if attention:
+        out.append(_table(["run", "why"], attention, cls="attention"))
+    else:
+        out.append(
+            "<p class='note'>None: every failing run was caught in time and no run raised a false alarm.</p>"
+        )
     out.append("<h2>Summary</h2>")
     rows = [
         ["window AUROC (health vs degraded)", win["auroc"]],
         ["labelled windows (degraded / healthy)", f"{win['degraded']} / {win['healthy']}"],
         ["failing runs detected (alarm on at end of life)", f"{al['detected']} of {al['failing_runs']}"],
-        ["median lead time", _duration(al["lead_time_s"]["median"])],
+        ["median lead time", unit(al["lead_time_s"]["median"], suffix=True)],
         ["median lead time, share of life", al["lead_fraction"]["median"]],
         ["false alarms / healthy machine-days", f"{al['false_alarms']} / {al['healthy_machine_days']:.3g}"],
         ["false alarms per machine-day", al["false_alarms_per_machine_day"]],
@@ -365,10 +437,10 @@ def render_report(metrics: dict[str, Any], traces: Sequence[RunTrace]) -> str:
     lead_rows = [
         [
             r["run_id"],
-            _duration(r["life_s"]),
-            _duration(r["degraded_from_s"]),
-            _duration(r["first_alarm_s"]),
-            _duration(r["lead_time_s"]) if r["lead_time_s"] is not None else "missed",
+            unit(r["life_s"]),
+            unit(r["degraded_from_s"]),
+            unit(r["first_alarm_s"]),
+            unit(r["lead_time_s"]) if r["lead_time_s"] is not None else "missed",
             r["lead_fraction"],
             r["false_alarms"],
         ]
@@ -377,7 +449,15 @@ def render_report(metrics: dict[str, Any], traces: Sequence[RunTrace]) -> str:
     ]
     out.append(
         _table(
-            ["run", "life", "degraded from", "first alarm", "lead time", "share of life", "false alarms"],
+            [
+                "run",
+                f"life ({unit.name})",
+                f"degraded from ({unit.name})",
+                f"first alarm ({unit.name})",
+                f"lead time ({unit.name})",
+                "share of life",
+                "false alarms",
+            ],
             lead_rows,
         )
         if lead_rows
@@ -397,7 +477,7 @@ def render_report(metrics: dict[str, Any], traces: Sequence[RunTrace]) -> str:
             ("auroc", "AUROC"),
             ("detected", "detected"),
             ("failing_runs", "failing"),
-            ("lead_time_s_median", "median lead (s)"),
+            ("lead_time_s_median", f"median lead ({unit.name})"),
             ("lead_fraction_median", "lead / life"),
             ("false_alarms_per_machine_day", "false alarms / day"),
             ("fault_accuracy", "fault acc."),
@@ -405,20 +485,30 @@ def render_report(metrics: dict[str, Any], traces: Sequence[RunTrace]) -> str:
             ("train_s", "train (s)"),
             ("step_latency_us", "step (µs)"),
         ]
-        out.append(_table([c[1] for c in cols], [[b.get(c[0]) for c in cols] for b in baselines]))
+        rows_b = [
+            [unit(b.get(c[0])) if c[0] == "lead_time_s_median" else b.get(c[0]) for c in cols]
+            for b in baselines
+        ]
+        out.append(_table([c[1] for c in cols], rows_b))
 
     out.append("<h2>Health score over life, per run</h2>")
     out.append(
-        "<p class='note'>Blue: health score. Dashed: warning (amber) and alarm (red) thresholds. Red "
-        "shading: windows in alarm; red marks: alarm raises. Purple dashed: first degraded window.</p>"
+        "<p class='note'>Blue: health score. Dashed: warning (amber) and alarm (red) thresholds, drawn "
+        'once as "warning = alarm" where the bundle sets them equal. Red shading: windows in alarm; red '
+        "marks: alarm raises. Purple dashed: first degraded window. Runs that need attention come first.</p>"
     )
-    shown = list(traces)[:MAX_RUN_PLOTS]
+    first = {rid: i for i, (rid, _) in enumerate(attention)}
+    ordered = sorted(
+        traces, key=lambda t: first.get(t.run_id, len(first))
+    )  # stable: the rest keep their order
+    shown = ordered[:MAX_RUN_PLOTS]
     if len(traces) > len(shown):
         out.append(f"<p class='note'>Showing the first {len(shown)} of {len(traces)} runs.</p>")
     out.append("<div class='runs'>")
     for tr in shown:
         cap = f"{tr.run_id}{' (fails at end)' if tr.failed_at_end else ''}"
-        out.append(f"<figure>{score_plot(tr, thresholds)}<figcaption>{_esc(cap)}</figcaption></figure>")
+        plot = score_plot(tr, thresholds, (unit.name, unit.per_s))
+        out.append(f"<figure>{plot}<figcaption>{_esc(cap)}</figcaption></figure>")
     out.append("</div></body></html>")
     return "\n".join(out)
 

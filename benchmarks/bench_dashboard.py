@@ -1,0 +1,185 @@
+"""Benchmark: the live fleet view holding 1,000 sensors at one health message a second each.
+
+    .venv/bin/python benchmarks/bench_dashboard.py                 # 1,000 sensors, 60 s
+    .venv/bin/python benchmarks/bench_dashboard.py --sensors 200 --seconds 20
+
+A private Mosquitto; a publisher process plays `--sensors` sensors (dashboards.testing.SyntheticFleet,
+the real wire format) at one window a second each; this process runs the dashboard (`serve`) and
+drives Debian's headless Chromium on its page. Printed as one table:
+
+- delivery: health messages the dashboard's model counted per second vs what was published;
+- freshness: a probe sensor flips between ok and alarm every 5 s; time from its publish to the tile
+  showing the new state in the browser (p50 / max) — the page "falls behind" if this grows;
+- browser: time to draw all tiles once (the innerHTML write, p50 / max), and the JS heap;
+- server: one `snapshot()` of the model (p50 / max), one update request as the browser timed it,
+  and the dashboard process's resident memory before, with the fleet loaded, and at the end.
+
+The machine is shared (2 cores): expect ±30 % between runs; compare rows of one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+
+def _rss_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def publish(url: str, prefix: str, sensors: int, seconds: float) -> None:
+    """The publisher process: `sensors` health messages a second, paced, plus the agents' status."""
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    from dashboards.testing import SyntheticFleet, publish_agents, publish_step
+
+    host, _, port = url.removeprefix("mqtt://").partition(":")
+    c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"bench-pub-{uuid.uuid4().hex[:6]}")
+    c.max_queued_messages_set(0)
+    c.connect(host, int(port))
+    c.loop_start()
+    fleet = SyntheticFleet(machines=sensors, sensors=1, horizon=int(seconds * 2), seed=1)
+    publish_agents(c, prefix, fleet)
+    start = time.monotonic()
+    k = 0
+    while time.monotonic() - start < seconds:
+        healths, alerts = fleet.next()
+        publish_step(c, prefix, healths, alerts)
+        k += 1
+        delay = start + k - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+    print(json.dumps({"steps": k, "published": k * sensors}), flush=True)
+    c.loop_stop()
+    c.disconnect()
+
+
+def _pct(xs: list[float]) -> str:
+    if not xs:
+        return "–"
+    return f"{statistics.median(xs):.0f} / {max(xs):.0f}"
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sensors", type=int, default=1000)
+    ap.add_argument("--seconds", type=float, default=60.0)
+    ap.add_argument("--publish-only", nargs=2, metavar=("URL", "PREFIX"), help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.publish_only:
+        publish(args.publish_only[0], args.publish_only[1], args.sensors, args.seconds)
+        return 0
+
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    from dashboards.app import serve
+    from edge_agent.protocol import Health, encode_health, health_topic
+
+    binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+    port = _free_port()
+    tmp = Path(tempfile.mkdtemp(prefix="bench-dash-"))
+    (tmp / "m.conf").write_text(
+        f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nmax_queued_messages 0\n"
+    )
+    broker = subprocess.Popen([binary, "-c", str(tmp / "m.conf")], stderr=subprocess.DEVNULL)
+    time.sleep(0.5)
+    url, prefix = f"mqtt://127.0.0.1:{port}", f"bench-{uuid.uuid4().hex[:6]}"
+    rss0 = _rss_mb()
+    handle = serve(url, prefix, port=0)
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = "/usr/bin/chromium"
+    for a in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1400,1000"):
+        opts.add_argument(a)
+    driver = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=opts)
+    pub = subprocess.Popen(
+        [sys.executable, __file__, "--sensors", str(args.sensors), "--seconds", str(args.seconds),
+         "--publish-only", url, prefix],
+        stdout=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    probe = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="bench-probe")
+    probe.connect("127.0.0.1", port)
+    probe.loop_start()
+    driver.get(handle.url)
+    fresh, renders, snaps, requests, rates = [], [], [], [], []
+    rss_loaded = None
+    start = time.monotonic()
+    seq = 0
+    state_js = "var t=document.querySelector(\".tile[data-key='probe/s0']\"); return t && t.dataset.state;"
+    while time.monotonic() - start < args.seconds - 2:
+        seq += 1
+        state = "alarm" if seq % 2 else "ok"
+        h = Health("probe", "s0", seq, time.time_ns(), 0.9 if seq % 2 else 0.1, state, "v", {})
+        probe.publish(health_topic(prefix, "probe", "s0"), encode_health(h), qos=1)
+        sent = time.monotonic()
+        while time.monotonic() - sent < 10 and driver.execute_script(state_js) != state:
+            time.sleep(0.02)
+        fresh.append((time.monotonic() - sent) * 1000)
+        r = driver.execute_script("return window.gwRender || null;")
+        if r and r["tiles"] > args.sensors * 0.9:
+            renders.append(r["ms"])
+        t0 = time.perf_counter()
+        snap = handle.model.snapshot()
+        snaps.append((time.perf_counter() - t0) * 1000)
+        rates.append(snap["rates"]["health_per_s"])
+        if rss_loaded is None and len(snap["tiles"]) >= args.sensors:
+            rss_loaded = _rss_mb()
+        requests += driver.execute_script(
+            "var e = performance.getEntriesByType('resource').filter(x => x.name.indexOf('_dash-update-component') >= 0);"
+            "performance.clearResourceTimings(); return e.map(x => x.duration);"
+        )
+        time.sleep(max(0.0, 5 - (time.monotonic() - sent)))
+    heap = driver.execute_script("return performance.memory ? performance.memory.usedJSHeapSize : null;")
+    out, _ = pub.communicate(timeout=args.seconds + 30)
+    published = json.loads(out.strip().splitlines()[-1])
+    tiles = len(handle.model.snapshot()["tiles"])
+    rss_end = _rss_mb()
+    driver.quit()
+    probe.loop_stop()
+    handle.stop()
+    broker.terminate()
+    steady = rates[len(rates) // 3 :] or rates
+    print(f"\ndashboard under load: {args.sensors} sensors × 1 msg/s for {args.seconds:.0f} s "
+          f"({published['published']} health messages published; {tiles} tiles)\n")  # fmt: skip
+    rows = [
+        ("health messages counted / s (steady, median)", f"{statistics.median(steady):.0f}", f"published {args.sensors}/s"),
+        ("probe publish → tile shows it, ms (p50 / max)", _pct(fresh), f"{len(fresh)} flips; goal < 2000"),
+        ("browser: draw all tiles, ms (p50 / max)", _pct(renders), f"{len(renders)} samples"),
+        ("browser: one update request, ms (p50 / max)", _pct(requests), f"{len(requests)} requests"),
+        ("server: model snapshot, ms (p50 / max)", _pct(snaps), ""),
+        ("server RSS MB: before / fleet loaded / end", f"{rss0:.0f} / {rss_loaded or float('nan'):.0f} / {rss_end:.0f}", "this process (also runs chromedriver client)"),
+        ("browser JS heap MB", f"{(heap or 0) / 2**20:.0f}", ""),
+    ]  # fmt: skip
+    w = max(len(r[0]) for r in rows)
+    for name, value, note in rows:
+        print(f"  {name.ljust(w)}  {value:>14}  {note}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
