@@ -80,8 +80,18 @@ def _layout(refresh_ms: int) -> html.Div:
                             ),
                             html.Div(
                                 [
-                                    dcc.Graph(id="history-graph", config={"displaylogo": False}),
-                                    dcc.Graph(id="spectrum-graph", config={"displaylogo": False}),
+                                    dcc.Graph(
+                                        id="history-graph",
+                                        config={"displaylogo": False},
+                                        responsive=True,  # follows its box, also after the view opens
+                                        style={"height": "300px"},
+                                    ),
+                                    dcc.Graph(
+                                        id="spectrum-graph",
+                                        config={"displaylogo": False},
+                                        responsive=True,  # follows its box, also after the view opens
+                                        style={"height": "300px"},
+                                    ),
                                 ],
                                 className="gw-plots",
                             ),
@@ -107,6 +117,7 @@ def _layout(refresh_ms: int) -> html.Div:
                                         type="text",
                                         placeholder="filter by name",
                                         debounce=False,
+                                        style={"width": "220px"},
                                     ),
                                     dcc.RadioItems(
                                         id="sort",
@@ -314,12 +325,11 @@ def _history_figure(d: dict[str, Any]) -> dict[str, Any]:
     return {
         "data": data,
         "layout": {
-            "title": {"text": f"health score history ({len(t_ms)} windows)", "font": {"size": 13}},
+            "title": {"text": f"health score history ({len(t_ms)} windows)", "font": {"size": 13}, "x": 0.02},
             "xaxis": {"type": "date", "title": {"text": "sensor time"}},
             "yaxis": {"range": [0, 1.02], "title": {"text": "health score (higher = worse)"}},
             "shapes": shapes,
             "annotations": notes,
-            "height": 300,
             "margin": {"l": 55, "r": 10, "t": 30, "b": 40},
             "showlegend": False,
             "uirevision": d["key"],
@@ -332,14 +342,13 @@ def _spectrum_figure(d: dict[str, Any], prefix: str) -> dict[str, Any]:
     layout: dict[str, Any] = {
         "xaxis": {"title": {"text": "frequency (Hz)"}},
         "yaxis": {"title": {"text": "amplitude (g)"}},
-        "height": 300,
         "margin": {"l": 55, "r": 10, "t": 30, "b": 40},
         "showlegend": False,
         "uirevision": d["key"],
     }
     if sp is None:
         topic = vibration_topic(prefix, d["machine"], d["sensor"])
-        layout["title"] = {"text": "spectrum of the latest window", "font": {"size": 13}}
+        layout["title"] = {"text": "spectrum of the latest window", "font": {"size": 13}, "x": 0.02}
         layout["annotations"] = [
             {
                 "xref": "paper",
@@ -354,6 +363,7 @@ def _spectrum_figure(d: dict[str, Any], prefix: str) -> dict[str, Any]:
     layout["title"] = {
         "text": f"spectrum of window {sp['seq']} ({sp['n']} samples at {sp['fs']:g} Hz)",
         "font": {"size": 13},
+        "x": 0.02,
     }
     if sp["rpm"] > 0:
         shaft = sp["rpm"] / 60.0

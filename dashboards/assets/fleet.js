@@ -96,7 +96,7 @@
         listen(attn);
         var r = renderTiles(data.tiles, states, text, sort);
         if (grid) grid.innerHTML = r.html;
-        if (attn) attn.innerHTML = renderAttention(data.attention, 25);
+        if (attn) attn.innerHTML = renderAttention(data.attention, 8);
         var ms = performance.now() - t0;
         window.gwRender = { ms: ms, tiles: r.shown, at: Date.now(), version: data.now };
         return "showing " + r.shown + " of " + data.tiles.length + " sensors";
