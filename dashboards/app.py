@@ -529,7 +529,7 @@ class DashboardHandle:
 
 
 def serve(
-    broker_url: str,
+    broker: str,
     prefix: str = "gruwatch",
     port: int = 8050,
     host: str = "127.0.0.1",
@@ -547,7 +547,7 @@ def serve(
     broker need not be up: the page then shows the outage banner and the feed keeps reconnecting.
     """
     model = FleetModel(config, thresholds=thresholds)
-    feed = BrokerFeed(model, broker_url, prefix, username=username, password=password, ca_file=ca_file)
+    feed = BrokerFeed(model, broker, prefix, username=username, password=password, ca_file=ca_file)
     app = create_app(model, feed, refresh_ms)
     server = make_server(host, port, app.server, threaded=True, request_handler=_QuietHandler)
     feed.start()
