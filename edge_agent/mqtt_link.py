@@ -30,6 +30,7 @@ and counted in `stats()`.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import queue
 import ssl
@@ -50,11 +51,9 @@ from paho.mqtt.reasoncodes import ReasonCode
 from edge_agent.broker_url import parse_broker_url
 from edge_agent.errors import GruwatchError, ProtocolError
 from edge_agent.protocol import (
-    AgentStatus,
     Window,
     agent_status_topic,
     decode_vibration,
-    encode_status,
     parse_sensor_topic,
     vibration_subscription,
 )
@@ -280,8 +279,8 @@ class MqttLink:
         if self._online.is_set():
             client.publish(self.status_topic, self._status_payload("online"), qos=1, retain=True)
 
-    def _status_payload(self, state: Literal["online", "offline"]) -> bytes:
-        return encode_status(AgentStatus(state, self._model_version))
+    def _status_payload(self, state: str) -> bytes:
+        return json.dumps({"state": state, "model": self._model_version}, separators=(",", ":")).encode()
 
     def _cycle(self) -> None:
         """Reconnect on purpose (clean DISCONNECT, same session) so the broker redelivers dropped windows."""
