@@ -6,8 +6,8 @@ detail plots zoom and hover for free.
 
 How the page keeps up with 1,000 sensors at a message a second each: the browser never receives
 messages. Once a tick (`refresh_ms`, 1 s) it asks for one snapshot of the fleet model — about 100
-bytes a sensor — and `assets/fleet.js` draws all tiles with one innerHTML write, filtered and sorted in
-the browser. However fast messages arrive, the page shows the latest state of each sensor and has
+bytes a sensor — and `assets/fleet.js` keeps one DOM node per tile and writes only what changed
+(class, text, sparkline points), filtered and sorted in the browser. However fast messages arrive, the page shows the latest state of each sensor and has
 nothing to catch up on. The detail view (history, thresholds, state changes, spectrum) is one plotly
 figure pair for the selected sensor; its vibration topic is subscribed only while the view is open.
 

@@ -1,6 +1,7 @@
 """The live view's one MQTT client: health, alert and agent-status topics in, a `FleetModel` updated.
 
-`BrokerFeed(model, broker_url, prefix).start()` subscribes (QoS 1) to `{prefix}/+/+/health`,
+`BrokerFeed(model, broker_url, prefix).start()` subscribes to `{prefix}/+/+/health` (QoS 0: a
+lost score is replaced a window later, and no acknowledgement per message costs CPU), and at QoS 1 to
 `{prefix}/+/+/alert` (retained: a new dashboard sees every sensor's current alarm state at once) and
 `{prefix}/_agents/+/status` (retained, and each agent's last will), and decodes every message with
 `edge_agent.protocol`, the one wire format. A payload that does not decode is counted by reason in
@@ -152,7 +153,7 @@ class BrokerFeed:
         self._set_connected(True, None)
         log.info("dashboard: connected to %s (prefix %s)", self.address.url, self.prefix)
         topics = [
-            (f"{self.prefix}/+/+/health", 1),
+            (f"{self.prefix}/+/+/health", 0),  # the next one comes in a second: no acks to send
             (f"{self.prefix}/+/+/alert", 1),
             (f"{self.prefix}/{AGENTS_LEVEL}/+/status", 1),
         ]

@@ -117,11 +117,13 @@ class _Sensor:
         "sensor",
         "seq",
         "since_s",
+        "spark",
         "ts_s",
     )
 
-    def __init__(self, machine: str, sensor: str, history: int, changes: int) -> None:
+    def __init__(self, machine: str, sensor: str, history: int, changes: int, spark: int) -> None:
         self.machine, self.sensor = machine, sensor
+        self.spark: deque[int] = deque(maxlen=spark)  # latest scores in percent, for the tile's sparkline
         self.key = f"{machine}/{sensor}"
         self.level = 0
         self.score = 0.0
@@ -175,7 +177,9 @@ class FleetModel:
             if len(self._sensors) >= self.config.max_sensors:
                 self.counters["refused_sensors"] += 1
                 return None
-            s = self._sensors[key] = _Sensor(machine, sensor, self.config.history, self.config.changes)
+            s = self._sensors[key] = _Sensor(
+                machine, sensor, self.config.history, self.config.changes, self.config.sparkline
+            )
         return s
 
     def on_health(self, h: Health, now: float | None = None) -> None:
@@ -199,6 +203,7 @@ class FleetModel:
             s.level, s.score, s.model, s.seq, s.ts_s = level, h.score, h.model, h.seq, ts_s
             s.extra = h.extra
             s.ring.append(ts_s, h.score, level)
+            s.spark.append(int(h.score * 100.0 + 0.5))
 
     def on_alert(self, a: Alert, now: float | None = None) -> None:
         """An alarm-state change: into the feed; it also sets the state of a sensor not heard from since."""
@@ -234,6 +239,7 @@ class FleetModel:
                 s.level, s.score, s.model, s.seq, s.ts_s = LEVELS[a.state], a.score, a.model, a.seq, ts_s
                 s.seen = max(s.seen, now)
                 s.ring.append(ts_s, a.score, s.level)
+                s.spark.append(int(a.score * 100.0 + 0.5))
 
     def on_status(self, agent: str, status: AgentStatus, now: float | None = None) -> None:
         now = self.clock() if now is None else now
@@ -308,23 +314,15 @@ class FleetModel:
         feed: alerts newest first; agents; rates (messages/s) and counters.
         """
         now = self.clock() if now is None else now
-        k = self.config.sparkline
+        stale_before = now - self.config.stale_after_s
         with self._lock:
             tiles, attention = [], []
             counts = dict.fromkeys((*STATES, STALE), 0)
-            for s in self._sensors.values():
-                state = self._state(s, now)
+            for s in self._sensors.values():  # the hot loop of every page tick: plain Python only
+                last = STATES[s.level]
+                state = STALE if s.seen < stale_before else last
                 counts[state] += 1
-                _, score, _ = s.ring.last(k)
-                tiles.append(
-                    [
-                        s.key,
-                        state,
-                        round(s.score, 3),
-                        np.rint(score * 100).astype(int).tolist(),
-                        STATES[s.level],
-                    ]
-                )
+                tiles.append([s.key, state, round(s.score, 3), list(s.spark), last])
                 if state != "ok":
                     attention.append(self._attention(s, state, now))
             feed = sorted(self._feed, key=lambda e: e["ts"], reverse=True)

@@ -1,5 +1,5 @@
 /* gruwatch live fleet view: draws the tiles and the "needs attention" list from the compact data the
-   server sends each tick (one innerHTML write per tick, so 1,000 tiles cost a few milliseconds), and
+   server sends each tick; tiles are kept and only what changed is written (text, class, sparkline), and
    turns clicks on a tile or an attention row into the selected sensor. Served by the app itself. */
 (function () {
   "use strict";
@@ -19,15 +19,6 @@
     return (s / 86400).toFixed(1) + " days";
   }
 
-  function sparkline(points) {
-    if (!points || points.length < 2) return "<svg viewBox='0 0 100 20'></svg>";
-    var n = points.length, out = [];
-    for (var i = 0; i < n; i++) {
-      out.push(((i / (n - 1)) * 100).toFixed(1) + "," + (19 - (points[i] / 100) * 18).toFixed(1));
-    }
-    return "<svg viewBox='0 0 100 20' preserveAspectRatio='none'><polyline points='" + out.join(" ") + "'/></svg>";
-  }
-
   function select(key) {
     if (window.dash_clientside && window.dash_clientside.set_props) {
       window.dash_clientside.set_props("selected", { data: key });
@@ -43,7 +34,43 @@
     });
   }
 
-  function renderTiles(tiles, states, text, sort) {
+  var SVG = "http://www.w3.org/2000/svg";
+  var nodes = {};  /* key -> {el, state, score, points}: tiles persist; each tick only changes what changed */
+
+  function points(values) {
+    var n = values.length, out = new Array(n);
+    for (var i = 0; i < n; i++) {
+      out[i] = (n > 1 ? (i / (n - 1)) * 100 : 0).toFixed(1) + "," + (19 - (values[i] / 100) * 18).toFixed(1);
+    }
+    return out.join(" ");
+  }
+
+  function makeTile(key) {
+    var el = document.createElement("div");
+    el.setAttribute("data-key", key);
+    var name = document.createElement("div");
+    name.className = "name";
+    name.textContent = key;
+    var row = document.createElement("div");
+    row.className = "row";
+    var st = document.createElement("span");
+    st.className = "state";
+    var sc = document.createElement("span");
+    sc.className = "score";
+    row.appendChild(st);
+    row.appendChild(sc);
+    var svg = document.createElementNS(SVG, "svg");
+    svg.setAttribute("viewBox", "0 0 100 20");
+    svg.setAttribute("preserveAspectRatio", "none");
+    var line = document.createElementNS(SVG, "polyline");
+    svg.appendChild(line);
+    el.appendChild(name);
+    el.appendChild(row);
+    el.appendChild(svg);
+    return { el: el, st: st, sc: sc, line: line, state: null, last: null, score: null, pts: null };
+  }
+
+  function renderTiles(grid, tiles, states, text, sort) {
     var wanted = {};
     (states || []).forEach(function (s) { wanted[s] = true; });
     var needle = (text || "").trim().toLowerCase();
@@ -59,15 +86,35 @@
         return URGENCY[a[1]] - URGENCY[b[1]] || b[2] - a[2] || (a[0] < b[0] ? -1 : 1);
       });
     }
-    var html = new Array(shown.length);
+    var keep = {};
     for (var i = 0; i < shown.length; i++) {
-      var t = shown[i], label = t[1] === "stale" ? "stale (" + t[4] + ")" : t[1];
-      html[i] = "<div class='tile s-" + t[1] + "' data-key='" + esc(t[0]) + "' data-state='" + t[1] +
-        "' title='" + esc(t[0]) + ": " + label + ", score " + t[2].toFixed(3) + " (higher = worse)'>" +
-        "<div class='name'>" + esc(t[0]) + "</div><div class='row'><span class='state'>" + label +
-        "</span><span class='score'>" + t[2].toFixed(2) + "</span></div>" + sparkline(t[3]) + "</div>";
+      var t = shown[i], key = t[0], n = nodes[key];
+      keep[key] = true;
+      if (!n) n = nodes[key] = makeTile(key);
+      if (n.state !== t[1] || n.last !== t[4]) {
+        var label = t[1] === "stale" ? "stale (" + t[4] + ")" : t[1];
+        n.el.className = "tile s-" + t[1];
+        n.el.setAttribute("data-state", t[1]);
+        n.st.textContent = label;
+        n.state = t[1];
+        n.last = t[4];
+      }
+      if (n.score !== t[2]) {
+        n.sc.textContent = t[2].toFixed(2);
+        n.el.title = key + ": score " + t[2].toFixed(3) + " (higher = worse)";
+        n.score = t[2];
+      }
+      var pts = points(t[3]);
+      if (n.pts !== pts) {
+        n.line.setAttribute("points", pts);
+        n.pts = pts;
+      }
+      var at = grid.children[i];
+      if (at !== n.el) grid.insertBefore(n.el, at || null);  /* moves only what is out of place */
     }
-    return { html: html.join(""), shown: shown.length };
+    while (grid.children.length > shown.length) grid.removeChild(grid.lastChild);
+    for (var k in nodes) if (!keep[k] && !nodes[k].el.parentNode) delete nodes[k];
+    return shown.length;
   }
 
   function renderAttention(rows, limit) {
@@ -94,12 +141,11 @@
         var attn = document.getElementById("attention");
         listen(grid);
         listen(attn);
-        var r = renderTiles(data.tiles, states, text, sort);
-        if (grid) grid.innerHTML = r.html;
+        var shown = grid ? renderTiles(grid, data.tiles, states, text, sort) : 0;
         if (attn) attn.innerHTML = renderAttention(data.attention, 8);
         var ms = performance.now() - t0;
-        window.gwRender = { ms: ms, tiles: r.shown, at: Date.now(), version: data.now };
-        return "showing " + r.shown + " of " + data.tiles.length + " sensors";
+        window.gwRender = { ms: ms, tiles: shown, at: Date.now(), version: data.now };
+        return "showing " + shown + " of " + data.tiles.length + " sensors";
       },
       close: function () { return null; }
     }
