@@ -214,7 +214,7 @@ def _feed_table(feed: list[dict[str, Any]], current: dict[str, str]) -> Any:
 def _agents_table(agents: list[dict[str, Any]], now: float) -> Any:
     if not agents:
         return html.P("No agent has announced itself on …/_agents/+/status yet.", className="gw-note")
-    head = html.Tr([html.Th(c) for c in ("agent", "state", "model", "since", "last status")])
+    head = html.Tr([html.Th(c) for c in ("agent", "state", "model", "since", "last status", "storage")])
     rows = [
         html.Tr(
             [
@@ -223,6 +223,9 @@ def _agents_table(agents: list[dict[str, Any]], now: float) -> Any:
                 html.Td(a["model"] or "–"),
                 html.Td(_clock(a["since"])),
                 html.Td(f"{_duration(now - a['seen'])} ago"),
+                html.Td(a["storage"], className="st-alarm")
+                if a["storage"]
+                else html.Td("ok", className="gw-note"),
             ]
         )
         for a in agents

@@ -124,8 +124,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     thresholds = _bundle_thresholds(args.bundle) if args.bundle is not None else None
 
-    from dashboards.app import serve, wait_forever
-    from dashboards.fleet import FleetConfig
+    try:
+        from dashboards.app import serve, wait_forever
+        from dashboards.fleet import FleetConfig
+    except ModuleNotFoundError as exc:  # dash / plotly / paho: the optional extra is missing
+        print(
+            f"gruwatch dashboard: needs the 'dashboard' extra ({exc.name} is not installed).\n"
+            "Install it with: pip install 'gruwatch[dashboard]'",
+            file=sys.stderr,
+        )
+        return 2
 
     config = FleetConfig(stale_after_s=args.stale_after, history=args.history, max_sensors=args.max_sensors)
     try:

@@ -143,6 +143,7 @@ class _Agent:
     model: str
     since: float  # wall time of the latest state change
     seen: float  # wall time of the latest status message
+    storage: str | None = None  # "degraded" while the agent says its store is in trouble
 
 
 class FleetModel:
@@ -253,11 +254,11 @@ class FleetModel:
                 if len(self._agents) >= self.config.max_agents:
                     self.counters["refused_agents"] += 1
                     return
-                self._agents[agent] = _Agent(status.state, status.model, now, now)
+                self._agents[agent] = _Agent(status.state, status.model, now, now, status.storage)
                 return
             if a.state != status.state:
                 a.since = now
-            a.state, a.model, a.seen = status.state, status.model, now
+            a.state, a.model, a.seen, a.storage = status.state, status.model, now, status.storage
 
     def on_window(self, machine: str, sensor: str, window: Window) -> None:
         """The latest vibration window of a sensor whose detail view is open (others are dropped)."""
@@ -327,7 +328,14 @@ class FleetModel:
                     attention.append(self._attention(s, state, now))
             feed = sorted(self._feed, key=lambda e: e["ts"], reverse=True)
             agents = [
-                {"agent": name, "state": a.state, "model": a.model, "since": a.since, "seen": a.seen}
+                {
+                    "agent": name,
+                    "state": a.state,
+                    "model": a.model,
+                    "since": a.since,
+                    "seen": a.seen,
+                    "storage": a.storage,
+                }
                 for name, a in sorted(self._agents.items())
             ]
             rates = {

@@ -198,6 +198,7 @@ class AgentStatus:
     model: str  # model version served ("" before the first model)
     warning: float | None = None
     alarm: float | None = None
+    storage: str | None = None  # e.g. "degraded" while the agent cannot commit to its store
 
 
 @dataclass(frozen=True, slots=True)
@@ -778,7 +779,8 @@ AGENT_STATES: Final = ("online", "offline")
 
 
 def encode_status(s: AgentStatus) -> bytes:
-    """Encode an agent status: `{"state","model"}`, plus `"thresholds": {"warning","alarm"}` when known.
+    """Encode an agent status: `{"state","model"}`, plus `"thresholds": {"warning","alarm"}` and
+    `"storage"` when set.
 
     >>> encode_status(AgentStatus("online", "v3", warning=0.4, alarm=0.6))
     b'{"state":"online","model":"v3","thresholds":{"warning":0.4,"alarm":0.6}}'
@@ -789,6 +791,8 @@ def encode_status(s: AgentStatus) -> bytes:
     if s.warning is not None or s.alarm is not None:
         warning, alarm = _thresholds_field({"warning": s.warning, "alarm": s.alarm})
         doc["thresholds"] = {"warning": warning, "alarm": alarm}
+    if s.storage is not None:
+        doc["storage"] = _str_field(s.storage, "storage")
     return _dump_json(doc)
 
 
@@ -801,7 +805,14 @@ def decode_status(b: bytes | bytearray | memoryview) -> AgentStatus:
     warning = alarm = None
     if doc.get("thresholds") is not None:
         warning, alarm = _thresholds_field(doc["thresholds"])
-    return AgentStatus(doc["state"], _str_field(doc["model"], "model"), warning, alarm)
+    storage = doc.get("storage")
+    return AgentStatus(
+        doc["state"],
+        _str_field(doc["model"], "model"),
+        warning,
+        alarm,
+        None if storage is None else _str_field(storage, "storage"),
+    )
 
 
 def _thresholds_field(value: object) -> tuple[float, float]:

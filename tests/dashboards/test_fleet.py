@@ -161,11 +161,14 @@ def test_agents_online_offline_since_last_change() -> None:
     m.on_status("edge-1", AgentStatus("online", "v2"))  # a model swap, still online
     clock.t += 10
     m.on_status("edge-2", AgentStatus("offline", "v1"))  # last will
+    m.on_status("edge-3", AgentStatus("online", "v1", storage="degraded"))
     agents = {a["agent"]: a for a in m.snapshot()["agents"]}
     assert agents["edge-1"]["state"] == "online"
     assert agents["edge-1"]["model"] == "v2"
     assert agents["edge-1"]["since"] == pytest.approx(5_000.0)
     assert agents["edge-2"]["state"] == "offline"
+    assert agents["edge-3"]["storage"] == "degraded"
+    assert agents["edge-1"]["storage"] is None
 
 
 def test_rates_count_messages_per_second_over_the_window() -> None:

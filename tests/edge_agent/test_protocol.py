@@ -611,7 +611,11 @@ def test_parse_sensor_topic_rejects(topic: str, reason: str) -> None:
 def test_agent_status_round_trips_with_and_without_thresholds() -> None:
     from edge_agent.protocol import AgentStatus, decode_status, encode_status
 
-    for s in (AgentStatus("online", "v1"), AgentStatus("offline", "", 0.5, 0.8)):
+    for s in (
+        AgentStatus("online", "v1"),
+        AgentStatus("offline", "", 0.5, 0.8),
+        AgentStatus("online", "v", storage="degraded"),
+    ):
         assert decode_status(encode_status(s)) == s
     assert decode_status(b'{"state":"online","model":"v2","uptime_s":5}') == AgentStatus("online", "v2")
 
