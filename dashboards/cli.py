@@ -110,14 +110,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as exc:
         print(f"gruwatch dashboard: {exc}", file=sys.stderr)
         return 2
+    if not 0 <= args.port <= 65535:
+        print(
+            f"gruwatch dashboard: --port {args.port} must be in 0–65535 (0: any free port)", file=sys.stderr
+        )
+        return 2
     for name, value, low in (
-        ("--port", args.port, 0),
         ("--history", args.history, 10),
         ("--max-sensors", args.max_sensors, 1),
         ("--refresh-ms", args.refresh_ms, 100),
     ):
-        if value < low or (name == "--port" and value > 65535):
-            print(f"gruwatch dashboard: {name} {value} is out of range (at least {low})", file=sys.stderr)
+        if value < low:
+            print(f"gruwatch dashboard: {name} {value} is too small (at least {low})", file=sys.stderr)
             return 2
     if not args.stale_after > 0:
         print("gruwatch dashboard: --stale-after must be > 0 seconds", file=sys.stderr)
