@@ -96,42 +96,44 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from edge_agent.errors import GruwatchError
+
     args = _parser().parse_args(list(sys.argv[1:] if argv is None else argv))
-    if args.command == "run":
-        return _run(args)
-    if args.command == "export":
-        return _export(args)
-    if args.command == "deploy":
-        return _deploy(args)
-    _parser().print_help()
-    return 2
+    commands = {"run": _run, "export": _export, "deploy": _deploy}
+    if args.command not in commands:
+        _parser().print_help()
+        return 2
+    try:
+        return commands[args.command](args)
+    except GruwatchError as exc:
+        sys.stderr.write(f"gruwatch agent {args.command}: {exc}\n{_NEXT_STEP.get(exc.reason, '')}")
+        return 2
+
+
+#: What to do next, by error reason (printed after the error).
+_NEXT_STEP = {
+    "disk_full": "Free space on the store's disk or lower store_budget_mb.\n",
+    "cannot_open": "Check the store path and its permissions (settings key `store`).\n",
+}
 
 
 def _run(args: argparse.Namespace) -> int:
     from edge_agent.daemon import Agent
     from edge_agent.errors import BundleError
     from edge_agent.logs import configure_logging
-    from edge_agent.settings import SettingsError, load_settings
-    from edge_agent.store import StoreError
+    from edge_agent.settings import load_settings
 
     fmt = {"auto": None, "json": True, "console": False}[args.log_format]
     configure_logging(args.log_level, json=fmt)
-    try:
-        settings = load_settings(args.config)
-    except SettingsError as exc:
-        sys.stderr.write(f"gruwatch agent: {exc}\n")
-        return 2
+    settings = load_settings(args.config)
     try:
         agent = Agent.from_settings(settings)
     except BundleError as exc:
-        sys.stderr.write(
-            f"gruwatch agent: model bundle {settings.model} refused ({exc.reason}): {exc.detail}\n"
-            "Check it with `gruwatch bundle verify BUNDLE --trusted-keys KEY.pub`.\n"
-        )
-        return 2
-    except StoreError as exc:
-        sys.stderr.write(f"gruwatch agent: {exc}\n")
-        return 2
+        raise BundleError(
+            exc.reason,
+            f"model bundle {settings.model} refused: {exc.detail}\n"
+            "Check it with `gruwatch bundle verify BUNDLE --trusted-keys KEY.pub`.",
+        ) from exc
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
         agent.stop()
@@ -142,17 +144,13 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from edge_agent.store import Store, StoreError
+    from edge_agent.store import Store
 
     if not args.store.is_file():
         sys.stderr.write(f"gruwatch agent export: no store at {args.store}; pass the agent's `store` path\n")
         return 2
-    try:
-        with Store.open(args.store, budget_bytes=1 << 62) as store:
-            summary = store.export_runs(args.out)
-    except StoreError as exc:
-        sys.stderr.write(f"gruwatch agent export: {exc}\n")
-        return 2
+    with Store.open(args.store, budget_bytes=1 << 62) as store:
+        summary = store.export_runs(args.out)
     sys.stdout.write(
         f"exported {summary.windows} windows ({summary.raw_windows} with raw samples) from "
         f"{len(summary.files)} sensor file(s) to {summary.out_dir}\n"
@@ -164,7 +162,7 @@ def _deploy(args: argparse.Namespace) -> int:
     import os
 
     from edge_agent.errors import BundleError
-    from edge_agent.model_swap import DeployError, deploy_bundle
+    from edge_agent.model_swap import deploy_bundle
 
     try:
         answer = deploy_bundle(
@@ -178,10 +176,6 @@ def _deploy(args: argparse.Namespace) -> int:
             ca_file=args.ca_file,
         )
     except BundleError as exc:
-        sys.stderr.write(f"gruwatch agent deploy: cannot pack {args.bundle} ({exc.reason}): {exc.detail}\n")
-        return 2
-    except DeployError as exc:
-        sys.stderr.write(f"gruwatch agent deploy: {exc}\n")
-        return 2
+        raise BundleError(exc.reason, f"cannot pack {args.bundle}: {exc.detail}") from exc
     sys.stdout.write(json.dumps(answer, indent=2) + "\n")
     return 0 if answer.get("accepted") else 1

@@ -21,13 +21,33 @@ which keeps the step a handful of vectorised numpy operations (see `step`).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final, Literal
 
 import numpy as np
 import numpy.typing as npt
 
-STATE_NAMES: tuple[str, str, str] = ("ok", "warning", "alarm")
+#: The alarm states, by level (0, 1, 2): the one definition (protocol, store and trainer use it).
+STATE_NAMES: Final[tuple[str, str, str]] = ("ok", "warning", "alarm")
+State = Literal["ok", "warning", "alarm"]
 OK, WARNING, ALARM = 0, 1, 2
+
+
+@dataclass(frozen=True, slots=True)
+class Transition:
+    """One alarm state change of one sensor at one window (as published, stored and exported).
+
+    The scorer fills `seq` / `ts_ns` from the windows it is given (from `score_features` without
+    them: `seq` is the sensor's step count and `ts_ns` 0).
+    """
+
+    sensor: str
+    seq: int
+    ts_ns: int
+    previous_state: str
+    state: str
+    score: float
+    model: str
+    reason: str = ""
 
 
 @dataclass(frozen=True, slots=True)

@@ -27,13 +27,19 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Final, Literal
+
+import structlog
 
 from edge_agent.bundle import Bundle, load_bundle, pack_bundle, unpack_bundle
-from edge_agent.errors import BundleError, GruwatchError
-from edge_agent.mqtt_link import MqttLink, RequestError, request_reply
+from edge_agent.errors import BundleError, DeployError, RequestError
+from edge_agent.mqtt_link import MqttLink
+from edge_agent.mqtt_request import request_reply
 from edge_agent.protocol import model_result_topic, model_topic
+from edge_agent.scorer import Scorer
 from edge_agent.settings import AgentSettings
+
+log = structlog.get_logger("edge_agent.model_swap")
 
 Source = Literal["mqtt", "file"]
 
@@ -68,6 +74,42 @@ def result_payload(offer: Offer, *, serving: str, states: Literal["kept", "reset
         doc["reason"] = offer.reason
         doc["detail"] = offer.detail
     return json.dumps(doc, separators=(",", ":")).encode()
+
+
+#: Store meta key: the folder of the bundle last deployed over MQTT ("" = the configured one).
+DEPLOYED_META_KEY: Final = "deployed_model"
+
+
+def models_dir(settings: AgentSettings) -> Path:
+    """Where bundles received over MQTT are unpacked: beside the store."""
+    return settings.store.parent / f"{settings.store.name}.models"
+
+
+def initial_bundle(settings: AgentSettings, deployed: str | bytes | None) -> Bundle:
+    """The bundle to serve at start: the one deployed over MQTT (`deployed`) if it still verifies, else `settings.model`."""
+    if isinstance(deployed, bytes):
+        deployed = deployed.decode("utf-8", "replace")
+    if deployed:
+        try:
+            bundle = load_bundle(
+                deployed, trusted_keys=settings.trusted_keys, allow_unsigned=settings.allow_unsigned
+            )
+        except BundleError as exc:
+            log.warning("deployed_model_refused", path=deployed, reason=exc.reason, detail=exc.detail)
+        else:
+            log.info("serving_deployed_model", path=deployed, model=bundle.model_version)
+            return bundle
+    return load_bundle(
+        settings.model, trusted_keys=settings.trusted_keys, allow_unsigned=settings.allow_unsigned
+    )
+
+
+def carry_states(old: Scorer, new: Scorer) -> set[str]:
+    """Give `new` the hidden states of `old` when their shapes match; else the sensors that start afresh."""
+    if new.state_shape == old.state_shape:
+        new.import_states(old.export_states().with_model(new.model_version))
+        return set()
+    return set(old.export_states().sensors)
 
 
 Fingerprint = tuple[tuple[str, int, int, int, int], ...]
@@ -229,10 +271,6 @@ class ModelLink(MqttLink):
 
 
 # ------------------------------------------------------------------------------------- deployer side
-
-
-class DeployError(GruwatchError):
-    """The bundle could not be sent, or no agent answered."""
 
 
 def deploy_bundle(

@@ -19,7 +19,7 @@ Malformed messages are acked at once (redelivering them cannot help) and counted
 Control topics: `add_subscription(topic, callback)` subscribes to one more exact topic on every
 connect; its payloads go to `callback(payload)` on the network thread and are acked right after
 (the model topic of `model_swap.ModelLink` is one). `request_reply` is the other side's one-shot
-client: connect, subscribe to a reply topic, publish, wait for the first acceptable answer.
+client (edge_agent.mqtt_request).
 
 The status topic `{prefix}/_agents/{agent}/status` carries retained JSON {"state", "model"}:
 "online" on every connect, "offline" on a clean stop and, as the last will, when the connection
@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import logging
 import queue
 import ssl
 import threading
@@ -39,19 +38,18 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import paho.mqtt.client as paho
+import structlog
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from edge_agent.broker_url import parse_broker_url
-from edge_agent.errors import GruwatchError, ProtocolError
+from edge_agent.errors import LinkError, ProtocolError
+from edge_agent.link_records import Inbound, LinkStats, PublishHandle
 from edge_agent.protocol import (
-    Window,
     agent_status_topic,
     decode_vibration,
     parse_sensor_topic,
@@ -59,62 +57,20 @@ from edge_agent.protocol import (
 )
 from edge_agent.settings import AgentSettings
 
-log = logging.getLogger("edge_agent.mqtt")
+log = structlog.get_logger("edge_agent.mqtt")
+
+__all__ = [
+    "QUEUE_FULL",
+    "Inbound",
+    "LinkStats",
+    "MqttLink",
+    "PublishHandle",
+    "link_error",
+    "one_shot_client",
+]
 
 QUEUE_FULL = "queue_full"
 _TOPIC_CACHE_MAX = 100_000  # validated vibration topics remembered (parsing one costs a regex match)
-
-
-@dataclass(frozen=True, slots=True)
-class Inbound:
-    """One decoded vibration window, not yet acknowledged to the broker (pass it to `MqttLink.ack`)."""
-
-    machine: str
-    sensor: str
-    window: Window
-    mid: int
-    qos: int
-    dup: bool  # the broker marked it a redelivery
-    generation: int  # connection it arrived on; an ack only makes sense on the same connection
-    received_ns: int
-
-    @property
-    def key(self) -> str:
-        """The sensor key `machine/sensor` used by the store and the state table."""
-        return f"{self.machine}/{self.sensor}"
-
-
-@dataclass(slots=True)
-class PublishHandle:
-    """A message handed to paho; done once the broker acknowledged it (QoS 1) or it was written (QoS 0)."""
-
-    mid: int
-    outbox_id: int | None
-    _done: threading.Event = field(default_factory=threading.Event, repr=False)
-
-    def is_done(self) -> bool:
-        return self._done.is_set()
-
-    def wait(self, timeout: float | None = None) -> bool:
-        """Block until done or `timeout`; returns whether it is done."""
-        return self._done.wait(timeout)
-
-
-@dataclass(frozen=True, slots=True)
-class LinkStats:
-    """Counters since the link was made."""
-
-    received: int
-    accepted: int
-    rejected: dict[str, int]  # ProtocolError reason (and "queue_full") -> count
-    acked: int
-    stale_acks: int  # acks skipped because the connection changed; the broker redelivers those
-    published: int
-    connects: int
-    connection_losses: int
-    cycles: int  # deliberate reconnects to get dropped messages redelivered
-    connected: bool
-    last_error: str | None  # the latest refusal or loss, for status pages and logs
 
 
 class MqttLink:
@@ -290,7 +246,7 @@ class MqttLink:
         with self._lock:
             self._cycles += 1
             dropped, self._dropped_unacked = self._dropped_unacked, 0
-        log.warning("mqtt reconnecting so the broker redelivers %d window(s) dropped unacked", dropped)
+        log.warning("mqtt_cycling", reason="redeliver windows dropped unacked", dropped=dropped)
         client.disconnect()
         client.loop_stop()
         # paho's loop_start makes a new wake-up socket pair without closing the old one: close it here.
@@ -312,9 +268,10 @@ class MqttLink:
             with self._lock:
                 self._last_error = f"connect refused: {reason}"
             log.error(
-                "mqtt connect refused by %s: %s (check mqtt_username / GRUWATCH_MQTT_PASSWORD, client id, ACLs)",
-                self.settings.broker,
-                reason,
+                "mqtt_connect_refused",
+                broker=self.settings.broker,
+                reason=str(reason),
+                hint="check mqtt_username / GRUWATCH_MQTT_PASSWORD, client id, ACLs",
             )
             return
         with self._lock:
@@ -323,11 +280,11 @@ class MqttLink:
             n = self._connects
         self._online.set()
         log.info(
-            "mqtt connected broker=%s client_id=%s session_present=%s connects=%d",
-            self.settings.broker,
-            self.settings.client_id,
-            flags.session_present,
-            n,
+            "mqtt_connected",
+            broker=self.settings.broker,
+            client_id=self.settings.client_id,
+            session_present=bool(flags.session_present),
+            connects=n,
         )
         client.publish(self.status_topic, self._status_payload("online"), qos=1, retain=True)
         _, mid = client.subscribe(self.subscription, qos=self.settings.mqtt_qos)
@@ -350,7 +307,7 @@ class MqttLink:
         if any(rc.is_failure for rc in reason_codes):
             with self._lock:
                 self._last_error = f"subscription refused: {reason_codes[0]}"
-            log.error("mqtt broker refused the subscription %s: %s", self.subscription, reason_codes)
+            log.error("mqtt_subscription_refused", topic=self.subscription, reason=str(reason_codes[0]))
             return
         self._connected.set()
 
@@ -370,9 +327,11 @@ class MqttLink:
                 self._losses += 1
                 self._last_error = f"connection lost: {reason}"
                 n = self._losses
-            log.warning("mqtt connection lost (%s); reconnecting with backoff, losses=%d", reason, n)
+            log.warning(
+                "mqtt_connection_lost", reason=str(reason), losses=n, action="reconnecting with backoff"
+            )
         else:
-            log.info("mqtt disconnected (%s)", reason)
+            log.info("mqtt_disconnected", reason=str(reason))
 
     def _on_message(self, client: paho.Client, userdata: Any, msg: paho.MQTTMessage) -> None:
         extra = self._extra.get(msg.topic)
@@ -396,7 +355,7 @@ class MqttLink:
         except ProtocolError as exc:
             with self._lock:  # stats() copies the Counter: not while it changes
                 self._rejected[exc.reason] += 1
-            log.debug("mqtt rejected message on %r: %s", msg.topic, exc)
+            log.debug("mqtt_message_rejected", topic=msg.topic[:200], reason=exc.reason, detail=exc.detail)
             client.ack(msg.mid, msg.qos)  # a malformed message stays malformed: do not have it redelivered
             return
         item = Inbound(
@@ -416,7 +375,7 @@ class MqttLink:
                 self._rejected[QUEUE_FULL] += 1
                 self._dropped_unacked += 1
             log.warning(
-                "mqtt queue full: window %s seq=%d dropped unacked for redelivery", item.key, window.seq
+                "mqtt_queue_full", sensor=item.key, seq=window.seq, action="dropped unacked for redelivery"
             )
             return
         self._accepted += 1
@@ -429,7 +388,7 @@ class MqttLink:
         try:
             callback(bytes(msg.payload))
         except Exception:
-            log.exception("mqtt handler for %s failed", msg.topic)
+            log.exception("mqtt_handler_failed", topic=msg.topic)
         finally:
             client.ack(msg.mid, msg.qos)
 
@@ -543,10 +502,10 @@ class MqttLink:
         """
         client = self._client
         if client is None:
-            raise RuntimeError("MqttLink.publish() before start()")
+            raise LinkError("MqttLink.publish() before start()", reason="mqtt_not_started")
         info = client.publish(topic, payload, qos=qos, retain=retain)
         if info.rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN):
-            raise RuntimeError(f"mqtt publish to {topic!r} failed: {paho.error_string(info.rc)}")
+            raise link_error(info.rc, f"publish to {topic!r}")
         handle = PublishHandle(mid=info.mid, outbox_id=outbox_id)
         with self._lock:
             if info.mid in self._early:
@@ -584,54 +543,28 @@ class MqttLink:
             )
 
 
-# ------------------------------------------------------------------------------ one-shot requests
-
-
-class RequestError(GruwatchError):
-    """`request_reply` failed; `stage` says where: connect, subscribe, publish or answer."""
-
-    def __init__(self, stage: Literal["connect", "subscribe", "publish", "answer"], message: str) -> None:
-        super().__init__(message)
-        self.stage = stage
-
-
-def request_reply(
-    broker: str,
-    topic: str,
-    payload: bytes,
-    reply_topic: str,
-    *,
-    timeout_s: float = 30.0,
-    accept: Callable[[bytes], bool] = lambda b: True,
-    username: str | None = None,
-    password: str | None = None,
-    ca_file: str | None = None,
-    client_prefix: str = "gruwatch-request",
-) -> bytes:
-    """Publish `payload` to `topic` (QoS 1) and return the first accepted message on `reply_topic`.
-
-    Subscribes to `reply_topic` before publishing, so the answer cannot be missed; messages for
-    which `accept(payload)` is False are skipped. One short-lived MQTT 3.1.1 client (mqtt:// or
-    mqtts:// URL). Raises RequestError (with `.stage`) when the broker cannot be reached, refuses
-    the subscription, does not acknowledge the publish, or no accepted answer comes within
-    `timeout_s` seconds (overall).
-    """
+def link_error(rc: int, what: str) -> LinkError:
+    """The one translation of a paho return code into a LinkError (reason `mqtt_<paho name>`)."""
     try:
-        address = parse_broker_url(broker)
-    except ValueError as exc:
-        raise RequestError("connect", str(exc)) from exc
-    tls, port = address.tls, address.port
-    answers: queue.Queue[bytes] = queue.Queue()
-    subscribed = threading.Event()
+        name = MQTTErrorCode(rc).name.removeprefix("MQTT_ERR_").lower()
+    except ValueError:
+        name = str(rc)
+    return LinkError(f"mqtt {what} failed: {paho.error_string(rc)}", reason=f"mqtt_{name}")
+
+
+def one_shot_client(
+    client_prefix: str,
+    reply_topic: str,
+    accept: Callable[[bytes], bool],
+    answers: queue.Queue[bytes],
+    subscribed: threading.Event,
+) -> paho.Client:
+    """A client that subscribes to `reply_topic` on connect and queues the accepted answers."""
     client = paho.Client(
         callback_api_version=CallbackAPIVersion.VERSION2,
         client_id=f"{client_prefix}-{uuid.uuid4().hex[:12]}",
         protocol=paho.MQTTv311,
     )
-    if username is not None:
-        client.username_pw_set(username, password)
-    if tls:
-        client.tls_set(ca_certs=ca_file, cert_reqs=ssl.CERT_REQUIRED)
 
     def on_connect(c: paho.Client, userdata: Any, flags: Any, reason: ReasonCode, properties: Any) -> None:
         if not reason.is_failure:
@@ -652,28 +585,4 @@ def request_reply(
     client.on_connect = on_connect
     client.on_subscribe = on_subscribe
     client.on_message = on_message
-    try:
-        client.connect(address.host, port, 30)
-    except OSError as exc:
-        raise RequestError("connect", f"cannot reach the broker at {broker}: {exc}") from exc
-    client.loop_start()
-    try:
-        deadline = time.monotonic() + timeout_s
-        if not subscribed.wait(timeout_s):
-            raise RequestError(
-                "subscribe", f"the broker at {broker} did not accept our subscription to {reply_topic}"
-            )
-        info = client.publish(topic, payload, qos=1)
-        with contextlib.suppress(RuntimeError, ValueError):
-            info.wait_for_publish(max(0.1, deadline - time.monotonic()))
-        if not info.is_published():
-            raise RequestError(
-                "publish", f"the broker did not acknowledge the message on {topic} within {timeout_s} s"
-            )
-        try:
-            return answers.get(timeout=max(0.1, deadline - time.monotonic()))
-        except queue.Empty:
-            raise RequestError("answer", f"no answer on {reply_topic} within {timeout_s} s") from None
-    finally:
-        client.disconnect()
-        client.loop_stop()
+    return client

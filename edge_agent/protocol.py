@@ -1,9 +1,7 @@
-"""The MQTT wire protocol: topics, vibration windows (binary and JSON), health and alert messages.
-
-Everything that crosses the wire is built and checked here, so nothing downstream sees raw payloads
-(docs/protocol.md is the reference). Decoding untrusted bytes raises only `ProtocolError`, whose
-`.reason` is a stable code from `edge_agent.errors.PROTOCOL_REASONS`; encoding checks the same rules,
-so a sender cannot publish what the agent would reject.
+"""The MQTT wire protocol: vibration windows (binary and JSON), health, alert and agent-status messages;
+topics live in edge_agent.topics (re-exported here). docs/protocol.md is the reference. Decoding
+untrusted bytes raises only `ProtocolError` (`.reason` from PROTOCOL_REASONS); encoding checks the
+same rules, so a sender cannot publish what the agent would reject.
 
 A window round-trips through either encoding:
 
@@ -27,7 +25,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 import struct
 import sys
 from collections.abc import Mapping
@@ -37,7 +34,34 @@ from typing import Any, Final, Literal, cast
 import numpy as np
 import numpy.typing as npt
 
+from edge_agent.alarms import STATE_NAMES as STATES
+from edge_agent.alarms import State
 from edge_agent.errors import ProtocolError
+from edge_agent.strict_json import (
+    MAX_JSON_DEPTH,
+    MAX_MESSAGE_BYTES,
+    dump_json,
+    float_field,
+    int_field,
+    load_json_object,
+    require_fields,
+    str_field,
+)
+from edge_agent.topics import (
+    AGENTS_LEVEL,
+    ID_PATTERN,
+    KINDS,
+    SensorTopic,
+    agent_status_topic,
+    alert_topic,
+    health_topic,
+    model_result_topic,
+    model_topic,
+    parse_sensor_topic,
+    validate_id,
+    vibration_subscription,
+    vibration_topic,
+)
 
 __all__ = [
     "AGENTS_LEVEL",
@@ -46,6 +70,7 @@ __all__ = [
     "DTYPE_INT16",
     "HEADER",
     "HEADER_SIZE",
+    "HEALTH_FIELDS",
     "ID_PATTERN",
     "KINDS",
     "MAGIC",
@@ -58,6 +83,7 @@ __all__ = [
     "Alert",
     "Health",
     "SensorTopic",
+    "State",
     "Window",
     "agent_status_topic",
     "alert_topic",
@@ -85,18 +111,10 @@ DTYPE_INT16: Final = 1
 DTYPE_FLOAT32: Final = 2
 HEADER_SIZE: Final = 32
 MAX_SAMPLES: Final = 1_048_576
-ID_PATTERN: Final = r"[A-Za-z0-9_-]{1,64}"
-#: Deepest JSON nesting accepted (objects and arrays together); checked before parsing.
-MAX_JSON_DEPTH: Final = 32
-#: Largest health or alert message accepted, in bytes.
-MAX_MESSAGE_BYTES: Final = 1 << 20
 #: JSON vibration payloads may hold up to this many bytes per allowed sample, plus _JSON_OVERHEAD.
 _JSON_BYTES_PER_SAMPLE: Final = 40
 _JSON_OVERHEAD: Final = 64 * 1024
 
-STATES: Final = ("ok", "warning", "alarm")
-KINDS: Final = ("vibration", "health", "alert")
-AGENTS_LEVEL: Final = "_agents"  # reserved topic level; not usable as a machine id
 
 #: magic, version u8, dtype u8, seq u32, ts i64, fs f32, scale f32, rpm f32, n u32 (little-endian).
 HEADER: Final = struct.Struct("<2sBBIqfffI")
@@ -111,20 +129,10 @@ _LE_F32: Final = np.dtype("<f4")
 _LE_I16: Final = np.dtype("<i2")
 _NATIVE_LE: Final = sys.byteorder == "little"
 _JSON_WS: Final = b" \t\r\n"
-_ID_RE: Final = re.compile(ID_PATTERN)
 _NUMBER_TYPES: Final = frozenset({int, float})
 
-# JSON nesting scan (only run when a payload holds more brackets than MAX_JSON_DEPTH): strings are
-# removed first (an unterminated string runs to the end, so the pattern never backtracks), then the
-# remaining brackets are summed as +1/-1 steps.
-_JSON_STRING_RE: Final = re.compile(rb'"(?:[^"\\]|\\[\s\S])*+"?')
-_NOT_BRACKETS: Final = bytes(b for b in range(256) if b not in b"[]{}")
-_BRACKET_STEP: Final = np.zeros(256, dtype=np.int8)
-_BRACKET_STEP[list(b"[{")] = 1
-_BRACKET_STEP[list(b"]}")] = -1
 
 Float32Array = npt.NDArray[np.float32]
-State = Literal["ok", "warning", "alarm"]
 
 
 # --------------------------------------------------------------------------------------------- types
@@ -188,59 +196,22 @@ class Alert:
 
 @dataclass(frozen=True, slots=True)
 class AgentStatus:
-    """An agent's presence, retained on `{prefix}/_agents/{agent}/status` (and its last will).
-
-    `warning` / `alarm` are the thresholds of the model it serves, when the agent announces them
-    (dashboards draw them); both or neither.
-    """
+    """An agent's presence, retained on `{prefix}/_agents/{agent}/status` (and its last will); `warning` /
+    `alarm`: the served model's thresholds when announced (dashboards draw them), both or neither."""
 
     state: Literal["online", "offline"]
     model: str  # model version served ("" before the first model)
     warning: float | None = None
     alarm: float | None = None
-    storage: str | None = None  # e.g. "degraded" while the agent cannot commit to its store
-
-
-@dataclass(frozen=True, slots=True)
-class SensorTopic:
-    """A parsed `{prefix}/{machine}/{sensor}/{kind}` topic."""
-
-    machine: str
-    sensor: str
-    kind: str  # "vibration" | "health" | "alert"
+    storage: str | None = None  # e.g. "degraded" while the agent cannot keep windows (disk full)
 
 
 # -------------------------------------------------------------------------------------- field checks
 
 
-def _int_field(value: object, name: str, lo: int, hi: int) -> int:
-    # bool is an int subclass but never a number on the wire; numpy integers are accepted for senders.
-    if isinstance(value, bool) or not isinstance(value, int | np.integer):
-        raise ProtocolError("bad_field", f"{name} must be an integer, got {type(value).__name__}")
-    v = int(value)
-    if not lo <= v <= hi:
-        raise ProtocolError("bad_field", f"{name}={v} is outside [{lo}, {hi}]")
-    return v
-
-
-def _float_field(value: object, name: str, *, positive: bool) -> float:
-    """A finite number, > 0 when `positive`, else >= 0 (ints accepted; bools are not numbers)."""
-    if isinstance(value, bool) or not isinstance(value, int | float | np.integer | np.floating):
-        raise ProtocolError("bad_field", f"{name} must be a number, got {type(value).__name__}")
-    try:
-        v = float(value)
-    except OverflowError as exc:
-        raise ProtocolError("bad_field", f"{name} is too large for a float") from exc
-    if not math.isfinite(v):
-        raise ProtocolError("nan", f"{name} is {v}")
-    if v < 0.0 or (positive and v == 0.0):
-        raise ProtocolError("bad_field", f"{name}={v} must be {'> 0' if positive else '>= 0'}")
-    return v
-
-
 def _f32_field(value: object, name: str, *, positive: bool) -> float:
-    """As `_float_field`, then rounded to float32 as the binary header carries it."""
-    v = _float_field(value, name, positive=positive)
+    """As `strict_json.float_field`, then rounded to float32 as the binary header carries it."""
+    v = float_field(value, name, positive=positive)
     if v > _F32_MAX:
         raise ProtocolError("bad_field", f"{name}={v} does not fit a float32")
     v32 = float(np.float32(v))
@@ -249,20 +220,14 @@ def _f32_field(value: object, name: str, *, positive: bool) -> float:
     return v32
 
 
-def _str_field(value: object, name: str) -> str:
-    if not isinstance(value, str):
-        raise ProtocolError("bad_field", f"{name} must be a string, got {type(value).__name__}")
-    return value
-
-
 def _state_field(value: object, name: str) -> State:
     if value not in STATES:
         raise ProtocolError("bad_field", f"{name} must be one of {', '.join(STATES)}, got {value!r:.40}")
-    return value
+    return cast(State, value)
 
 
 def _score_field(value: object) -> float:
-    v = _float_field(value, "score", positive=False)
+    v = float_field(value, "score", positive=False)
     if v > 1.0:
         raise ProtocolError("bad_field", f"score={v} must be in [0, 1]")
     return v
@@ -310,8 +275,8 @@ def encode_binary(
     >>> decode_vibration(encode_binary(w, dtype="int16", scale=0.25)).samples
     array([ 1.  , -0.5 ,  0.25], dtype=float32)
     """
-    seq = _int_field(w.seq, "seq", 0, _U32_MAX)
-    ts = _int_field(w.ts_ns, "ts_ns", _I64_MIN, _I64_MAX)
+    seq = int_field(w.seq, "seq", 0, _U32_MAX)
+    ts = int_field(w.ts_ns, "ts_ns", _I64_MIN, _I64_MAX)
     fs = _f32_field(w.fs, "fs", positive=True)
     rpm = _f32_field(w.rpm, "rpm", positive=False)
     x = _samples_f32(w.samples)
@@ -344,10 +309,10 @@ def encode_json(w: Window) -> bytes:
     b'{"seq":3,"ts":10,"fs":100.0,"rpm":0.0,"samples":[0.5,2.0]}'
     """
     doc = {
-        "seq": _int_field(w.seq, "seq", 0, _U32_MAX),
-        "ts": _int_field(w.ts_ns, "ts_ns", _I64_MIN, _I64_MAX),
-        "fs": _float_field(w.fs, "fs", positive=True),
-        "rpm": _float_field(w.rpm, "rpm", positive=False),
+        "seq": int_field(w.seq, "seq", 0, _U32_MAX),
+        "ts": int_field(w.ts_ns, "ts_ns", _I64_MIN, _I64_MAX),
+        "fs": float_field(w.fs, "fs", positive=True),
+        "rpm": float_field(w.rpm, "rpm", positive=False),
         "samples": _samples_f32(w.samples).astype(np.float64).tolist(),
     }
     return json.dumps(doc, separators=(",", ":"), allow_nan=False).encode()
@@ -439,16 +404,16 @@ def _decode_binary(payload: bytes, max_samples: int) -> Window:
 
 def _decode_json_window(payload: bytes, max_samples: int) -> Window:
     limit = _JSON_OVERHEAD + _JSON_BYTES_PER_SAMPLE * max_samples
-    doc = _load_json_object(payload, limit)
+    doc = load_json_object(payload, limit)
     try:
         raw = doc["samples"]
         seq_raw, ts_raw, fs_raw = doc["seq"], doc["ts"], doc["fs"]
     except KeyError as exc:
         raise ProtocolError("bad_field", f"JSON window lacks {exc.args[0]!r}") from exc
-    seq = _int_field(seq_raw, "seq", 0, _U32_MAX)
-    ts = _int_field(ts_raw, "ts", _I64_MIN, _I64_MAX)
-    fs = _float_field(fs_raw, "fs", positive=True)
-    rpm = _float_field(doc.get("rpm", 0.0), "rpm", positive=False)
+    seq = int_field(seq_raw, "seq", 0, _U32_MAX)
+    ts = int_field(ts_raw, "ts", _I64_MIN, _I64_MAX)
+    fs = float_field(fs_raw, "fs", positive=True)
+    rpm = float_field(doc.get("rpm", 0.0), "rpm", positive=False)
     if not isinstance(raw, list):
         raise ProtocolError("bad_field", f"samples must be a list of numbers, got {type(raw).__name__}")
     if not raw:
@@ -470,74 +435,10 @@ def _decode_json_window(payload: bytes, max_samples: int) -> Window:
     return Window(seq, ts, fs, rpm, _read_only(x64.astype(np.float32)))
 
 
-# ----------------------------------------------------------------------------------------------- JSON
-
-
-def _reject_constant(name: str) -> Any:
-    raise ProtocolError("bad_json", f"{name} is not JSON; send finite numbers")
-
-
-def _json_depth(payload: bytes) -> int:
-    """Deepest nesting of arrays/objects in `payload`, ignoring brackets inside strings."""
-    brackets = _JSON_STRING_RE.sub(b"", payload).translate(None, _NOT_BRACKETS)
-    if not brackets:
-        return 0
-    steps = _BRACKET_STEP[np.frombuffer(brackets, dtype=np.uint8)]
-    return int(np.cumsum(steps, dtype=np.int64).max())
-
-
-def _load_json_object(payload: bytes, max_bytes: int) -> dict[str, Any]:
-    """Parse strict JSON (no NaN/Infinity, bounded size and depth) that must be an object."""
-    if len(payload) > max_bytes:
-        raise ProtocolError("too_large", f"{len(payload)} bytes > {max_bytes} allowed")
-    # Nesting is bounded by the number of opening brackets; count is cheap, the scan only runs if needed.
-    if payload.count(b"[") + payload.count(b"{") > MAX_JSON_DEPTH:
-        depth = _json_depth(payload)
-        if depth > MAX_JSON_DEPTH:
-            raise ProtocolError("too_large", f"JSON nested {depth} deep > {MAX_JSON_DEPTH} allowed")
-    try:
-        text = payload.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise ProtocolError("bad_json", f"not UTF-8: {exc.reason} at byte {exc.start}") from exc
-    try:
-        doc = json.loads(text, parse_constant=_reject_constant)
-    except ValueError as exc:  # JSONDecodeError, and ints longer than sys.get_int_max_str_digits()
-        raise ProtocolError("bad_json", str(exc)[:200]) from exc
-    except RecursionError as exc:  # unreachable after the depth check; kept as a guarantee
-        raise ProtocolError("too_large", "JSON nested too deep") from exc
-    if not isinstance(doc, dict):
-        raise ProtocolError("bad_field", f"expected a JSON object, got {type(doc).__name__}")
-    return doc
-
-
-def _json_default(obj: object) -> Any:
-    """Let numpy scalars and arrays in `Health.extra` serialise as plain JSON numbers and lists."""
-    if isinstance(obj, np.generic | np.ndarray):
-        return obj.tolist()
-    raise TypeError(f"{type(obj).__name__} is not JSON serialisable")
-
-
-def _dump_json(doc: Mapping[str, Any]) -> bytes:
-    try:
-        data = json.dumps(doc, separators=(",", ":"), allow_nan=False, default=_json_default).encode()
-    except ValueError as exc:  # allow_nan=False, or a circular reference
-        raise ProtocolError("nan", str(exc)[:200]) from exc
-    except (TypeError, RecursionError) as exc:
-        raise ProtocolError("bad_field", str(exc)[:200]) from exc
-    if len(data) > MAX_MESSAGE_BYTES:
-        raise ProtocolError("too_large", f"{len(data)} bytes > MAX_MESSAGE_BYTES={MAX_MESSAGE_BYTES}")
-    return data
-
-
-def _require(doc: Mapping[str, Any], keys: tuple[str, ...], what: str) -> None:
-    missing = [k for k in keys if k not in doc]
-    if missing:
-        raise ProtocolError("bad_field", f"{what} lacks {', '.join(map(repr, missing))}")
-
-
 # ------------------------------------------------------------------------------------- health / alert
 
-_HEALTH_KEYS: Final = ("machine", "sensor", "seq", "ts", "score", "state", "model")
+#: The fixed fields of a health message, in wire order; `extra` may not reuse them.
+HEALTH_FIELDS: Final = ("machine", "sensor", "seq", "ts", "score", "state", "model")
 _ALERT_KEYS: Final = ("machine", "sensor", "seq", "ts", "state", "previous_state", "score", "model", "reason")
 
 
@@ -550,11 +451,11 @@ def encode_health(h: Health) -> bytes:
     doc: dict[str, Any] = {
         "machine": validate_id(h.machine),
         "sensor": validate_id(h.sensor),
-        "seq": _int_field(h.seq, "seq", 0, _U32_MAX),
-        "ts": _int_field(h.ts_ns, "ts_ns", _I64_MIN, _I64_MAX),
+        "seq": int_field(h.seq, "seq", 0, _U32_MAX),
+        "ts": int_field(h.ts_ns, "ts_ns", _I64_MIN, _I64_MAX),
         "score": _score_field(h.score),
         "state": _state_field(h.state, "state"),
-        "model": _str_field(h.model, "model"),
+        "model": str_field(h.model, "model"),
     }
     if not isinstance(h.extra, Mapping):
         raise ProtocolError("bad_field", f"extra must be a mapping, got {type(h.extra).__name__}")
@@ -564,57 +465,61 @@ def encode_health(h: Health) -> bytes:
                 "bad_field", f"extra key {key!r} is not a string or clashes with a fixed field"
             )
         doc[key] = value
-    return _dump_json(doc)
+    return dump_json(doc)
 
 
 def decode_health(b: bytes | bytearray | memoryview) -> Health:
     """Decode a health message; unknown fields land in `extra`. Raises only ProtocolError."""
-    doc = _load_json_object(_as_bytes(b), MAX_MESSAGE_BYTES)
-    _require(doc, _HEALTH_KEYS, "health message")
+    doc = load_json_object(_as_bytes(b), MAX_MESSAGE_BYTES)
+    require_fields(doc, HEALTH_FIELDS, "health message")
     return Health(
         machine=_id_field(doc["machine"]),
         sensor=_id_field(doc["sensor"]),
-        seq=_int_field(doc["seq"], "seq", 0, _U32_MAX),
-        ts_ns=_int_field(doc["ts"], "ts", _I64_MIN, _I64_MAX),
+        seq=int_field(doc["seq"], "seq", 0, _U32_MAX),
+        ts_ns=int_field(doc["ts"], "ts", _I64_MIN, _I64_MAX),
         score=_score_field(doc["score"]),
         state=_state_field(doc["state"], "state"),
-        model=_str_field(doc["model"], "model"),
-        extra={k: v for k, v in doc.items() if k not in _HEALTH_KEYS},
+        model=str_field(doc["model"], "model"),
+        extra={k: v for k, v in doc.items() if k not in HEALTH_FIELDS},
     )
 
 
 def encode_alert(a: Alert) -> bytes:
     """Encode an alert (alarm-state change) as compact JSON."""
-    return _dump_json(
+    return dump_json(
         {
             "machine": validate_id(a.machine),
             "sensor": validate_id(a.sensor),
-            "seq": _int_field(a.seq, "seq", 0, _U32_MAX),
-            "ts": _int_field(a.ts_ns, "ts_ns", _I64_MIN, _I64_MAX),
+            "seq": int_field(a.seq, "seq", 0, _U32_MAX),
+            "ts": int_field(a.ts_ns, "ts_ns", _I64_MIN, _I64_MAX),
             "state": _state_field(a.state, "state"),
             "previous_state": _state_field(a.previous_state, "previous_state"),
             "score": _score_field(a.score),
-            "model": _str_field(a.model, "model"),
-            "reason": _str_field(a.reason, "reason"),
+            "model": str_field(a.model, "model"),
+            "reason": str_field(a.reason, "reason"),
         }
     )
 
 
 def decode_alert(b: bytes | bytearray | memoryview) -> Alert:
     """Decode an alert; unknown fields are ignored. Raises only ProtocolError."""
-    doc = _load_json_object(_as_bytes(b), MAX_MESSAGE_BYTES)
-    _require(doc, _ALERT_KEYS, "alert message")
+    doc = load_json_object(_as_bytes(b), MAX_MESSAGE_BYTES)
+    require_fields(doc, _ALERT_KEYS, "alert message")
     return Alert(
         machine=_id_field(doc["machine"]),
         sensor=_id_field(doc["sensor"]),
-        seq=_int_field(doc["seq"], "seq", 0, _U32_MAX),
-        ts_ns=_int_field(doc["ts"], "ts", _I64_MIN, _I64_MAX),
+        seq=int_field(doc["seq"], "seq", 0, _U32_MAX),
+        ts_ns=int_field(doc["ts"], "ts", _I64_MIN, _I64_MAX),
         state=_state_field(doc["state"], "state"),
         previous_state=_state_field(doc["previous_state"], "previous_state"),
         score=_score_field(doc["score"]),
-        model=_str_field(doc["model"], "model"),
-        reason=_str_field(doc["reason"], "reason"),
+        model=str_field(doc["model"], "model"),
+        reason=str_field(doc["reason"], "reason"),
     )
+
+
+def _id_field(value: object) -> str:
+    return validate_id(cast(str, value))
 
 
 def _as_bytes(b: object) -> bytes:
@@ -625,201 +530,46 @@ def _as_bytes(b: object) -> bytes:
     raise TypeError(f"payload must be bytes-like, got {type(b).__name__}")
 
 
-# --------------------------------------------------------------------------------------------- topics
-
-
-def validate_id(s: str) -> str:
-    """Return `s` if it is a valid machine, sensor or agent id (`[A-Za-z0-9_-]{1,64}`).
-
-    >>> validate_id("press-7_a")
-    'press-7_a'
-    >>> validate_id("a/b")
-    Traceback (most recent call last):
-        ...
-    edge_agent.errors.ProtocolError: bad_id: 'a/b' does not match [A-Za-z0-9_-]{1,64}
-    """
-    if not isinstance(s, str) or _ID_RE.fullmatch(s) is None:
-        raise ProtocolError("bad_id", f"{s!r:.80} does not match {ID_PATTERN}")
-    return s
-
-
-def _id_field(value: object) -> str:
-    return validate_id(cast(str, value))
-
-
-def _machine_id(machine: str) -> str:
-    if validate_id(machine) == AGENTS_LEVEL:
-        raise ProtocolError(
-            "bad_id", f"{AGENTS_LEVEL!r} is reserved for agent topics; pick another machine id"
-        )
-    return machine
-
-
-def _check_prefix(prefix: str) -> str:
-    if not isinstance(prefix, str) or not all(_ID_RE.fullmatch(level) for level in prefix.split("/")):
-        raise ProtocolError(
-            "bad_topic", f"prefix {prefix!r:.80} must be one or more /-separated levels of {ID_PATTERN}"
-        )
-    return prefix
-
-
-def _sensor_topic(prefix: str, machine: str, sensor: str, kind: str) -> str:
-    return f"{_check_prefix(prefix)}/{_machine_id(machine)}/{validate_id(sensor)}/{kind}"
-
-
-def vibration_topic(prefix: str, machine: str, sensor: str) -> str:
-    """`{prefix}/{machine}/{sensor}/vibration` (sensor → agent, QoS 1)."""
-    return _sensor_topic(prefix, machine, sensor, "vibration")
-
-
-def health_topic(prefix: str, machine: str, sensor: str) -> str:
-    """`{prefix}/{machine}/{sensor}/health` (agent →, QoS 1)."""
-    return _sensor_topic(prefix, machine, sensor, "health")
-
-
-def alert_topic(prefix: str, machine: str, sensor: str) -> str:
-    """`{prefix}/{machine}/{sensor}/alert` (agent →, QoS 1, retained)."""
-    return _sensor_topic(prefix, machine, sensor, "alert")
-
-
-def vibration_subscription(prefix: str) -> str:
-    """The filter an agent subscribes to: `{prefix}/+/+/vibration`."""
-    return f"{_check_prefix(prefix)}/+/+/vibration"
-
-
-def agent_status_topic(prefix: str, agent: str) -> str:
-    """`{prefix}/_agents/{agent}/status` (retained; also the last will)."""
-    return f"{_check_prefix(prefix)}/{AGENTS_LEVEL}/{validate_id(agent)}/status"
-
-
-def model_topic(prefix: str, agent: str) -> str:
-    """`{prefix}/_agents/{agent}/model` (deployer → agent: a signed bundle)."""
-    return f"{_check_prefix(prefix)}/{AGENTS_LEVEL}/{validate_id(agent)}/model"
-
-
-def model_result_topic(prefix: str, agent: str) -> str:
-    """`{prefix}/_agents/{agent}/model/result` (agent →: accepted or rejected, and why)."""
-    return f"{model_topic(prefix, agent)}/result"
-
-
-def parse_sensor_topic(topic: str, prefix: str) -> SensorTopic:
-    """Split `{prefix}/{machine}/{sensor}/{kind}`; raises ProtocolError("bad_topic" or "bad_id").
-
-    >>> parse_sensor_topic("gruwatch/press7/s0/vibration", "gruwatch")
-    SensorTopic(machine='press7', sensor='s0', kind='vibration')
-    """
-    _check_prefix(prefix)
-    if not isinstance(topic, str) or not topic.startswith(prefix + "/"):
-        raise ProtocolError("bad_topic", f"{topic!r:.120} is not under the prefix {prefix!r}")
-    levels = topic[len(prefix) + 1 :].split("/")
-    if len(levels) != 3 or levels[2] not in KINDS:
-        raise ProtocolError(
-            "bad_topic", f"{topic!r:.120} is not {prefix}/<machine>/<sensor>/<{'|'.join(KINDS)}>"
-        )
-    machine, sensor, kind = levels
-    return SensorTopic(_machine_id(machine), validate_id(sensor), kind)
-
-
-# ------------------------------------------------------------------ fast health encoding (agent hot path)
-
-
-class HealthEncoder:
-    """Health messages as `protocol.encode_health` writes them, byte for byte, without its generality.
-
-    The fixed part is pre-built: `head(machine, sensor)` once per sensor (ids validated when the
-    topic was parsed), the model's JSON string once per model, each extra field's JSON key once.
-    Values are formatted as `json.dumps` does (ints with str, floats with float.__repr__).
-    tests/edge_agent/test_daemon_e2e.py checks the bytes against encode_health.
-    """
-
-    def __init__(self, model: str) -> None:
-        self.model = model
-        self._tail = f',"model":{json.dumps(model)}'
-        self._keys: dict[str, str] = {}
-
-    @staticmethod
-    def head(machine: str, sensor: str) -> bytes:
-        validate_id(machine)
-        validate_id(sensor)
-        return f'{{"machine":"{machine}","sensor":"{sensor}","seq":'.encode()
-
-    def encode(self, seq: int, ts_ns: int, score: float, state: str, extra: dict[str, Any]) -> bytes:
-        """Everything after the head; `score` finite in [0, 1], `state` one of ok/warning/alarm."""
-        if state not in _HEALTH_STATES or not 0.0 <= score <= 1.0:
-            raise ProtocolError("bad_field", f"score {score!r} or state {state!r} out of range")
-        parts = [f'{seq},"ts":{ts_ns},"score":{score!r},"state":"{state}"', self._tail]
-        keys = self._keys
-        for name, value in extra.items():
-            key = keys.get(name)
-            if key is None:
-                key = keys[name] = f",{json.dumps(name)}:"
-            parts.append(key)
-            parts.append(_json_scalar(value))
-        parts.append("}")
-        return "".join(parts).encode()
-
-
-_HEALTH_STATES: Final = frozenset({"ok", "warning", "alarm"})
-
-
-def _json_scalar(value: object) -> str:
-    """A value as json.dumps writes it (finite floats, ints, strings)."""
-    if type(value) is float:
-        if not math.isfinite(value):
-            raise ProtocolError("nan", f"health field value {value!r} is not finite")
-        return repr(value)
-    if type(value) is int:
-        return str(value)
-    return json.dumps(value, separators=(",", ":"), allow_nan=False)
-
-
 # ------------------------------------------------------------------------------------- agent status
 
 AGENT_STATES: Final = ("online", "offline")
 
 
 def encode_status(s: AgentStatus) -> bytes:
-    """Encode an agent status: `{"state","model"}`, plus `"thresholds": {"warning","alarm"}` and
-    `"storage"` when set.
+    """Encode an agent status: `{"state","model"}`, plus `"thresholds"` and `"storage"` when set.
 
     >>> encode_status(AgentStatus("online", "v3", warning=0.4, alarm=0.6))
     b'{"state":"online","model":"v3","thresholds":{"warning":0.4,"alarm":0.6}}'
     """
     if s.state not in AGENT_STATES:
         raise ProtocolError("bad_field", f"state must be online or offline, got {s.state!r:.40}")
-    doc: dict[str, Any] = {"state": s.state, "model": _str_field(s.model, "model")}
+    doc: dict[str, Any] = {"state": s.state, "model": str_field(s.model, "model")}
     if s.warning is not None or s.alarm is not None:
         warning, alarm = _thresholds_field({"warning": s.warning, "alarm": s.alarm})
         doc["thresholds"] = {"warning": warning, "alarm": alarm}
     if s.storage is not None:
-        doc["storage"] = _str_field(s.storage, "storage")
-    return _dump_json(doc)
+        doc["storage"] = str_field(s.storage, "storage")
+    return dump_json(doc)
 
 
 def decode_status(b: bytes | bytearray | memoryview) -> AgentStatus:
     """Decode an agent status; unknown keys are ignored. Raises only ProtocolError."""
-    doc = _load_json_object(_as_bytes(b), MAX_MESSAGE_BYTES)
-    _require(doc, ("state", "model"), "agent status")
+    doc = load_json_object(_as_bytes(b), MAX_MESSAGE_BYTES)
+    require_fields(doc, ("state", "model"), "agent status")
     if doc["state"] not in AGENT_STATES:
         raise ProtocolError("bad_field", f"state must be online or offline, got {doc['state']!r:.40}")
     warning = alarm = None
     if doc.get("thresholds") is not None:
         warning, alarm = _thresholds_field(doc["thresholds"])
-    storage = doc.get("storage")
-    return AgentStatus(
-        doc["state"],
-        _str_field(doc["model"], "model"),
-        warning,
-        alarm,
-        None if storage is None else _str_field(storage, "storage"),
-    )
+    storage = None if doc.get("storage") is None else str_field(doc["storage"], "storage")
+    return AgentStatus(doc["state"], str_field(doc["model"], "model"), warning, alarm, storage)
 
 
 def _thresholds_field(value: object) -> tuple[float, float]:
     if not isinstance(value, Mapping) or "warning" not in value or "alarm" not in value:
         raise ProtocolError("bad_field", "thresholds must be an object with warning and alarm")
-    warning = _float_field(value["warning"], "thresholds.warning", positive=False)
-    alarm = _float_field(value["alarm"], "thresholds.alarm", positive=False)
+    warning = float_field(value["warning"], "thresholds.warning", positive=False)
+    alarm = float_field(value["alarm"], "thresholds.alarm", positive=False)
     if not 0.0 <= warning <= alarm <= 1.0:
         raise ProtocolError("bad_field", f"need 0 <= warning ({warning}) <= alarm ({alarm}) <= 1")
     return warning, alarm

@@ -1,13 +1,24 @@
-"""A bounded memory of recent windows stored without raw samples, to attach them when an alarm starts."""
+"""Which windows keep their raw samples (`RawRetention`), and the bounded memory that makes it possible.
+
+Kept: a sampled share (`raw_sample_fraction`, the same windows after a restart), every window in
+warning or alarm, the `after` windows after a state change, and the `per_sensor` windows before it.
+Those are not known to matter until the change comes, so they are stored without samples and
+remembered in a small in-memory ring (`RawRing`, bounded by `raw_ring_bytes`); the change's
+transaction attaches their samples to the stored rows.
+"""
 
 from __future__ import annotations
 
+import zlib
 from collections import deque
 
 import numpy as np
 import numpy.typing as npt
 
 from edge_agent.sequencing import seq_newer
+
+#: Windows after an alarm-state change whose raw samples are kept (before it: `raw_before_transition`).
+RAW_AFTER_TRANSITION = 16
 
 
 class RawRing:
@@ -64,3 +75,93 @@ class RawRing:
             if seq_newer(seq, s) and (seq - s) % (1 << 32) <= self.per_sensor:
                 out.append((wid, samples))
         return out
+
+
+def sampled(key: str, seq: int, fraction: float) -> bool:
+    """A deterministic pseudo-random share `fraction` of windows (same answer after a restart)."""
+    if fraction <= 0.0:
+        return False
+    if fraction >= 1.0:
+        return True
+    return zlib.crc32(f"{key}#{seq}".encode()) < fraction * 4294967296.0
+
+
+class RawRetention:
+    """The retention policy across batches: the ring of windows before a change, the count after one."""
+
+    def __init__(
+        self,
+        *,
+        fraction: float,
+        before: int,
+        ring_bytes: int,
+        max_sensors: int,
+        after: int = RAW_AFTER_TRANSITION,
+    ) -> None:
+        self.fraction = fraction
+        self.after = after
+        self.max_sensors = max_sensors
+        self.ring = RawRing(before, ring_bytes)
+        self._after: dict[str, int] = {}  # sensor -> windows still to keep after its last change
+
+    def batch(self) -> RawBatch:
+        """Decisions for the next batch of windows."""
+        return RawBatch(self)
+
+    def _changed(self, key: str) -> None:
+        self._after.pop(key, None)
+        self._after[key] = self.after
+        if len(self._after) > self.max_sensors:
+            del self._after[next(iter(self._after))]  # oldest
+
+    def _after_change(self, key: str) -> bool:
+        left = self._after.get(key)
+        if left is None:
+            return False
+        if left <= 1:
+            del self._after[key]
+        else:
+            self._after[key] = left - 1
+        return True
+
+
+class RawBatch:
+    """Raw-sample decisions for one batch, window by window in order; `raw[i]` goes into row i."""
+
+    def __init__(self, policy: RawRetention) -> None:
+        self.policy = policy
+        self.raw: list[npt.NDArray[np.float32] | None] = []  # samples stored with row i
+        self.attach: list[tuple[int, npt.NDArray[np.float32]]] = []  # (stored window id, samples)
+        self._held: list[npt.NDArray[np.float32] | None] = []  # samples of row i not stored (yet)
+        self._keys: list[str] = []
+        self._seqs: list[int] = []
+        self._no_raw: dict[str, list[int]] = {}  # rows of this batch stored without samples, per sensor
+
+    def add(self, key: str, seq: int, state: str, changed: bool, samples: npt.NDArray[np.float32]) -> None:
+        """Decide for the next window (`changed`: its alarm state changed at it)."""
+        p = self.policy
+        keep = state != "ok" or changed or sampled(key, seq, p.fraction)
+        if changed:
+            # The windows just before the change: from earlier batches (the ring) and this batch.
+            self.attach.extend(p.ring.take(key, seq))
+            for j in self._no_raw.pop(key, []):
+                if (seq - self._seqs[j]) % (1 << 32) <= p.ring.per_sensor:
+                    self.raw[j], self._held[j] = self._held[j], None
+            p._changed(key)
+        elif p._after_change(key):
+            keep = True
+        if not keep:
+            self._no_raw.setdefault(key, []).append(len(self.raw))
+        self.raw.append(samples if keep else None)
+        self._held.append(None if keep else samples)
+        self._keys.append(key)
+        self._seqs.append(seq)
+
+    def committed(self, window_ids: range) -> None:
+        """After the batch's commit: remember the windows stored without samples in the ring."""
+        ring = self.policy.ring
+        if ring.per_sensor <= 0:
+            return
+        for wid, key, seq, samples in zip(window_ids, self._keys, self._seqs, self._held, strict=True):
+            if samples is not None:
+                ring.add(key, wid, seq, samples)

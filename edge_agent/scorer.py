@@ -2,7 +2,7 @@
 
 `Scorer` is the scoring core the agent's daemon and the trainer's evaluation share (river's
 `score_one` / `score_many`). It has no I/O: windows or features in, scores and alarm states out.
-Each sensor's hidden state lives in one bounded `StateStore` (rows = sensors), is advanced exactly
+Each sensor's hidden state lives in one bounded `StateTable` (rows = sensors), is advanced exactly
 once per window in the order given, and is created fresh on first sight. A sensor appearing more
 than once in a batch is stepped once per appearance, in order, by splitting the batch into passes.
 
@@ -21,28 +21,23 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+import structlog
 
 from edge_agent import alarms
-from edge_agent.alarms import STATE_NAMES, AlarmState, Thresholds
+from edge_agent.alarms import STATE_NAMES, AlarmState, Thresholds, Transition
 from edge_agent.bundle import Bundle, load_bundle
+from edge_agent.errors import FeatureError, ProtocolError
 from edge_agent.features import FeatureSpec, extract_batch
 from edge_agent.protocol import Window
-from edge_agent.states import StateStore
+from edge_agent.states import StateColumns, StateTable
+
+log = structlog.get_logger("edge_agent.scorer")
 
 DEFAULT_MAX_SENSORS = 10_000
+#: Windows per feature-extraction call. extract_batch works in cache-sized blocks itself, so a slice
+#: bounds only its float64 copy of the input (20 KB per window): 256 windows = 5 MB.
+FEATURE_SLICE = 256
 _STATE_ARRAY = np.array(STATE_NAMES, dtype=object)
-
-
-@dataclass(frozen=True, slots=True)
-class Transition:
-    """An alarm state change of one sensor at one window (index into the batch)."""
-
-    index: int
-    sensor_id: str
-    previous: str
-    state: str
-    score: float
-    reason: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,20 +54,20 @@ class Score:
 
 @dataclass(frozen=True, slots=True)
 class ScoreBatch:
-    """Results for a batch, in input order. `transitions` lists only the windows that changed state."""
+    """Results for a batch, in input order. `transitions`: batch index -> change (changed windows only)."""
 
     sensor_ids: tuple[str, ...]
     scores: npt.NDArray[np.float32]  # [B, K]
     health: npt.NDArray[np.float32]  # [B] = scores[:, 0]
     states: list[str]
     steps: npt.NDArray[np.int64]  # [B]
-    transitions: list[Transition] = field(default_factory=list)
+    transitions: dict[int, Transition] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.sensor_ids)
 
     def item(self, i: int) -> Score:
-        tr = next((t for t in self.transitions if t.index == i), None)
+        tr = self.transitions.get(i)
         return Score(
             self.sensor_ids[i],
             self.scores[i].copy(),
@@ -122,10 +117,11 @@ class Scorer:
         self.thresholds = thresholds
         self.model_version = model_version
         self.max_sensors = max_sensors
-        self.store = (
-            StateStore(self.state_shape, capacity=max_sensors)
+        #: One row per tracked sensor (hidden state, alarm state and counters, steps).
+        self.table = (
+            StateTable(self.state_shape, capacity=max_sensors)
             if clock is None
-            else StateStore(self.state_shape, capacity=max_sensors, clock=clock)
+            else StateTable(self.state_shape, capacity=max_sensors, clock=clock)
         )
 
     @classmethod
@@ -171,42 +167,51 @@ class Scorer:
     @property
     def n_tracked(self) -> int:
         """How many sensors have a state."""
-        return len(self.store)
+        return len(self.table)
 
     def reset(self, sensor_id: str) -> bool:
         """Forget a sensor's state (after a gap or a bearing replacement). True if it was tracked."""
-        return self.store.discard(sensor_id)
+        return self.table.discard(sensor_id)
 
     def state_of(self, sensor_id: str) -> str:
         """The alarm state of a sensor ("ok" for one never seen)."""
-        if sensor_id not in self.store:
+        if sensor_id not in self.table:
             return "ok"
-        return STATE_NAMES[int(self.store.data["alarm"][self.store.row(sensor_id)])]
+        return STATE_NAMES[int(self.table.data["alarm"][self.table.row(sensor_id)])]
 
-    def export_states(self) -> dict[str, Any]:
+    def export_states(self) -> StateColumns:
         """Every sensor's state (hidden state, alarm state and counters), tagged with the model version."""
-        out = self.store.export()
-        out["model_version"] = self.model_version
-        return out
+        return self.table.export(self.model_version)
 
-    def import_states(self, exported: dict[str, Any]) -> int:
+    def import_states(self, exported: StateColumns) -> int:
         """Replace all states with an `export_states()`; returns how many sensors it holds.
 
         ValueError when the states come from another model version or state shape: hidden states
         of one model mean nothing to another, so the caller should start from fresh states.
         """
-        if exported.get("model_version") != self.model_version:
+        if exported.model_version != self.model_version:
             raise ValueError(
-                f"saved states belong to model {exported.get('model_version')!r}, this scorer runs "
+                f"saved states belong to model {exported.model_version!r}, this scorer runs "
                 f"{self.model_version!r}; start from fresh states"
             )
-        self.store.restore(exported)
-        return len(self.store)
+        self.table.restore(exported)
+        return len(self.table)
 
     # ---------------------------------------------------------------------------------- scoring
 
-    def score_features(self, sensor_ids: Sequence[str], features: npt.ArrayLike) -> ScoreBatch:
-        """Step each sensor once per row of `features` [B, F] (float32; not modified), in order."""
+    def score_features(
+        self,
+        sensor_ids: Sequence[str],
+        features: npt.ArrayLike,
+        *,
+        seqs: Sequence[int] | None = None,
+        ts_ns: Sequence[int] | None = None,
+    ) -> ScoreBatch:
+        """Step each sensor once per row of `features` [B, F] (float32; not modified), in order.
+
+        `seqs` / `ts_ns` (per row) only label the transitions; without them a transition's seq is
+        the sensor's step count and its ts_ns 0.
+        """
         ids = list(sensor_ids)
         x = np.array(features, dtype=np.float32, copy=True, order="C")
         if x.ndim != 2 or x.shape[1] != self.n_features:
@@ -221,7 +226,7 @@ class Scorer:
         previous = np.empty(B, dtype=np.int8)
         steps = np.empty(B, dtype=np.int64)
         if B == 0:
-            return ScoreBatch((), scores, scores[:, 0].copy(), [], np.zeros(0, np.int64), [])
+            return ScoreBatch((), scores, scores[:, 0].copy(), [], np.zeros(0, np.int64), {})
         if len(set(ids)) == B:  # the usual case: one pass, no index shuffling
             self._step(ids, x, slice(None), scores, states, previous, steps)
         else:
@@ -229,9 +234,17 @@ class Scorer:
                 pos = np.asarray(positions, dtype=np.intp)
                 self._step([ids[i] for i in positions], x[pos], pos, scores, states, previous, steps)
         changed = np.flatnonzero(states != previous)
-        transitions = [
-            self._transition(int(i), ids[i], previous[i], states[i], scores[i, 0]) for i in changed
-        ]
+        transitions = {
+            int(i): self._transition(
+                ids[i],
+                int(seqs[i]) if seqs is not None else int(steps[i]),
+                int(ts_ns[i]) if ts_ns is not None else 0,
+                previous[i],
+                states[i],
+                scores[i, 0],
+            )
+            for i in changed.tolist()
+        }
         return ScoreBatch(
             sensor_ids=tuple(ids),
             scores=scores,
@@ -251,12 +264,12 @@ class Scorer:
         previous: npt.NDArray[np.int8],
         steps: npt.NDArray[np.int64],
     ) -> None:
-        store = self.store
-        rows = store.rows_for(ids)
-        h = store.gather_h(rows)
+        table = self.table
+        rows = table.rows_for(ids)
+        h = table.gather_h(rows)
         score, h_out = self.session.run(["score", "h_out"], {"features": x, "h": h})
-        store.scatter_h(rows, h_out)
-        data = store.data
+        table.scatter_h(rows, h_out)
+        data = table.data
         st = AlarmState(data["alarm"][rows], data["above"][rows], data["below"][rows])
         prev, new = alarms.step(st, score[:, 0], self.thresholds)
         data["alarm"][rows] = new
@@ -269,7 +282,9 @@ class Scorer:
         previous[pos] = prev
         steps[pos] = n
 
-    def _transition(self, i: int, sid: str, prev: np.int8, new: np.int8, score: np.float32) -> Transition:
+    def _transition(
+        self, sid: str, seq: int, ts_ns: int, prev: np.int8, new: np.int8, score: np.float32
+    ) -> Transition:
         t = self.thresholds
         before, after = STATE_NAMES[int(prev)], STATE_NAMES[int(new)]
         if new > prev:
@@ -278,7 +293,7 @@ class Scorer:
         else:
             limit = t.warning if int(new) == alarms.OK else t.alarm
             reason = f"health < {limit:g} for {t.clear_windows} windows (now {float(score):.3f})"
-        return Transition(i, sid, before, after, float(score), reason)
+        return Transition(sid, seq, ts_ns, before, after, float(score), self.model_version, reason)
 
     def features_of(self, windows: Sequence[Window]) -> npt.NDArray[np.float32]:
         """Features [N, F] of windows with the bundle's spec, batched per (sample rate, length)."""
@@ -293,11 +308,40 @@ class Scorer:
             out[idx] = extract_batch(block, fs, rpm, self.spec)
         return out
 
+    def usable_features(
+        self, windows: Sequence[Window]
+    ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.bool_]]:
+        """Features [N, F] of windows and which rows are usable (computable and finite); never raises
+        for a bad window: the culprits are found one by one and the others computed as usual."""
+        try:
+            feats = np.concatenate(
+                [
+                    self.features_of(windows[i : i + FEATURE_SLICE])
+                    for i in range(0, len(windows), FEATURE_SLICE)
+                ]
+            )
+        except (ProtocolError, FeatureError, ValueError):
+            feats = np.zeros((len(windows), self.n_features), dtype=np.float32)
+            ok = np.ones(len(windows), dtype=bool)
+            for i, w in enumerate(windows):
+                try:
+                    feats[i] = self.features_of([w])[0]
+                except (ProtocolError, FeatureError, ValueError) as exc:
+                    ok[i] = False
+                    log.debug("features_failed", seq=w.seq, error=str(exc))
+            return feats, np.asarray(ok & np.isfinite(feats).all(axis=1), dtype=bool)
+        return feats, np.asarray(np.isfinite(feats).all(axis=1), dtype=bool)
+
     def score_windows(self, sensor_ids: Sequence[str], windows: Sequence[Window]) -> ScoreBatch:
         """Features from windows (edge_agent.features), then `score_features`. Windows are not modified."""
         if len(sensor_ids) != len(windows):
             raise ValueError(f"{len(sensor_ids)} sensor ids for {len(windows)} windows")
-        return self.score_features(sensor_ids, self.features_of(windows))
+        return self.score_features(
+            sensor_ids,
+            self.features_of(windows),
+            seqs=[w.seq for w in windows],
+            ts_ns=[w.ts_ns for w in windows],
+        )
 
     def score_many(self, sensor_ids: Sequence[str], windows: Sequence[Window]) -> ScoreBatch:
         """Alias of `score_windows` (river's naming)."""

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Final, Literal
+from typing import Final, Generic, Literal, Protocol, TypeVar
 
 _U32: Final = 1 << 32
 _HALF: Final = 1 << 31
@@ -122,3 +122,33 @@ class SequenceTracker:
         """Replace everything with an `export()` (most recent entries kept when more than fit)."""
         items = list(last.items())[-self.max_sensors :]
         self._last = OrderedDict((k, (int(s), int(t))) for k, (s, t) in items)
+
+
+class _Keyed(Protocol):
+    @property
+    def key(self) -> str: ...
+
+
+T = TypeVar("T", bound=_Keyed)
+
+
+@dataclass(slots=True)
+class Accepted(Generic[T]):
+    """One accepted window on its way through a batch."""
+
+    item: T
+    verdict: Verdict
+    evicted: bool = False  # its hidden state was evicted although its sequence was still tracked
+
+
+def split_at_resets(pending: list[Accepted[T]]) -> list[list[Accepted[T]]]:
+    """Split a batch where a sensor that already appeared must start afresh (its reset follows its step)."""
+    out: list[list[Accepted[T]]] = [[]]
+    seen: set[str] = set()
+    for p in pending:
+        if p.verdict.reset and p.item.key in seen:
+            out.append([])
+            seen = set()
+        out[-1].append(p)
+        seen.add(p.item.key)
+    return [c for c in out if c]

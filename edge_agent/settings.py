@@ -32,17 +32,13 @@ from pydantic_settings import (
 )
 
 from edge_agent.broker_url import BrokerAddress, parse_broker_url
-from edge_agent.errors import GruwatchError, ProtocolError
+from edge_agent.errors import ProtocolError, SettingsError
 from edge_agent.protocol import validate_id
 
 ENV_PREFIX = "GRUWATCH_"
 
 # The TOML file of the current `load_settings` call; read by `settings_customise_sources`.
 _TOML_FILE: contextvars.ContextVar[Path | None] = contextvars.ContextVar("_TOML_FILE", default=None)
-
-
-class SettingsError(GruwatchError):
-    """The agent's settings are missing or invalid; the message says which env var or TOML key to fix."""
 
 
 class AgentSettings(BaseSettings):

@@ -1,30 +1,36 @@
-"""The keyed per-sensor state store: one structured numpy array whose rows are sensors, bounded in count.
+"""Per-sensor state: the typed record (`SensorState`), its columns (`StateColumns`) and the in-memory table.
 
-Each row holds a sensor's GRU hidden state `h` [layers, hidden], its alarm state and hysteresis
-counters, how many windows it has been stepped (`steps`) and when it was last seen (`seen`, on the
-store's clock). A sensor gets a fresh zero row on first sight; when the store is full the least
-recently used sensor is evicted to make room, and `evict_idle` drops sensors silent for too long.
-Gathering the states of a batch is one fancy-index of one array (PERFORMANCE-NOTES: a dict of
-per-sensor arrays gathered each call cost 88% over a bare onnxruntime run; one array cost 13%).
+Each sensor has a GRU hidden state `h` [layers, hidden], its alarm state and hysteresis counters,
+how many windows it has been stepped (`steps`) and when it was last seen. `StateTable` keeps them as
+one structured numpy array whose rows are sensors, bounded in count: a sensor gets a fresh zero row
+on first sight; when the table is full the least recently used sensor is evicted, and `evict_idle`
+drops sensors silent for too long. Gathering the states of a batch is one fancy-index of one array
+(PERFORMANCE-NOTES: a dict of per-sensor arrays cost 88% over a bare onnxruntime run; one array 13%).
 
-The whole store is saved and restored at once (`export` / `restore`, and `states_to_bytes` /
-`states_from_bytes` for a file or a database blob: an .npz without pickle).
+`StateColumns` is the table exported as typed columns (the scorer's `export_states`); `SensorState`
+is one sensor's row as the store saves it (edge_agent.saved_states). A new per-sensor field (for
+example a healthy baseline array) is added in four places, all in this module except the last:
+`FIELDS` and `state_dtype`, `StateColumns`, `SensorState` (+ `StateColumns.row`), and the states
+table's columns in edge_agent/saved_states.py (with a schema migration there).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import time
 import zipfile
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
 EXPORT_FORMAT = 1
-_FIELDS = ("h", "alarm", "above", "below", "steps")
+#: The per-sensor fields saved and restored (the table also keeps `seen` and `tick` for eviction).
+FIELDS = ("h", "alarm", "above", "below", "steps")
 
 
 def state_dtype(state_shape: tuple[int, int]) -> np.dtype[np.void]:
@@ -36,17 +42,128 @@ def state_dtype(state_shape: tuple[int, int]) -> np.dtype[np.void]:
             ("above", np.int32, (2,)),
             ("below", np.int32, (2,)),
             ("steps", np.int64),
-            ("seen", np.float64),  # store clock at the last window (for evict_idle)
-            ("tick", np.int64),  # store call counter at the last window (for LRU eviction)
+            ("seen", np.float64),  # table clock at the last window (for evict_idle)
+            ("tick", np.int64),  # table call counter at the last window (for LRU eviction)
         ]
     )
 
 
-class StateStore:
+@dataclass(frozen=True, slots=True)
+class SensorState:
+    """Everything a sensor needs to resume exactly: hidden state, alarm counters, last seq and ts.
+
+    `h` is None for a sensor known by sequence number only (its hidden state was evicted or reset);
+    its next window starts from a fresh state. `above` / `below` are the alarm state machine's
+    hysteresis counters (edge_agent.alarms), `steps` the windows its state has seen.
+    """
+
+    h: npt.NDArray[np.float32] | None  # any shape, typically [layers, hidden]
+    model: str
+    last_seq: int
+    last_ts_ns: int
+    alarm: int = 0  # 0 ok, 1 warning, 2 alarm
+    above: tuple[int, int] = (0, 0)
+    below: tuple[int, int] = (0, 0)
+    steps: int = 0
+
+
+@dataclass(slots=True)
+class StateColumns:
+    """Every tracked sensor's state as columns, least recently used first (row i = `sensors[i]`)."""
+
+    model_version: str
+    state_shape: tuple[int, int]
+    sensors: list[str]
+    h: npt.NDArray[np.float32]  # [n, layers, hidden]
+    alarm: npt.NDArray[np.int8]  # [n]
+    above: npt.NDArray[np.int32]  # [n, 2]
+    below: npt.NDArray[np.int32]  # [n, 2]
+    steps: npt.NDArray[np.int64]  # [n]
+
+    def __len__(self) -> int:
+        return len(self.sensors)
+
+    @classmethod
+    def empty(cls, model_version: str, state_shape: tuple[int, int]) -> StateColumns:
+        return cls.of(model_version, state_shape, {})
+
+    @classmethod
+    def of(
+        cls, model_version: str, state_shape: tuple[int, int], states: dict[str, SensorState]
+    ) -> StateColumns:
+        """Columns from per-sensor records (each with `h` of `state_shape`), in the dict's order."""
+        keys = list(states)
+        n = len(keys)
+        h = np.zeros((n, *state_shape), np.float32)
+        for i, k in enumerate(keys):
+            h[i] = np.asarray(states[k].h, dtype=np.float32)
+        return cls(
+            model_version,
+            (int(state_shape[0]), int(state_shape[1])),
+            keys,
+            h,
+            np.array([states[k].alarm for k in keys], np.int8),
+            np.array([states[k].above for k in keys], np.int32).reshape(n, 2),
+            np.array([states[k].below for k in keys], np.int32).reshape(n, 2),
+            np.array([states[k].steps for k in keys], np.int64),
+        )
+
+    def row(self, i: int, *, last_seq: int, last_ts_ns: int) -> SensorState:
+        """Sensor `i` as a SensorState."""
+        above, below = self.above[i].tolist(), self.below[i].tolist()
+        return SensorState(
+            h=self.h[i],
+            model=self.model_version,
+            last_seq=last_seq,
+            last_ts_ns=last_ts_ns,
+            alarm=int(self.alarm[i]),
+            above=(above[0], above[1]),
+            below=(below[0], below[1]),
+            steps=int(self.steps[i]),
+        )
+
+    def with_model(self, model_version: str) -> StateColumns:
+        """The same states, tagged with another model (one of the same state shape)."""
+        return dataclasses.replace(self, model_version=model_version)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain values and arrays (for `states_to_bytes`)."""
+        out: dict[str, Any] = {
+            "format": EXPORT_FORMAT,
+            "model_version": self.model_version,
+            "state_shape": list(self.state_shape),
+            "sensors": list(self.sensors),
+        }
+        for name in FIELDS:
+            out[name] = getattr(self, name)
+        return out
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> StateColumns:
+        """Inverse of `to_dict` (ValueError / KeyError / TypeError when it is not one)."""
+        if d.get("format") != EXPORT_FORMAT:
+            raise ValueError(f"state export format {d.get('format')!r} is not {EXPORT_FORMAT}")
+        shape = [int(x) for x in d.get("state_shape", [])]
+        if len(shape) != 2:
+            raise ValueError(f"state_shape {d.get('state_shape')!r} is not [layers, hidden]")
+        arrays = {name: np.asarray(d[name]) for name in FIELDS}
+        return cls(
+            str(d.get("model_version")),
+            (shape[0], shape[1]),
+            [str(s) for s in d["sensors"]],
+            arrays["h"].astype(np.float32, copy=False),
+            arrays["alarm"].astype(np.int8, copy=False),
+            arrays["above"].astype(np.int32, copy=False),
+            arrays["below"].astype(np.int32, copy=False),
+            arrays["steps"].astype(np.int64, copy=False),
+        )
+
+
+class StateTable:
     """Per-sensor states, rows = sensors, at most `capacity` sensors, least recently used evicted first.
 
     The constructor only stores its arguments; the array is allocated on first use and grows by
-    doubling up to `capacity`, so a store sized for 100,000 sensors costs nothing until they come.
+    doubling up to `capacity`, so a table sized for 100,000 sensors costs nothing until they come.
     Recency is a per-call counter kept in the array, so marking a batch as used is one vectorised
     assignment; sensors of the same call are equally recent.
     """
@@ -121,12 +238,12 @@ class StateStore:
     def rows_for(self, sensor_ids: Sequence[str]) -> npt.NDArray[np.intp]:
         """Rows for distinct sensor ids, creating fresh states for new ones; marks them used now.
 
-        New sensors evict the least recently used others when the store is full; a batch never
+        New sensors evict the least recently used others when the table is full; a batch never
         evicts its own members. ValueError if the ids repeat or outnumber the capacity.
         """
         n = len(sensor_ids)
         if n > self.capacity:
-            raise ValueError(f"{n} sensors in one batch but the state store holds at most {self.capacity}")
+            raise ValueError(f"{n} sensors in one batch but the state table holds at most {self.capacity}")
         found = list(map(self._rows.get, sensor_ids))
         self._tick += 1
         if None not in found:
@@ -172,7 +289,7 @@ class StateStore:
         return True
 
     def evict_idle(self, max_idle_s: float) -> list[str]:
-        """Forget sensors not seen for more than `max_idle_s` on the store's clock; returns their ids."""
+        """Forget sensors not seen for more than `max_idle_s` on the table's clock; returns their ids."""
         cutoff = self.clock() - max_idle_s
         used = self._used_rows()
         gone = [str(self._ids[r]) for r in used[self._data["seen"][used] < cutoff].tolist()]
@@ -186,52 +303,32 @@ class StateStore:
         self._ids = [None] * len(self._data)
         self._free = list(range(len(self._data) - 1, -1, -1))
 
-    def export(self) -> dict[str, Any]:
-        """Every tracked sensor's state as plain arrays, least recently used first (copies)."""
+    def export(self, model_version: str = "") -> StateColumns:
+        """Every tracked sensor's state as columns, least recently used first (copies)."""
         rows = self._used_rows()
-        out: dict[str, Any] = {
-            "format": EXPORT_FORMAT,
-            "state_shape": list(self.state_shape),
-            "sensors": [str(self._ids[r]) for r in rows.tolist()],
-        }
-        for name in _FIELDS:
-            out[name] = self._data[name][rows].copy()
-        return out
+        d = self._data
+        return StateColumns(
+            model_version,
+            self.state_shape,
+            [str(self._ids[r]) for r in rows.tolist()],
+            d["h"][rows].copy(),
+            d["alarm"][rows].copy(),
+            d["above"][rows].copy(),
+            d["below"][rows].copy(),
+            d["steps"][rows].copy(),
+        )
 
-    def restore(self, exported: dict[str, Any]) -> None:
-        """Replace the whole store with an `export()` (ValueError when it does not fit this store)."""
-        if exported.get("format") != EXPORT_FORMAT:
-            raise ValueError(f"state export format {exported.get('format')!r} is not {EXPORT_FORMAT}")
-        if [int(x) for x in exported.get("state_shape", [])] != list(self.state_shape):
+    def restore(self, cols: StateColumns) -> None:
+        """Replace the whole table with an `export()` (ValueError when it does not fit this table)."""
+        if list(cols.state_shape) != list(self.state_shape):
             raise ValueError(
-                f"saved states have shape {exported.get('state_shape')}, this model has "
+                f"saved states have shape {list(cols.state_shape)}, this model has "
                 f"{list(self.state_shape)}; start from fresh states"
             )
-        sensors = [str(s) for s in exported["sensors"]]
-        n = len(sensors)
-        if len(set(sensors)) != n:
-            raise ValueError("saved states repeat a sensor id")
-        expected = {
-            "h": (n, *self.state_shape),
-            "alarm": (n,),
-            "above": (n, 2),
-            "below": (n, 2),
-            "steps": (n,),
-        }
-        arrays = {name: np.asarray(exported[name]) for name in _FIELDS}
-        for name, shape in expected.items():
-            if arrays[name].shape != shape:
-                raise ValueError(f"saved states: {name} has shape {arrays[name].shape}, expected {shape}")
-        if not np.isfinite(arrays["h"]).all():
-            raise ValueError("saved states hold non-finite hidden states")
-        if (
-            not np.isin(arrays["alarm"], (0, 1, 2)).all()
-            or (arrays["above"] < 0).any()
-            or (arrays["below"] < 0).any()
-        ):
-            raise ValueError("saved states hold impossible alarm states or counters")
+        _check_columns(cols, self.state_shape)
+        n = len(cols.sensors)
         keep = slice(max(0, n - self.capacity), n)  # more than fit: keep the most recently used
-        sensors = sensors[keep]
+        sensors = cols.sensors[keep]
         m = len(sensors)
         self._rows = {}
         self._ids = []
@@ -242,11 +339,27 @@ class StateStore:
         for i, sid in enumerate(sensors):
             self._rows[sid] = i
             self._ids[i] = sid
-        for name in _FIELDS:
-            self._data[name][:m] = arrays[name][keep]
+        for name in FIELDS:
+            self._data[name][:m] = np.asarray(getattr(cols, name))[keep]
         self._data["seen"][:m] = self.clock()
         self._data["tick"][:m] = self._tick + 1 + np.arange(m)  # keep the saved recency order
         self._tick += m
+
+
+def _check_columns(cols: StateColumns, state_shape: tuple[int, int]) -> None:
+    """ValueError unless the columns are consistent, finite and possible."""
+    n = len(cols.sensors)
+    if len(set(cols.sensors)) != n:
+        raise ValueError("saved states repeat a sensor id")
+    expected = {"h": (n, *state_shape), "alarm": (n,), "above": (n, 2), "below": (n, 2), "steps": (n,)}
+    for name, shape in expected.items():
+        got = np.asarray(getattr(cols, name)).shape
+        if got != shape:
+            raise ValueError(f"saved states: {name} has shape {got}, expected {shape}")
+    if not np.isfinite(cols.h).all():
+        raise ValueError("saved states hold non-finite hidden states")
+    if not np.isin(cols.alarm, (0, 1, 2)).all() or (cols.above < 0).any() or (cols.below < 0).any():
+        raise ValueError("saved states hold impossible alarm states or counters")
 
 
 def states_to_bytes(exported: dict[str, Any]) -> bytes:

@@ -29,22 +29,40 @@ The export format written by `export_runs` is described in docs/agent.md.
 
 from __future__ import annotations
 
-import json
-import os
 import sqlite3
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
 
+from edge_agent import saved_states
+from edge_agent.alarms import Transition
+from edge_agent.errors import StoreError, store_error
+from edge_agent.retraining_export import EXPORT_FORMAT, EXPORT_VERSION, ExportSummary, export_runs
+from edge_agent.states import SensorState
+
+__all__ = [
+    "EXPORT_FORMAT",
+    "EXPORT_VERSION",
+    "PRIORITY_ALERT",
+    "PRIORITY_HEALTH",
+    "PRIORITY_STATUS",
+    "ExportSummary",
+    "OutboxItem",
+    "OutboxMessage",
+    "SensorState",
+    "Store",
+    "StoreError",
+    "Transition",
+    "WindowRow",
+]
+
 SCHEMA_VERSION = 2
-EXPORT_FORMAT = "gruwatch-agent-export"
-EXPORT_VERSION = 1
 
 PRIORITY_ALERT = 0
 PRIORITY_HEALTH = 1
@@ -89,42 +107,7 @@ CREATE TABLE IF NOT EXISTS outbox (
     created_ns INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS outbox_order ON outbox (priority, id);
-CREATE TABLE IF NOT EXISTS states (
-    sensor TEXT PRIMARY KEY,
-    h BLOB NOT NULL,
-    shape TEXT NOT NULL,
-    model TEXT NOT NULL,
-    last_seq INTEGER NOT NULL,
-    last_ts_ns INTEGER NOT NULL,
-    alarm INTEGER NOT NULL DEFAULT 0,
-    above_warning INTEGER NOT NULL DEFAULT 0,
-    above_alarm INTEGER NOT NULL DEFAULT 0,
-    below_ok INTEGER NOT NULL DEFAULT 0,
-    below_warning INTEGER NOT NULL DEFAULT 0,
-    steps INTEGER NOT NULL DEFAULT 0,
-    touched INTEGER NOT NULL DEFAULT 0
-);
 """
-
-#: Columns schema 1 lacked (added by the 1 -> 2 migration, with their defaults).
-_V2_STATE_COLUMNS = (
-    "alarm",
-    "above_warning",
-    "above_alarm",
-    "below_ok",
-    "below_warning",
-    "steps",
-    "touched",
-)
-
-_UPSERT_STATE = (
-    "INSERT OR REPLACE INTO states (sensor, h, shape, model, last_seq, last_ts_ns, alarm, above_warning,"
-    " above_alarm, below_ok, below_warning, steps, touched) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-)
-
-
-class StoreError(RuntimeError):
-    """The store cannot be opened or used (wrong schema, not a gruwatch store, disk full)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,20 +124,6 @@ class WindowRow:
     fs: float = 0.0
     rpm: float = 0.0
     raw: npt.NDArray[np.float32] | None = None  # raw samples, kept for a sampled fraction
-
-
-@dataclass(frozen=True, slots=True)
-class Transition:
-    """One alarm state change of one sensor."""
-
-    sensor: str
-    seq: int
-    ts_ns: int
-    previous_state: str
-    state: str
-    score: float
-    model: str
-    reason: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,25 +149,6 @@ class OutboxItem:
     priority: int
 
 
-@dataclass(frozen=True, slots=True)
-class SensorState:
-    """Everything a sensor needs to resume exactly: hidden state, alarm counters, last seq and ts.
-
-    `h` is None for a sensor known by sequence number only (its hidden state was evicted or reset);
-    its next window starts from a fresh state. `above` / `below` are the alarm state machine's
-    hysteresis counters (edge_agent.alarms), `steps` the windows its state has seen.
-    """
-
-    h: npt.NDArray[np.float32] | None  # any shape, typically [layers, hidden]
-    model: str
-    last_seq: int
-    last_ts_ns: int
-    alarm: int = 0  # 0 ok, 1 warning, 2 alarm
-    above: tuple[int, int] = (0, 0)
-    below: tuple[int, int] = (0, 0)
-    steps: int = 0
-
-
 @dataclass(slots=True)
 class Eviction:
     """What one `enforce_budget` call removed, and the store's size before and after."""
@@ -222,16 +172,6 @@ class Eviction:
             or self.transitions_dropped
             or self.outbox_dropped
         )
-
-
-@dataclass(slots=True)
-class ExportSummary:
-    """What `export_runs` wrote."""
-
-    out_dir: Path
-    files: list[Path] = field(default_factory=list)
-    windows: int = 0
-    raw_windows: int = 0
 
 
 class Store:
@@ -274,7 +214,7 @@ class Store:
         try:
             conn = sqlite3.connect(path, isolation_level=None, timeout=10.0)
         except sqlite3.Error as exc:
-            raise StoreError(f"cannot open store {path}: {exc}; check the path and its permissions") from exc
+            raise store_error(exc, f"cannot open store {path}") from exc
         try:
             fresh = conn.execute("PRAGMA page_count").fetchone()[0] == 0
             if fresh:
@@ -282,23 +222,26 @@ class Store:
                 conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
             mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
             if str(mode).lower() != "wal":
-                raise StoreError(f"store {path}: SQLite refused WAL mode (got {mode}); use a local disk")
+                raise StoreError(
+                    f"store {path}: SQLite refused WAL mode (got {mode}); use a local disk", reason="no_wal"
+                )
             conn.execute(f"PRAGMA synchronous = {synchronous}")
             conn.execute("PRAGMA foreign_keys = ON")
-            conn.executescript(_SCHEMA)
+            conn.executescript(_SCHEMA + saved_states.STATES_DDL)
             row = conn.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
             if row is None:
                 conn.execute("INSERT INTO meta (key, value) VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
             elif int(row[0]) == 1:
-                _migrate_1_to_2(conn)
+                saved_states.migrate_1_to_2(conn, SCHEMA_VERSION)
             elif int(row[0]) != SCHEMA_VERSION:
                 raise StoreError(
                     f"store {path} has schema {row[0]}, this agent speaks {SCHEMA_VERSION}; "
-                    "export it with the agent that wrote it, then move it aside"
+                    "export it with the agent that wrote it, then move it aside",
+                    reason="bad_schema",
                 )
-        except sqlite3.DatabaseError as exc:
+        except sqlite3.Error as exc:
             conn.close()
-            raise StoreError(f"{path} is not a usable SQLite store: {exc}") from exc
+            raise store_error(exc, f"store {path}") from exc
         except StoreError:
             conn.close()
             raise
@@ -319,13 +262,21 @@ class Store:
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
-        self._conn.execute("BEGIN IMMEDIATE")
+        """One transaction; a sqlite3 error becomes a StoreError (reason disk_full, io, ...)."""
         try:
-            yield self._conn
-        except BaseException:
-            self._conn.execute("ROLLBACK")
-            raise
-        self._conn.execute("COMMIT")
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._conn
+            except BaseException:
+                if self._conn.in_transaction:
+                    self._conn.execute("ROLLBACK")
+                raise
+            self._conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            if self._conn.in_transaction:
+                with suppress(sqlite3.Error):
+                    self._conn.execute("ROLLBACK")
+            raise store_error(exc, f"store {self.path}") from exc
 
     # --- writes ----------------------------------------------------------------------------------
 
@@ -391,7 +342,7 @@ class Store:
                     ],
                 )
             if state_params:
-                c.executemany(_UPSERT_STATE, state_params)
+                c.executemany(saved_states.UPSERT, state_params)
             if raw_params:
                 c.executemany(_ATTACH_RAW, raw_params)
             ids = self._insert_outbox(c, outbox, now)
@@ -434,34 +385,8 @@ class Store:
         return list(range(last - len(params) + 1, last + 1))
 
     def _state_params(self, states: Mapping[str, SensorState]) -> list[tuple[Any, ...]]:
-        """Rows for `_UPSERT_STATE`, all with the same new `touched` (in order: ties keep insertion order)."""
         self._touched += 1
-        t = self._touched
-        out = []
-        for key, s in states.items():
-            if s.h is None:
-                blob, shape = b"", "[]"
-            else:
-                h = np.asarray(s.h)
-                blob, shape = _f32_blob(h), json.dumps(list(h.shape))
-            out.append(
-                (
-                    key,
-                    blob,
-                    shape,
-                    s.model,
-                    int(s.last_seq),
-                    int(s.last_ts_ns),
-                    int(s.alarm),
-                    int(s.above[0]),
-                    int(s.above[1]),
-                    int(s.below[0]),
-                    int(s.below[1]),
-                    int(s.steps),
-                    t,
-                )
-            )
-        return out
+        return saved_states.row_params(states, self._touched)
 
     def outbox_pending(self, limit: int = 1000, *, exclude: Iterable[int] = ()) -> list[OutboxItem]:
         """Up to `limit` unsent messages: alerts first, then health, each in insertion order.
@@ -500,32 +425,11 @@ class Store:
         params = self._state_params(states)
         with self._tx() as c:
             c.execute("DELETE FROM states")
-            c.executemany(_UPSERT_STATE, params)
+            c.executemany(saved_states.UPSERT, params)
 
     def load_states(self) -> dict[str, SensorState]:
         """The saved states, least recently used first (empty on a fresh store)."""
-        out: dict[str, SensorState] = {}
-        for row in self._conn.execute(
-            "SELECT sensor, h, shape, model, last_seq, last_ts_ns, alarm, above_warning, above_alarm,"
-            " below_ok, below_warning, steps FROM states ORDER BY touched, rowid"
-        ):
-            sensor, blob, shape, model, last_seq, last_ts, alarm, aw, aa, bo, bw, steps = row
-            h = (
-                np.frombuffer(blob, dtype="<f4").astype(np.float32).reshape(json.loads(shape))
-                if blob
-                else None
-            )
-            out[sensor] = SensorState(
-                h=h,
-                model=model,
-                last_seq=last_seq,
-                last_ts_ns=last_ts,
-                alarm=alarm,
-                above=(aw, aa),
-                below=(bo, bw),
-                steps=steps,
-            )
-        return out
+        return dict(saved_states.read_rows(self._conn))
 
     def set_meta(self, key: str, value: str | bytes) -> None:
         with self._tx() as c:
@@ -653,113 +557,12 @@ class Store:
     # --- export ----------------------------------------------------------------------------------
 
     def export_runs(self, out_dir: Path | str) -> ExportSummary:
-        """Write the collected data as one .npz per sensor (and feature width) plus manifest.json.
+        """Write the collected data for retraining (edge_agent.retraining_export.export_runs)."""
+        return export_runs(self, out_dir)
 
-        The format (docs/agent.md, "Export format") needs only numpy to read: no pickle, no Parquet.
-        """
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        summary = ExportSummary(out_dir=out)
-        entries: list[dict[str, Any]] = []
-        groups = self._conn.execute(
-            "SELECT sensor, n_features, COUNT(*) FROM windows GROUP BY sensor, n_features ORDER BY sensor, n_features"
-        ).fetchall()
-        widths: dict[str, int] = {}
-        for sensor, _, _ in groups:
-            widths[sensor] = widths.get(sensor, 0) + 1
-        for sensor, n_features, count in groups:
-            machine, _, sensor_id = str(sensor).partition("/")
-            stem = (
-                f"{machine}__{sensor_id}" if widths[sensor] == 1 else f"{machine}__{sensor_id}__f{n_features}"
-            )
-            arrays = self._export_arrays(sensor, n_features, count)
-            path = out / f"{stem}.npz"
-            tmp = out / f".{stem}.tmp.npz"
-            np.savez_compressed(tmp, allow_pickle=False, **arrays)
-            os.replace(tmp, path)
-            summary.files.append(path)
-            summary.windows += int(count)
-            n_raw = int(arrays["raw_rows"].size)
-            summary.raw_windows += n_raw
-            entries.append(
-                {
-                    "file": path.name,
-                    "machine": machine,
-                    "sensor": sensor_id,
-                    "windows": int(count),
-                    "raw_windows": n_raw,
-                    "n_features": int(n_features),
-                    "models": sorted(set(arrays["model"].tolist())),
-                    "first_ts_ns": int(arrays["ts_ns"][0]) if count else None,
-                    "last_ts_ns": int(arrays["ts_ns"][-1]) if count else None,
-                }
-            )
-        manifest = {
-            "format": EXPORT_FORMAT,
-            "version": EXPORT_VERSION,
-            "created_ns": time.time_ns(),
-            "agent_id": _text(self.get_meta("agent_id")),
-            "files": entries,
-            "transitions": [
-                {
-                    "machine": t.sensor.partition("/")[0],
-                    "sensor": t.sensor.partition("/")[2],
-                    "seq": t.seq,
-                    "ts_ns": t.ts_ns,
-                    "previous_state": t.previous_state,
-                    "state": t.state,
-                    "score": t.score,
-                    "model": t.model,
-                    "reason": t.reason,
-                }
-                for t in self.transitions()
-            ],
-        }
-        tmp_manifest = out / ".manifest.json.tmp"
-        tmp_manifest.write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
-        os.replace(tmp_manifest, out / "manifest.json")
-        return summary
-
-    def _export_arrays(self, sensor: str, n_features: int, count: int) -> dict[str, npt.NDArray[Any]]:
-        seq = np.empty(count, np.int64)
-        ts = np.empty(count, np.int64)
-        feats = np.empty((count, n_features), np.float32)
-        score = np.empty(count, np.float32)
-        fs = np.empty(count, np.float64)
-        rpm = np.empty(count, np.float64)
-        state: list[str] = []
-        model: list[str] = []
-        raw_rows: list[int] = []
-        raw_parts: list[npt.NDArray[np.float32]] = []
-        cur = self._conn.execute(
-            "SELECT seq, ts_ns, features, score, state, model, fs, rpm, raw FROM windows"
-            " WHERE sensor = ? AND n_features = ? ORDER BY id",
-            (sensor, n_features),
-        )
-        for i, (s, t, f, sc, st, md, fs_i, rpm_i, raw) in enumerate(cur):
-            seq[i], ts[i], score[i], fs[i], rpm[i] = s, t, sc, fs_i, rpm_i
-            feats[i] = np.frombuffer(f, dtype="<f4")
-            state.append(st)
-            model.append(md)
-            if raw is not None:
-                raw_rows.append(i)
-                raw_parts.append(np.frombuffer(raw, dtype="<f4").astype(np.float32))
-        offsets = np.zeros(len(raw_parts) + 1, np.int64)
-        if raw_parts:
-            offsets[1:] = np.cumsum([p.size for p in raw_parts])
-        return {
-            "seq": seq,
-            "ts_ns": ts,
-            "features": feats,
-            "score": score,
-            "state": np.array(state, dtype=str),
-            "model": np.array(model, dtype=str),
-            "fs": fs,
-            "rpm": rpm,
-            "raw_rows": np.array(raw_rows, dtype=np.int64),
-            "raw_offsets": offsets,
-            "raw_samples": np.concatenate(raw_parts) if raw_parts else np.zeros(0, np.float32),
-        }
+    def connection(self) -> sqlite3.Connection:
+        """The SQLite connection, for readers in this thread (the retraining export)."""
+        return self._conn
 
 
 _ATTACH_RAW = "UPDATE windows SET raw = ? WHERE id = ? AND raw IS NULL"
@@ -767,21 +570,6 @@ _ATTACH_RAW = "UPDATE windows SET raw = ? WHERE id = ? AND raw IS NULL"
 
 def _last_rowid(c: sqlite3.Connection) -> int:
     return int(c.execute("SELECT last_insert_rowid()").fetchone()[0])
-
-
-def _migrate_1_to_2(conn: sqlite3.Connection) -> None:
-    """Schema 1 -> 2: the states table gains alarm counters, steps and `touched` (one transaction)."""
-    have = {r[1] for r in conn.execute("PRAGMA table_info(states)")}
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        for col in _V2_STATE_COLUMNS:
-            if col not in have:
-                conn.execute(f"ALTER TABLE states ADD COLUMN {col} INTEGER NOT NULL DEFAULT 0")
-        conn.execute("UPDATE meta SET value = ? WHERE key = 'schema'", (str(SCHEMA_VERSION),))
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
-    conn.execute("COMMIT")
 
 
 def _f32_blob(a: npt.ArrayLike) -> bytes:

@@ -38,6 +38,8 @@ PASSWORD_ENV = "GRUWATCH_MQTT_PASSWORD"
 class PublishError(GruwatchError):
     """The broker could not be reached, refused us, or a URL is unusable."""
 
+    reason = "publish_failed"
+
 
 def parse_broker_url(url: str) -> BrokerAddress:
     """edge_agent.broker_url.parse_broker_url, its ValueError as a PublishError."""

@@ -37,6 +37,8 @@ CARD_SCHEMA = 1
 class ExportError(GruwatchError):
     """The exported graph is not the trained model (shapes not dynamic, or outputs differ from torch)."""
 
+    reason = "export_failed"
+
 
 @contextlib.contextmanager
 def _quiet_exporter() -> Iterator[None]:

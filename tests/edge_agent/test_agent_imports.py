@@ -9,22 +9,25 @@ pyarrow); the second kills it mid-stream and restarts it.
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
-import sys
 import time
-from pathlib import Path
+from collections.abc import Callable
 
 import numpy as np
 import pytest
 
 from edge_agent.protocol import Window, encode_binary, vibration_topic
 from tests.conftest import Broker
-from tests.edge_agent.test_daemon_e2e import Models, Subscriber, _client, publish
-from tests.edge_agent.test_daemon_e2e import models as models  # the fixture
+from tests.edge_agent.agent_testing import (
+    AgentProcess,
+    StatusWatcher,
+    Subscriber,
+    close_client,
+    mqtt_client,
+    publish,
+)
 
-REPO = Path(__file__).resolve().parents[2]
 FORBIDDEN = ("torch", "pandas", "sklearn", "scipy", "pyarrow")
 
 CHILD = """
@@ -38,45 +41,17 @@ print(json.dumps({{"rc": rc, "forbidden": loaded}}))
 
 @pytest.mark.mqtt
 def test_agent_process_scores_stops_on_sigterm_and_stays_light(
-    broker: Broker, topic_prefix: str, models: Models, tmp_path: Path
+    broker: Broker, topic_prefix: str, agent_process: Callable[..., AgentProcess]
 ) -> None:
-    store = tmp_path / "agent.db"
-    config = tmp_path / "agent.toml"
-    agent_id = f"proc-{topic_prefix[-12:]}"
-    config.write_text(
-        "\n".join(
-            [
-                f'broker = "{broker.url}"',
-                f'prefix = "{topic_prefix}"',
-                f'agent_id = "{agent_id}"',
-                f'model = "{models.v1}"',
-                f'trusted_keys = ["{models.pub}"]',
-                f'store = "{store}"',
-                "metrics_port = 0",
-                "batch_max_wait_ms = 10",
-            ]
-        )
-        + "\n"
-    )
+    agent = agent_process("proc", batch_max_wait_ms=10)
+    store = agent.store
     sub = Subscriber(broker, topic_prefix)
-    status: list[dict[str, str]] = []
-    watcher = _client(broker)
-    watcher.on_message = lambda c, u, m: status.append(json.loads(m.payload))
-    watcher.subscribe(f"{topic_prefix}/_agents/{agent_id}/status", qos=1)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GRUWATCH_")}
-    proc = subprocess.Popen(
-        [sys.executable, "-c", CHILD.format(forbidden=repr(set(FORBIDDEN))), str(config)],
-        cwd=REPO,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    pub = _client(broker)
+    watcher = StatusWatcher(broker, topic_prefix, agent.agent_id)
+    status = watcher.status
+    proc = agent.start(CHILD.format(forbidden=repr(set(FORBIDDEN))), stdout=subprocess.PIPE)
+    pub = mqtt_client(broker)
     try:
-        assert sub.wait(lambda: any(s.get("state") == "online" for s in status), 30), (
-            "agent never came online"
-        )
+        assert sub.wait(watcher.online, 30), "agent never came online"
         rng = np.random.default_rng(0)
         topic = vibration_topic(topic_prefix, "press1", "s0")
         for k in range(20):
@@ -90,12 +65,9 @@ def test_agent_process_scores_stops_on_sigterm_and_stays_light(
         out, err = proc.communicate(timeout=10)
         elapsed = time.monotonic() - t0
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
-        for c in (pub, watcher):
-            c.disconnect()
-            c.loop_stop()
+        agent.kill_all()
+        close_client(pub)
+        watcher.close()
         sub.close()
     assert proc.returncode == 0, err[-3000:]
     assert elapsed < 5.0, f"SIGTERM to exit took {elapsed:.1f} s"
@@ -119,42 +91,18 @@ def test_agent_process_scores_stops_on_sigterm_and_stays_light(
 
 @pytest.mark.mqtt
 def test_a_killed_agent_loses_no_window(
-    broker: Broker, topic_prefix: str, models: Models, tmp_path: Path
+    broker: Broker, topic_prefix: str, agent_process: Callable[..., AgentProcess]
 ) -> None:
     """SIGKILL mid-stream, restart: every window still gets its health message (at least once).
 
     Windows are acked only after their results are committed, so the broker redelivers whatever the
     killed agent had not finished; nothing published is lost.
     """
-    store = tmp_path / "agent.db"
-    config = tmp_path / "agent.toml"
-    agent_id = f"kill-{topic_prefix[-12:]}"
-    config.write_text(
-        f'broker = "{broker.url}"\nprefix = "{topic_prefix}"\nagent_id = "{agent_id}"\nmodel = "{models.v1}"\n'
-        f'trusted_keys = ["{models.pub}"]\nstore = "{store}"\nmetrics_port = 0\nbatch_max_wait_ms = 10\n'
-        "states_save_interval_s = 0.5\n"
-    )
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GRUWATCH_")}
-    child = (
-        "import sys; from edge_agent.agent_cli import main; sys.exit(main(['run', '--config', sys.argv[1]]))"
-    )
-
-    def start() -> subprocess.Popen[str]:
-        return subprocess.Popen(
-            [sys.executable, "-c", child, str(config)],
-            cwd=REPO,
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-
+    agent = agent_process("kill", batch_max_wait_ms=10, states_save_interval_s=0.5)
+    start = agent.start
     sub = Subscriber(broker, topic_prefix)
-    status: list[dict[str, str]] = []
-    watcher = _client(broker)
-    watcher.on_message = lambda c, u, m: status.append(json.loads(m.payload))
-    watcher.subscribe(f"{topic_prefix}/_agents/{agent_id}/status", qos=1)
-    pub = _client(broker)
+    watcher = StatusWatcher(broker, topic_prefix, agent.agent_id)
+    pub = mqtt_client(broker)
     rng = np.random.default_rng(1)
     sensors = ("s0", "s1", "s2")
     n = 60
@@ -167,7 +115,7 @@ def test_a_killed_agent_loses_no_window(
 
     proc = start()
     try:
-        assert sub.wait(lambda: any(s.get("state") == "online" for s in status), 30)
+        assert sub.wait(watcher.online, 30)
         for k in range(n // 2):
             send(k)
         assert sub.wait(lambda: len(sub.health) >= 20)
@@ -186,12 +134,9 @@ def test_a_killed_agent_loses_no_window(
         _, err = proc.communicate(timeout=10)
         assert proc.returncode == 0, err[-2000:]
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
-        for c in (pub, watcher):
-            c.disconnect()
-            c.loop_stop()
+        agent.kill_all()
+        close_client(pub)
+        watcher.close()
         sub.close()
     assert before < n * len(sensors), "the kill came too late to test anything"
     seen = [(h.sensor, h.seq) for h in sub.health]

@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -30,18 +29,14 @@ import paho.mqtt.client as paho
 import pytest
 import structlog
 import structlog.testing
-from paho.mqtt.enums import CallbackAPIVersion
 
-from edge_agent.bundle import sign_bundle, write_bundle
 from edge_agent.daemon import Agent
 from edge_agent.errors import ProtocolError
-from edge_agent.features import DEFAULT_SPEC
 from edge_agent.protocol import (
     HEADER,
     MAGIC,
     VERSION,
     Window,
-    decode_alert,
     decode_health,
     encode_binary,
     encode_json,
@@ -49,66 +44,26 @@ from edge_agent.protocol import (
 )
 from edge_agent.scorer import Scorer
 from edge_agent.settings import AgentSettings, load_settings
-from edge_agent.signing import generate_keypair
 from simulator.fleet_model import SensorRun, build_fleet
 from tests.conftest import Broker
-from tests.edge_agent.gru_fixtures import GruParams, build_step_model, make_card, make_test_vectors
+from tests.edge_agent.agent_testing import (
+    AgentProcess,
+    Models,
+    StatusWatcher,
+    Subscriber,
+    close_client,
+    make_bundle,
+    mqtt_client,
+    publish,
+)
 
 pytestmark = pytest.mark.mqtt
 
 T0_NS = 1_800_000_000 * 10**9
 FIRST = 6  # first window published by the main end-to-end test
-THRESHOLDS = {"warning": 0.5, "alarm": 0.8, "raise_windows": 2, "clear_windows": 3}
 
 
 # ----------------------------------------------------------------------------------------- model
-
-
-def rms_params(hidden: int = 2, *, gain: float = 4.0) -> GruParams:
-    """A GRU whose health rises with log_rms: h' = ½·tanh((log_rms + 0.1) / 0.1) + ½·h, score = σ(gain·h0)."""
-    F = DEFAULT_SPEC.n_features
-    H = hidden
-    i_rms = DEFAULT_SPEC.names.index("log_rms")
-    mean = np.zeros(F, np.float32)
-    std = np.ones(F, np.float32)
-    mean[i_rms], std[i_rms] = -0.1, 0.1
-    w_ih = np.zeros((3 * H, F), np.float32)
-    w_ih[2 * H :, i_rms] = 1.0  # candidate n = tanh(scaled log_rms)
-    w_hh = np.zeros((3 * H, H), np.float32)
-    b_ih = np.zeros(3 * H, np.float32)  # z = σ(0) = ½
-    b_hh = np.zeros(3 * H, np.float32)
-    w_out = np.zeros((2, H), np.float32)
-    w_out[0, 0] = gain
-    w_out[1, 0] = -gain  # a second output, named p_healthy: 1 - health
-    return GruParams(mean, std, [w_ih], [w_hh], [b_ih], [b_hh], w_out, np.zeros(2, np.float32))
-
-
-def make_bundle(out: Path, key: Path, *, version: str, hidden: int = 2, gain: float = 4.0) -> Path:
-    p = rms_params(hidden, gain=gain)
-    card = make_card(
-        p,
-        DEFAULT_SPEC.to_dict(),
-        model_version=version,
-        thresholds=THRESHOLDS,
-        outputs=["health", "p_healthy"],
-    )
-    write_bundle(out, onnx_bytes=build_step_model(p), card=card, test_vectors=make_test_vectors(p))
-    sign_bundle(out, key)
-    return out
-
-
-@dataclass(frozen=True)
-class Models:
-    key: Path
-    pub: Path
-    v1: Path
-
-
-@pytest.fixture(scope="session")
-def models(tmp_path_factory: pytest.TempPathFactory) -> Models:
-    root = tmp_path_factory.mktemp("agent-models")
-    key, pub = generate_keypair(root / "keys")
-    return Models(key, pub, make_bundle(root / "v1", key, version="rms-v1"))
 
 
 @pytest.fixture(scope="session")
@@ -191,79 +146,6 @@ def fleet() -> Fleet:
 
 
 # ------------------------------------------------------------------------------------ MQTT peers
-
-
-def _client(broker: Broker) -> paho.Client:
-    c = paho.Client(callback_api_version=CallbackAPIVersion.VERSION2, client_id=f"t-{uuid.uuid4().hex[:10]}")
-    c.max_inflight_messages_set(200)
-    c.connect(broker.host, broker.port)
-    c.loop_start()
-    return c
-
-
-class Subscriber:
-    """Collects health and alert messages under a prefix."""
-
-    def __init__(self, broker: Broker, prefix: str) -> None:
-        self.lock = threading.Lock()
-        self.health: list[Any] = []
-        self.alerts: list[Any] = []
-        self.results: list[dict[str, Any]] = []
-        self.order: list[str] = []  # "health" / "alert" / "result", in arrival order
-        self.ready = threading.Event()
-        self.client = paho.Client(
-            callback_api_version=CallbackAPIVersion.VERSION2, client_id=f"sub-{uuid.uuid4().hex[:10]}"
-        )
-        self.client.on_message = self._on_message
-        self.client.on_subscribe = lambda *a: self.ready.set()
-        self.client.connect(broker.host, broker.port)
-        self.client.subscribe(
-            [(f"{prefix}/+/+/health", 1), (f"{prefix}/+/+/alert", 1), (f"{prefix}/_agents/+/model/result", 1)]
-        )
-        self.client.loop_start()
-        assert self.ready.wait(10)
-
-    def _on_message(self, client: Any, userdata: Any, msg: paho.MQTTMessage) -> None:
-        with self.lock:
-            self.order.append(msg.topic.rsplit("/", 1)[-1])
-            if msg.topic.endswith("/health"):
-                self.health.append(decode_health(msg.payload))
-            elif msg.topic.endswith("/alert"):
-                self.alerts.append((decode_alert(msg.payload), msg.retain))
-            elif msg.topic.endswith("/model/result"):
-                self.results.append(json.loads(msg.payload))
-
-    def wait(self, pred: Callable[[], bool], timeout: float = 20.0) -> bool:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            with self.lock:
-                if pred():
-                    return True
-            time.sleep(0.02)
-        return False
-
-    def close(self) -> None:
-        self.client.disconnect()
-        self.client.loop_stop()
-
-
-@pytest.fixture
-def subscriber(broker: Broker, topic_prefix: str) -> Iterator[Subscriber]:
-    s = Subscriber(broker, topic_prefix)
-    yield s
-    s.close()
-
-
-@pytest.fixture
-def publisher(broker: Broker) -> Iterator[paho.Client]:
-    c = _client(broker)
-    yield c
-    c.disconnect()
-    c.loop_stop()
-
-
-def publish(client: paho.Client, topic: str, payload: bytes) -> None:
-    client.publish(topic, payload, qos=1).wait_for_publish(10)
 
 
 def nan_payload(w: Window) -> bytes:
@@ -586,8 +468,7 @@ def test_deploy_swaps_models_and_refuses_a_tampered_bundle(
     scorer = Scorer.from_bundle(models.v1, trusted_keys=[models.pub])
     first = [scorer.score_one("x", fleet.window(run, k)).health for k in range(4)]
     swapped = Scorer.from_bundle(v2, trusted_keys=[models.pub])
-    exported = scorer.export_states()
-    exported["model_version"] = "rms-v2"
+    exported = scorer.export_states().with_model("rms-v2")
     swapped.import_states(exported)
     then = [swapped.score_one("x", fleet.window(run, k)).health for k in range(4, 6)]
     np.testing.assert_allclose([h.score for h in health[:6]], first + then, atol=1e-5)
@@ -722,7 +603,7 @@ def test_simulator_fleet_with_its_fault_injection(
 
     settings = agent_settings(broker, topic_prefix, models, tmp_path / "agent.db")
     tap: list[tuple[str, bytes]] = []
-    tap_client = _client(broker)
+    tap_client = mqtt_client(broker)
     tap_client.on_message = lambda c, u, m: tap.append((m.topic, bytes(m.payload)))
     tap_client.subscribe(f"{topic_prefix}/+/+/vibration", qos=1)
     time.sleep(0.2)
@@ -860,7 +741,7 @@ def _kill_test_windows(n: int, sensors: tuple[str, ...]) -> dict[str, list[Windo
 
 
 def test_a_killed_agent_resumes_with_exactly_the_scores_of_an_uninterrupted_run(
-    broker: Broker, topic_prefix: str, models: Models, tmp_path: Path
+    broker: Broker, topic_prefix: str, models: Models, agent_process: Callable[..., AgentProcess]
 ) -> None:
     """SIGKILL mid-stream, restart: every health message (redeliveries included) carries the score,
     alarm state and step count a single uninterrupted run gives.
@@ -869,34 +750,10 @@ def test_a_killed_agent_resumes_with_exactly_the_scores_of_an_uninterrupted_run(
     any moment leaves committed states that match exactly the windows the broker will not resend.
     The periodic full save is set to an hour: exactness cannot come from it.
     """
-    import os
     import signal
-    import subprocess
-    import sys
 
-    repo = Path(__file__).resolve().parents[2]
-    store = tmp_path / "agent.db"
-    config = tmp_path / "agent.toml"
-    agent_id = f"exact-{topic_prefix[-12:]}"
-    config.write_text(
-        f'broker = "{broker.url}"\nprefix = "{topic_prefix}"\nagent_id = "{agent_id}"\nmodel = "{models.v1}"\n'
-        f'trusted_keys = ["{models.pub}"]\nstore = "{store}"\nmetrics_port = 0\nbatch_max_wait_ms = 5\n'
-        "batch_max_size = 16\nstates_save_interval_s = 3600\n"
-    )
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GRUWATCH_")}
-    child = (
-        "import sys; from edge_agent.agent_cli import main; sys.exit(main(['run', '--config', sys.argv[1]]))"
-    )
-
-    def start() -> subprocess.Popen[str]:
-        return subprocess.Popen(
-            [sys.executable, "-c", child, str(config)],
-            cwd=repo,
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
+    agent = agent_process("exact", batch_max_wait_ms=5, batch_max_size=16, states_save_interval_s=3600)
+    agent_id, start = agent.agent_id, agent.start
 
     sensors = ("s0", "s1", "s2")
     n = 60
@@ -910,11 +767,8 @@ def test_a_killed_agent_resumes_with_exactly_the_scores_of_an_uninterrupted_run(
     assert {v[1] for v in ref.values()} == {"ok", "warning", "alarm"}
 
     sub = Subscriber(broker, topic_prefix)
-    status: list[dict[str, str]] = []
-    watcher = _client(broker)
-    watcher.on_message = lambda c, u, m: status.append(json.loads(m.payload))
-    watcher.subscribe(f"{topic_prefix}/_agents/{agent_id}/status", qos=1)
-    pub = _client(broker)
+    watcher = StatusWatcher(broker, topic_prefix, agent_id)
+    pub = mqtt_client(broker)
 
     def send(ks: range) -> None:
         for k in ks:
@@ -923,7 +777,7 @@ def test_a_killed_agent_resumes_with_exactly_the_scores_of_an_uninterrupted_run(
 
     proc = start()
     try:
-        assert sub.wait(lambda: any(s.get("state") == "online" for s in status), 30)
+        assert sub.wait(watcher.online, 30)
         send(range(n // 2))
         assert sub.wait(lambda: len(sub.health) >= 24)
         proc.kill()  # mid-stream: batches committed and acked, committed not acked, queued, in flight
@@ -940,12 +794,9 @@ def test_a_killed_agent_resumes_with_exactly_the_scores_of_an_uninterrupted_run(
         _, err = proc.communicate(timeout=10)
         assert proc.returncode == 0, err[-2000:]
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
-        for c in (pub, watcher):
-            c.disconnect()
-            c.loop_stop()
+        agent.kill_all()
+        close_client(pub)
+        watcher.close()
         sub.close()
     assert before < len(ref), "the kill came too late to test anything"
     health = list(sub.health)
@@ -1010,31 +861,9 @@ def test_raw_samples_before_an_alarm_change_are_kept(models: Models, tmp_path: P
         assert raw[s] == list(range(k_t - 3, 12)), s  # 3 before, the change, and every one after
 
 
-def test_raw_ring_is_bounded_per_sensor_and_in_bytes() -> None:
-    from edge_agent.raw_ring import RawRing
-
-    x = np.zeros(10, np.float32)  # 40 bytes
-    ring = RawRing(2, 5 * 40)
-    for k in range(4):
-        ring.add("a", 100 + k, k, x)
-    assert len(ring) == 2
-    assert ring.nbytes == 80
-    for k in range(4):
-        ring.add("b", 200 + k, k, x)
-        ring.add("c", 300 + k, k, x)
-    # Over 200 bytes, the oldest of any sensor went first (a's 102); per sensor, beyond two.
-    assert ring.nbytes == 200
-    assert len(ring) == 5
-    assert [wid for wid, _ in ring.take("a", 4)] == [103]
-    assert ring.take("a", 5) == []  # taken
-    assert [wid for wid, _ in ring.take("b", 4)] == [202, 203]
-    assert [wid for wid, _ in ring.take("c", 5)] == [303]  # 302 is 3 seqs before: too old
-    assert ring.nbytes == 0
-    assert len(ring) == 0
-
-
 def test_health_encoder_writes_what_encode_health_writes() -> None:
-    from edge_agent.protocol import Health, HealthEncoder, encode_health
+    from edge_agent.messages import HealthEncoder
+    from edge_agent.protocol import Health, encode_health
 
     rng = np.random.default_rng(3)
     models = ["rms-v1", 'odd "model" \u00e9 name']
@@ -1083,7 +912,7 @@ def test_a_snapshot_left_by_an_older_agent_is_restored_once(
     run = fleet.outer
     for k in range(3):
         old.score_one("m/a", fleet.window(run, k))
-    snap = old.export_states()
+    snap = old.export_states().to_dict()
     snap["tracker_keys"] = ["m/a"]
     snap["tracker_seq"] = np.array([2], np.int64)
     snap["tracker_ts"] = np.array([fleet.window(run, 2).ts_ns], np.int64)

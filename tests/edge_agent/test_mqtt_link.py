@@ -295,8 +295,10 @@ def test_publish_handle_completes_and_reports_outbox_ids(
 _AGENT = textwrap.dedent(
     """
     import sys, time
+    from edge_agent.logs import configure_logging
     from edge_agent.mqtt_link import MqttLink
     from edge_agent.settings import load_settings
+    configure_logging("info")  # as the CLI does: log lines go to stderr, stdout is ours
     link = MqttLink(load_settings(None), model_version="v7")
     link.start()
     assert link.wait_connected(10)
@@ -576,7 +578,7 @@ def test_extra_subscription_hands_payloads_to_its_callback(
 
 
 def test_request_reply_returns_the_first_accepted_answer(broker: Any, topic_prefix: str, peer: Peer) -> None:
-    from edge_agent.mqtt_link import RequestError, request_reply
+    from edge_agent.mqtt_request import RequestError, request_reply
 
     ask, answer = f"{topic_prefix}/ask", f"{topic_prefix}/answer"
 

@@ -5,8 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from edge_agent.daemon import _chunks, _Pending
-from edge_agent.sequencing import SequenceTracker, Verdict, seq_newer
+from edge_agent.sequencing import Accepted, SequenceTracker, Verdict, seq_newer, split_at_resets
 
 S = 10**9  # ns per second
 
@@ -109,9 +108,9 @@ def test_a_reset_of_a_sensor_already_in_the_batch_starts_a_new_chunk() -> None:
         def __init__(self, key: str) -> None:
             self.key = key
 
-    def p(key: str, outcome: str) -> _Pending:
-        return _Pending(_Item(key), Verdict(outcome))  # type: ignore[arg-type]
+    def p(key: str, outcome: str) -> Accepted[_Item]:
+        return Accepted(_Item(key), Verdict(outcome))  # type: ignore[arg-type]
 
     batch = [p("a", "ok"), p("b", "new"), p("a", "gap"), p("b", "ok"), p("c", "new")]
-    chunks = _chunks(batch)
+    chunks = split_at_resets(batch)
     assert [[x.item.key for x in c] for c in chunks] == [["a", "b"], ["a", "b", "c"]]

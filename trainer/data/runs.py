@@ -25,6 +25,8 @@ SOURCES: frozenset[str] = frozenset({"sim", "femto", "cwru", "agent"})
 class DataError(GruwatchError, ValueError):
     """Training data that cannot be read or does not make sense; the message says what to fix."""
 
+    reason = "bad_data"
+
 
 @dataclass
 class RunLabels:

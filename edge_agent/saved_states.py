@@ -1,0 +1,237 @@
+"""Saving and restoring the sensors' states: the store's `states` table, its migrations, warm restart.
+
+Each batch commits its sensors' rows with its windows (`batch_states`, in `Store.record_batch`);
+`save_all` rewrites the whole table from memory (a compaction); `restore` fills the scorer and the
+sequence tracker from the table at start. The one-off migrations of older stores live here too:
+schema 1's table lacked the alarm counters (`migrate_1_to_2`), and older agents kept every state
+in one snapshot blob in `meta` (`STATES_META_KEY`, moved into the table on first start).
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterator, Mapping
+from typing import TYPE_CHECKING, Any, Final
+
+import numpy as np
+import structlog
+
+from edge_agent.states import SensorState, StateColumns, states_from_bytes
+
+if TYPE_CHECKING:
+    from edge_agent.scorer import Scorer
+    from edge_agent.sequencing import SequenceTracker
+    from edge_agent.store import Store
+
+log = structlog.get_logger("edge_agent.saved_states")
+
+#: Older agents' whole-store snapshot blob in `meta` (schema 1); migrated once by `restore`.
+STATES_META_KEY: Final = "agent_states"
+
+STATES_DDL: Final = """
+CREATE TABLE IF NOT EXISTS states (
+    sensor TEXT PRIMARY KEY,
+    h BLOB NOT NULL,
+    shape TEXT NOT NULL,
+    model TEXT NOT NULL,
+    last_seq INTEGER NOT NULL,
+    last_ts_ns INTEGER NOT NULL,
+    alarm INTEGER NOT NULL DEFAULT 0,
+    above_warning INTEGER NOT NULL DEFAULT 0,
+    above_alarm INTEGER NOT NULL DEFAULT 0,
+    below_ok INTEGER NOT NULL DEFAULT 0,
+    below_warning INTEGER NOT NULL DEFAULT 0,
+    steps INTEGER NOT NULL DEFAULT 0,
+    touched INTEGER NOT NULL DEFAULT 0
+);
+"""
+
+#: Columns schema 1 lacked (added by the 1 -> 2 migration, with their defaults).
+_V2_COLUMNS: Final = (
+    "alarm",
+    "above_warning",
+    "above_alarm",
+    "below_ok",
+    "below_warning",
+    "steps",
+    "touched",
+)
+
+UPSERT: Final = (
+    "INSERT OR REPLACE INTO states (sensor, h, shape, model, last_seq, last_ts_ns, alarm, above_warning,"
+    " above_alarm, below_ok, below_warning, steps, touched) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+_SELECT: Final = (
+    "SELECT sensor, h, shape, model, last_seq, last_ts_ns, alarm, above_warning, above_alarm,"
+    " below_ok, below_warning, steps FROM states ORDER BY touched, rowid"
+)
+
+
+# ------------------------------------------------------------------------------------ table rows
+
+
+def row_params(states: Mapping[str, SensorState], touched: int) -> list[tuple[Any, ...]]:
+    """Parameters of `UPSERT` for `states`, all with the same `touched` (ties keep insertion order)."""
+    out = []
+    for key, s in states.items():
+        if s.h is None:
+            blob, shape = b"", "[]"
+        else:
+            h = np.asarray(s.h)
+            blob, shape = np.ascontiguousarray(h, dtype="<f4").tobytes(), json.dumps(list(h.shape))
+        c = (int(s.above[0]), int(s.above[1]), int(s.below[0]), int(s.below[1]))
+        out.append(
+            (
+                key,
+                blob,
+                shape,
+                s.model,
+                int(s.last_seq),
+                int(s.last_ts_ns),
+                int(s.alarm),
+                *c,
+                int(s.steps),
+                touched,
+            )
+        )
+    return out
+
+
+def read_rows(conn: sqlite3.Connection) -> Iterator[tuple[str, SensorState]]:
+    """The saved states, least recently used first."""
+    for row in conn.execute(_SELECT):
+        sensor, blob, shape, model, last_seq, last_ts, alarm, aw, aa, bo, bw, steps = row
+        h = np.frombuffer(blob, dtype="<f4").astype(np.float32).reshape(json.loads(shape)) if blob else None
+        yield (
+            sensor,
+            SensorState(
+                h, model, last_seq, last_ts, alarm=alarm, above=(aw, aa), below=(bo, bw), steps=steps
+            ),
+        )
+
+
+def migrate_1_to_2(conn: sqlite3.Connection, schema_version: int) -> None:
+    """Schema 1 -> 2: the states table gains alarm counters, steps and `touched` (one transaction)."""
+    have = {r[1] for r in conn.execute("PRAGMA table_info(states)")}
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        for col in _V2_COLUMNS:
+            if col not in have:
+                conn.execute(f"ALTER TABLE states ADD COLUMN {col} INTEGER NOT NULL DEFAULT 0")
+        conn.execute("UPDATE meta SET value = ? WHERE key = 'schema'", (str(schema_version),))
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+
+
+# ------------------------------------------------------------------------------ scorer <-> table
+
+
+def batch_states(scorer: Scorer, last: Mapping[str, tuple[int, int]]) -> dict[str, SensorState]:
+    """The state of these sensors as the scorer holds it now (`last`: sensor -> (seq, ts_ns))."""
+    table = scorer.table
+    data = table.data
+    model = scorer.model_version
+    out: dict[str, SensorState] = {}
+    for key, (seq, ts) in last.items():
+        if key not in table:
+            out[key] = SensorState(h=None, model=model, last_seq=seq, last_ts_ns=ts)
+            continue
+        r = table.row(key)
+        above, below = data["above"][r].tolist(), data["below"][r].tolist()
+        out[key] = SensorState(
+            data["h"][r], model, seq, ts, int(data["alarm"][r]), (above[0], above[1]), (below[0], below[1]),
+            int(data["steps"][r]),
+        )  # fmt: skip
+    return out
+
+
+def all_states(scorer: Scorer, tracker: SequenceTracker) -> dict[str, SensorState]:
+    """Every tracked sensor, least recently used first (the tracker's order; scorer-only ones first)."""
+    cols = scorer.export_states()
+    last = tracker.export()
+    index = {k: i for i, k in enumerate(cols.sensors)}
+    keys = [k for k in cols.sensors if k not in last] + list(last)
+    out: dict[str, SensorState] = {}
+    for key in keys:
+        seq, ts = last.get(key, (0, 0))
+        i = index.get(key)
+        out[key] = (
+            SensorState(h=None, model=cols.model_version, last_seq=seq, last_ts_ns=ts)
+            if i is None
+            else cols.row(i, last_seq=seq, last_ts_ns=ts)
+        )
+    return out
+
+
+def save_all(store: Store, scorer: Scorer, tracker: SequenceTracker) -> None:
+    """Rewrite the states table from memory: drops sensors no longer tracked (a compaction)."""
+    store.save_states(all_states(scorer, tracker))
+
+
+def restore(store: Store, scorer: Scorer, tracker: SequenceTracker) -> set[str]:
+    """Resume from the states table (or, once, from an older agent's snapshot blob).
+
+    Returns the sensors whose saved hidden state belongs to a model of another shape: their next
+    window starts afresh and says `state_reset: "model"`.
+    """
+    if isinstance(store.get_meta(STATES_META_KEY), bytes):
+        reset = _restore_snapshot(store, scorer, tracker)
+        save_all(store, scorer, tracker)  # into the table, then the old snapshot goes
+        store.delete_meta(STATES_META_KEY)
+        return reset
+    saved = store.load_states()
+    if not saved:
+        return set()
+    shape = tuple(scorer.state_shape)
+    try:
+        tracker.restore({k: (s.last_seq, s.last_ts_ns) for k, s in saved.items()})
+        with_h = {k: s for k, s in saved.items() if s.h is not None and tuple(s.h.shape) == shape}
+        # Hidden states of another shape belong to a model swapped out with its states reset.
+        other = {k for k, s in saved.items() if s.h is not None and tuple(s.h.shape) != shape}
+        if other:
+            log.warning(
+                "states_not_restored",
+                reason="state shape changed",
+                sensors=len(other),
+                model=scorer.model_version,
+            )
+        n = scorer.import_states(StateColumns.of(scorer.model_version, scorer.state_shape, with_h))
+    except (ValueError, KeyError, TypeError) as exc:
+        log.warning("states_not_restored", reason=str(exc))
+        tracker.restore({})
+        return set()
+    log.info("states_restored", sensors=n, tracked=len(saved), model=scorer.model_version)
+    return other
+
+
+def _restore_snapshot(store: Store, scorer: Scorer, tracker: SequenceTracker) -> set[str]:
+    """The whole-store snapshot blob older agents saved in meta (schema 1)."""
+    blob = store.get_meta(STATES_META_KEY)
+    assert isinstance(blob, bytes)
+    try:
+        snap = states_from_bytes(blob)
+        keys = [str(k) for k in snap.get("tracker_keys", [])]
+        seqs = np.asarray(snap.get("tracker_seq", np.zeros(0, np.int64))).tolist()
+        tss = np.asarray(snap.get("tracker_ts", np.zeros(0, np.int64))).tolist()
+        tracker.restore(dict(zip(keys, zip(seqs, tss, strict=True), strict=True)))
+        cols = StateColumns.from_dict(snap)
+        if cols.model_version != scorer.model_version:
+            if list(cols.state_shape) != list(scorer.state_shape):
+                log.warning(
+                    "states_not_restored",
+                    reason="state shape changed",
+                    saved_model=cols.model_version,
+                    model=scorer.model_version,
+                )
+                return set(keys)
+            cols = cols.with_model(scorer.model_version)
+        n = scorer.import_states(cols)
+    except (ValueError, KeyError, TypeError) as exc:
+        log.warning("states_not_restored", reason=str(exc))
+        tracker.restore({})
+        return set()
+    log.info("states_restored", sensors=n, model=scorer.model_version, source="snapshot")
+    return set()

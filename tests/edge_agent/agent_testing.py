@@ -1,0 +1,211 @@
+"""Helpers for the agent's end-to-end tests: hand-made model bundles, MQTT peers, the agent as a child process.
+
+Fixtures built on them live in tests/edge_agent/conftest.py; test modules import helpers from here,
+never from each other (CONVENTIONS 17).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion
+
+from edge_agent.bundle import sign_bundle, write_bundle
+from edge_agent.features import DEFAULT_SPEC
+from edge_agent.protocol import decode_alert, decode_health
+from tests.conftest import Broker
+from tests.edge_agent.gru_fixtures import GruParams, build_step_model, make_card, make_test_vectors
+
+REPO = Path(__file__).resolve().parents[2]
+THRESHOLDS = {"warning": 0.5, "alarm": 0.8, "raise_windows": 2, "clear_windows": 3}
+
+# ----------------------------------------------------------------------------------------- models
+
+
+@dataclass(frozen=True)
+class Models:
+    key: Path
+    pub: Path
+    v1: Path
+
+
+def rms_params(hidden: int = 2, *, gain: float = 4.0) -> GruParams:
+    """A GRU whose health rises with log_rms: h' = ½·tanh((log_rms + 0.1) / 0.1) + ½·h, score = σ(gain·h0)."""
+    F = DEFAULT_SPEC.n_features
+    H = hidden
+    i_rms = DEFAULT_SPEC.names.index("log_rms")
+    mean = np.zeros(F, np.float32)
+    std = np.ones(F, np.float32)
+    mean[i_rms], std[i_rms] = -0.1, 0.1
+    w_ih = np.zeros((3 * H, F), np.float32)
+    w_ih[2 * H :, i_rms] = 1.0  # candidate n = tanh(scaled log_rms)
+    w_hh = np.zeros((3 * H, H), np.float32)
+    b_ih = np.zeros(3 * H, np.float32)  # z = σ(0) = ½
+    b_hh = np.zeros(3 * H, np.float32)
+    w_out = np.zeros((2, H), np.float32)
+    w_out[0, 0] = gain
+    w_out[1, 0] = -gain  # a second output, named p_healthy: 1 - health
+    return GruParams(mean, std, [w_ih], [w_hh], [b_ih], [b_hh], w_out, np.zeros(2, np.float32))
+
+
+def make_bundle(out: Path, key: Path, *, version: str, hidden: int = 2, gain: float = 4.0) -> Path:
+    p = rms_params(hidden, gain=gain)
+    card = make_card(
+        p,
+        DEFAULT_SPEC.to_dict(),
+        model_version=version,
+        thresholds=THRESHOLDS,
+        outputs=["health", "p_healthy"],
+    )
+    write_bundle(out, onnx_bytes=build_step_model(p), card=card, test_vectors=make_test_vectors(p))
+    sign_bundle(out, key)
+    return out
+
+
+# ------------------------------------------------------------------------------------ MQTT peers
+
+
+def mqtt_client(broker: Broker) -> paho.Client:
+    c = paho.Client(callback_api_version=CallbackAPIVersion.VERSION2, client_id=f"t-{uuid.uuid4().hex[:10]}")
+    c.max_inflight_messages_set(200)
+    c.connect(broker.host, broker.port)
+    c.loop_start()
+    return c
+
+
+def close_client(c: paho.Client) -> None:
+    c.disconnect()
+    c.loop_stop()
+
+
+def publish(client: paho.Client, topic: str, payload: bytes) -> None:
+    client.publish(topic, payload, qos=1).wait_for_publish(10)
+
+
+class Subscriber:
+    """Collects health and alert messages under a prefix."""
+
+    def __init__(self, broker: Broker, prefix: str) -> None:
+        self.lock = threading.Lock()
+        self.health: list[Any] = []
+        self.alerts: list[Any] = []
+        self.results: list[dict[str, Any]] = []
+        self.order: list[str] = []  # "health" / "alert" / "result", in arrival order
+        self.ready = threading.Event()
+        self.client = paho.Client(
+            callback_api_version=CallbackAPIVersion.VERSION2, client_id=f"sub-{uuid.uuid4().hex[:10]}"
+        )
+        self.client.on_message = self._on_message
+        self.client.on_subscribe = lambda *a: self.ready.set()
+        self.client.connect(broker.host, broker.port)
+        self.client.subscribe(
+            [(f"{prefix}/+/+/health", 1), (f"{prefix}/+/+/alert", 1), (f"{prefix}/_agents/+/model/result", 1)]
+        )
+        self.client.loop_start()
+        assert self.ready.wait(10)
+
+    def _on_message(self, client: Any, userdata: Any, msg: paho.MQTTMessage) -> None:
+        with self.lock:
+            self.order.append(msg.topic.rsplit("/", 1)[-1])
+            if msg.topic.endswith("/health"):
+                self.health.append(decode_health(msg.payload))
+            elif msg.topic.endswith("/alert"):
+                self.alerts.append((decode_alert(msg.payload), msg.retain))
+            elif msg.topic.endswith("/model/result"):
+                self.results.append(json.loads(msg.payload))
+
+    def wait(self, pred: Callable[[], bool], timeout: float = 20.0) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self.lock:
+                if pred():
+                    return True
+            time.sleep(0.02)
+        return False
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+class StatusWatcher:
+    """The retained status messages of one agent ({"state": "online" | "offline", ...}), in order."""
+
+    def __init__(self, broker: Broker, prefix: str, agent_id: str) -> None:
+        self.status: list[dict[str, Any]] = []
+        self.client = mqtt_client(broker)
+        self.client.on_message = lambda c, u, m: self.status.append(json.loads(m.payload))
+        self.client.subscribe(f"{prefix}/_agents/{agent_id}/status", qos=1)
+
+    def online(self) -> bool:
+        return any(s.get("state") == "online" for s in self.status)
+
+    def close(self) -> None:
+        close_client(self.client)
+
+
+# --------------------------------------------------------------------------- the agent as a process
+
+#: The child's program: `gruwatch agent run --config FILE` exactly as on a gateway.
+RUN_CHILD = (
+    "import sys; from edge_agent.agent_cli import main; sys.exit(main(['run', '--config', sys.argv[1]]))"
+)
+
+
+@dataclass
+class AgentProcess:
+    """An agent configured in `config` (TOML), started as a child process by `start()`."""
+
+    config: Path
+    store: Path
+    agent_id: str
+    procs: list[subprocess.Popen[str]] = field(default_factory=list)
+
+    def start(self, child: str = RUN_CHILD, *, stdout: int = subprocess.DEVNULL) -> subprocess.Popen[str]:
+        """A new agent process (stderr piped; GRUWATCH_* variables of this process left out)."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith("GRUWATCH_")}
+        proc = subprocess.Popen(
+            [sys.executable, "-c", child, str(self.config)],
+            cwd=REPO,
+            env=env,
+            stdout=stdout,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        self.procs.append(proc)
+        return proc
+
+    def kill_all(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
+
+
+def write_agent_config(
+    path: Path, *, broker: Broker, prefix: str, agent_id: str, models: Models, store: Path, **extra: Any
+) -> None:
+    """A TOML settings file for a test agent (metrics off); `extra` adds or overrides keys."""
+    values: dict[str, Any] = {
+        "broker": broker.url,
+        "prefix": prefix,
+        "agent_id": agent_id,
+        "model": str(models.v1),
+        "trusted_keys": [str(models.pub)],
+        "store": str(store),
+        "metrics_port": 0,
+    }
+    values.update(extra)
+    path.write_text("".join(f"{k} = {json.dumps(v)}\n" for k, v in values.items()))
