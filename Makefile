@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: test check lint typecheck demo demo-bundle bench venv broker browser clean
+.PHONY: test test-reliability check lint typecheck demo demo-bundle bench venv broker browser clean
 
 venv: $(STAMP)
 
@@ -50,6 +50,10 @@ demo-bundle: venv
 test-arm: venv broker
 	PYTHON=$(BIN)/python ./scripts/build-arm-env.sh .arm
 	GRUWATCH_ARM_ENV=$(CURDIR)/.arm $(BIN)/python -m pytest -m arm tests/arm
+
+# Long reliability runs (docs/reliability.md); reduced versions of each run in make test.
+test-reliability: venv broker
+	$(BIN)/python -m pytest -m reliability tests/edge_agent/test_reliability.py
 
 bench: venv broker
 	$(BIN)/gruwatch bench

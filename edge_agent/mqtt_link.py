@@ -70,6 +70,7 @@ __all__ = [
 ]
 
 QUEUE_FULL = "queue_full"
+_STOP_POLL_S = 0.05  # a full queue is retried this often, so stop() never waits on the network thread
 _TOPIC_CACHE_MAX = 100_000  # validated vibration topics remembered (parsing one costs a regex match)
 
 
@@ -334,6 +335,8 @@ class MqttLink:
             log.info("mqtt_disconnected", reason=str(reason))
 
     def _on_message(self, client: paho.Client, userdata: Any, msg: paho.MQTTMessage) -> None:
+        if self._stopping:
+            return  # shutting down: not acked, so the broker redelivers it to the next session
         extra = self._extra.get(msg.topic)
         if extra is not None:
             self._on_control(client, msg, extra[0])
@@ -368,9 +371,9 @@ class MqttLink:
             generation=generation,
             received_ns=time.time_ns(),
         )
-        try:
-            self._queue.put(item, timeout=self.settings.queue_block_s)
-        except queue.Full:
+        if not self._enqueue(item):
+            if self._stopping:
+                return  # not acked: the broker redelivers it to the next session
             with self._lock:
                 self._rejected[QUEUE_FULL] += 1
                 self._dropped_unacked += 1
@@ -379,6 +382,19 @@ class MqttLink:
             )
             return
         self._accepted += 1
+
+    def _enqueue(self, item: Inbound) -> bool:
+        """Queue a window, blocking at most `queue_block_s` while full, and never once `stop()` began."""
+        deadline = time.monotonic() + self.settings.queue_block_s
+        while not self._stopping:
+            try:
+                self._queue.put(item, timeout=min(_STOP_POLL_S, max(0.0, deadline - time.monotonic())))
+            except queue.Full:
+                if time.monotonic() >= deadline:
+                    return False
+            else:
+                return True
+        return False
 
     def _on_control(
         self, client: paho.Client, msg: paho.MQTTMessage, callback: Callable[[bytes], None]
