@@ -54,10 +54,7 @@ TRIM_EVERY_S: Final = 10.0
 
 
 class Agent:
-    """The daemon. Build it with `Agent.from_settings(settings)`, then `run()`; `stop()` from any thread.
-
-    The constructor only stores its arguments.
-    """
+    """The daemon: `Agent.from_settings(settings)`, then `run()`; `stop()` from any thread."""
 
     def __init__(
         self,
@@ -85,6 +82,7 @@ class Agent:
         self._stop = threading.Event()
         self._stopped = threading.Event()
         self._reset_by_model: set[str] = set()
+        self._restored = False
         self._gauges = Gauges(metrics)
         self._topics = SensorTopics(settings.prefix, settings.max_tracked_sensors)
         self._encoder: HealthEncoder | None = None
@@ -218,7 +216,8 @@ class Agent:
         try:
             self.swapper.stop()
             try:
-                self.save_states()
+                if self._restored:  # never overwrite saved states the start could not read
+                    self.save_states()
             except Exception:
                 log.exception("states_not_saved")
             deadline = time.monotonic() + SHUTDOWN_FLUSH_S
@@ -418,7 +417,8 @@ class Agent:
         saved_states.save_all(self.store, self.scorer, self.tracker)
 
     def _restore_states(self) -> None:
-        self._reset_by_model = saved_states.restore(self.store, self.scorer, self.tracker)
+        self._reset_by_model = saved_states.restore(self.store, self.scorer, self.tracker, self.metrics)
+        self._restored = True
 
     # ------------------------------------------------------------------------------------- models
 

@@ -3,7 +3,8 @@
 Names (all prefixed ``gruwatch_agent_``): messages_total (received from the broker), windows_scored_total,
 rejected_total{reason} (protocol reasons, ``queue_full``, ``duplicate``, ``stale``, ``bad_features``,
 ``bad_score``, ``internal_error``), state_resets_total{cause}, alarm_transitions_total{state}, queue_depth,
-tracked_sensors, store_bytes, outbox_messages, model_swaps_total{result}, model_info{version}, and
+tracked_sensors, store_bytes, outbox_messages, model_swaps_total{result}, model_info{version},
+states_skipped_total, windows_missed_total, storage_degraded (0/1), and
 three latency histograms: step_seconds (features, one batched onnxruntime call and the alarm state
 machine), batch_seconds (a whole batch in the loop, store commit and acks included) and
 end_to_end_seconds (from a message's arrival to its health message handed to the MQTT client). The
@@ -85,6 +86,15 @@ class AgentMetrics:
             "From a window's arrival to its health message handed to the MQTT client.",
             buckets=_LATENCY_BUCKETS,
             registry=r,
+        )
+        self.states_skipped = Counter(
+            p + "states_skipped", "Saved sensor states skipped at start as unreadable.", registry=r
+        )
+        self.windows_missed = Counter(
+            p + "windows_missed", "Windows never received, counted from jumps in a sensor's seq.", registry=r
+        )
+        self.storage_degraded = Gauge(
+            p + "storage_degraded", "1 while the store cannot keep windows (disk full), else 0.", registry=r
         )
         self._rejected_seen: dict[str, float] = {}
         self._server: Any = None

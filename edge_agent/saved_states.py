@@ -20,6 +20,7 @@ import structlog
 from edge_agent.states import SensorState, StateColumns, states_from_bytes
 
 if TYPE_CHECKING:
+    from edge_agent.metrics import AgentMetrics
     from edge_agent.scorer import Scorer
     from edge_agent.sequencing import SequenceTracker
     from edge_agent.store import Store
@@ -98,17 +99,43 @@ def row_params(states: Mapping[str, SensorState], touched: int) -> list[tuple[An
     return out
 
 
-def read_rows(conn: sqlite3.Connection) -> Iterator[tuple[str, SensorState]]:
-    """The saved states, least recently used first."""
+def read_rows(
+    conn: sqlite3.Connection, skipped: list[str] | None = None
+) -> Iterator[tuple[str, SensorState]]:
+    """The saved states, least recently used first. A row that cannot be a sensor's state (a bad blob,
+    shape, number or count) is skipped, its sensor id appended to `skipped`; the others resume."""
     for row in conn.execute(_SELECT):
-        sensor, blob, shape, model, last_seq, last_ts, alarm, aw, aa, bo, bw, steps = row
-        h = np.frombuffer(blob, dtype="<f4").astype(np.float32).reshape(json.loads(shape)) if blob else None
-        yield (
-            sensor,
-            SensorState(
-                h, model, last_seq, last_ts, alarm=alarm, above=(aw, aa), below=(bo, bw), steps=steps
-            ),
-        )
+        try:
+            yield row[0], _state_of(row)
+        except (ValueError, TypeError, OverflowError) as exc:
+            log.warning("state_row_skipped", sensor=str(row[0])[:200], reason=str(exc)[:200])
+            if skipped is not None:
+                skipped.append(str(row[0]))
+
+
+def _state_of(row: tuple[Any, ...]) -> SensorState:
+    """One row of the states table as a SensorState (ValueError when it is not a possible one)."""
+    sensor, blob, shape, model, last_seq, last_ts, alarm, aw, aa, bo, bw, steps = row
+    if not isinstance(sensor, str) or not isinstance(model, str):
+        raise ValueError("sensor or model is not text")
+    ints = (last_seq, last_ts, alarm, aw, aa, bo, bw, steps)
+    if not all(isinstance(v, int) for v in ints):
+        raise ValueError("a number column holds something else")
+    if not 0 <= last_seq < 1 << 32 or alarm not in (0, 1, 2) or min(aw, aa, bo, bw, steps) < 0:
+        raise ValueError("impossible seq, alarm state or counters")
+    h = None
+    if blob:
+        dims = json.loads(shape)
+        if (
+            not isinstance(dims, list)
+            or len(dims) != 2
+            or not all(isinstance(d, int) and d > 0 for d in dims)
+        ):
+            raise ValueError(f"bad state shape {shape!r:.40}")
+        h = np.frombuffer(blob, dtype="<f4").astype(np.float32).reshape(dims)
+        if not np.isfinite(h).all():
+            raise ValueError("non-finite hidden state")
+    return SensorState(h, model, last_seq, last_ts, alarm=alarm, above=(aw, aa), below=(bo, bw), steps=steps)
 
 
 def migrate_1_to_2(conn: sqlite3.Connection, schema_version: int) -> None:
@@ -171,18 +198,26 @@ def save_all(store: Store, scorer: Scorer, tracker: SequenceTracker) -> None:
     store.save_states(all_states(scorer, tracker))
 
 
-def restore(store: Store, scorer: Scorer, tracker: SequenceTracker) -> set[str]:
+def restore(
+    store: Store, scorer: Scorer, tracker: SequenceTracker, metrics: AgentMetrics | None = None
+) -> set[str]:
     """Resume from the states table (or, once, from an older agent's snapshot blob).
 
     Returns the sensors whose saved hidden state belongs to a model of another shape: their next
-    window starts afresh and says `state_reset: "model"`.
+    window starts afresh and says `state_reset: "model"`. Unreadable rows are skipped (logged,
+    counted in `metrics.states_skipped`); every other sensor resumes.
     """
     if isinstance(store.get_meta(STATES_META_KEY), bytes):
         reset = _restore_snapshot(store, scorer, tracker)
         save_all(store, scorer, tracker)  # into the table, then the old snapshot goes
         store.delete_meta(STATES_META_KEY)
         return reset
-    saved = store.load_states()
+    skipped: list[str] = []
+    saved = dict(read_rows(store.connection(), skipped))
+    if skipped:
+        log.warning("states_skipped", count=len(skipped), resumed=len(saved), first=skipped[:5])
+        if metrics is not None:
+            metrics.states_skipped.inc(len(skipped))
     if not saved:
         return set()
     shape = tuple(scorer.state_shape)

@@ -429,7 +429,7 @@ class Store:
 
     def load_states(self) -> dict[str, SensorState]:
         """The saved states, least recently used first (empty on a fresh store)."""
-        return dict(saved_states.read_rows(self._conn))
+        return dict(saved_states.read_rows(self._conn))  # unreadable rows skipped
 
     def set_meta(self, key: str, value: str | bytes) -> None:
         with self._tx() as c:

@@ -13,7 +13,8 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,8 +24,10 @@ import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
 from edge_agent.bundle import sign_bundle, write_bundle
+from edge_agent.daemon import Agent
 from edge_agent.features import DEFAULT_SPEC
 from edge_agent.protocol import decode_alert, decode_health
+from edge_agent.settings import AgentSettings, load_settings
 from tests.conftest import Broker
 from tests.edge_agent.gru_fixtures import GruParams, build_step_model, make_card, make_test_vectors
 
@@ -154,6 +157,43 @@ class StatusWatcher:
 
     def close(self) -> None:
         close_client(self.client)
+
+
+# ------------------------------------------------------------------------ the agent in this process
+
+
+def agent_settings(broker: Broker, prefix: str, models: Models, store: Path, **over: Any) -> AgentSettings:
+    values: dict[str, Any] = {
+        "broker": broker.url,
+        "prefix": prefix,
+        "agent_id": f"agent-{prefix[-12:]}",
+        "model": models.v1,
+        "trusted_keys": [models.pub],
+        "store": store,
+        "metrics_port": 0,
+        "batch_max_wait_ms": 20,
+        "raw_sample_fraction": 0.25,
+    }
+    values.update(over)
+    return load_settings(None, **values)
+
+
+@contextmanager
+def running(settings: AgentSettings, *, poll_s: float | None = None) -> Iterator[Agent]:
+    agent = Agent.from_settings(settings)
+    if poll_s is not None:
+        agent.swapper.poll_s = poll_s  # how often the served model folder is checked for changes
+    thread = threading.Thread(target=agent.run, name="agent-under-test")
+    thread.start()
+    try:
+        assert agent.link.wait_connected(10), "the agent did not connect to the test broker"
+        yield agent
+    finally:
+        t0 = time.monotonic()
+        agent.stop()
+        thread.join(10)
+        assert not thread.is_alive(), "the agent did not stop"
+        assert time.monotonic() - t0 < 5.0, "stopping took longer than 5 s"
 
 
 # --------------------------------------------------------------------------- the agent as a process

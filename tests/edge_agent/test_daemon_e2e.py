@@ -16,10 +16,8 @@ Two models, both signed with a key made here:
 from __future__ import annotations
 
 import json
-import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,7 +41,7 @@ from edge_agent.protocol import (
     vibration_topic,
 )
 from edge_agent.scorer import Scorer
-from edge_agent.settings import AgentSettings, load_settings
+from edge_agent.settings import load_settings
 from simulator.fleet_model import SensorRun, build_fleet
 from tests.conftest import Broker
 from tests.edge_agent.agent_testing import (
@@ -51,10 +49,12 @@ from tests.edge_agent.agent_testing import (
     Models,
     StatusWatcher,
     Subscriber,
+    agent_settings,
     close_client,
     make_bundle,
     mqtt_client,
     publish,
+    running,
 )
 
 pytestmark = pytest.mark.mqtt
@@ -156,40 +156,6 @@ def nan_payload(w: Window) -> bytes:
 
 
 # ------------------------------------------------------------------------------------------ agent
-
-
-def agent_settings(broker: Broker, prefix: str, models: Models, store: Path, **over: Any) -> AgentSettings:
-    values: dict[str, Any] = {
-        "broker": broker.url,
-        "prefix": prefix,
-        "agent_id": f"agent-{prefix[-12:]}",
-        "model": models.v1,
-        "trusted_keys": [models.pub],
-        "store": store,
-        "metrics_port": 0,
-        "batch_max_wait_ms": 20,
-        "raw_sample_fraction": 0.25,
-    }
-    values.update(over)
-    return load_settings(None, **values)
-
-
-@contextmanager
-def running(settings: AgentSettings, *, poll_s: float | None = None) -> Iterator[Agent]:
-    agent = Agent.from_settings(settings)
-    if poll_s is not None:
-        agent.swapper.poll_s = poll_s  # how often the served model folder is checked for changes
-    thread = threading.Thread(target=agent.run, name="agent-under-test")
-    thread.start()
-    try:
-        assert agent.link.wait_connected(10), "the agent did not connect to the test broker"
-        yield agent
-    finally:
-        t0 = time.monotonic()
-        agent.stop()
-        thread.join(10)
-        assert not thread.is_alive(), "the agent did not stop"
-        assert time.monotonic() - t0 < 5.0, "stopping took longer than 5 s"
 
 
 def reference_scores(bundle: Path, pub: Path, windows: list[Window]) -> np.ndarray:

@@ -1,0 +1,172 @@
+"""Reliability against a real private Mosquitto: shutdown under load, full disks, bad saved states, poisoned
+states, missed windows, hostile bundles. docs/reliability.md quotes the figures these tests measure.
+
+Tests marked `reliability` are the long versions (`make test-reliability`); each has a reduced
+version here that runs in `make test`.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edge_agent.mqtt_link import MqttLink
+from edge_agent.protocol import Window, encode_binary, vibration_topic
+from edge_agent.settings import load_settings
+from edge_agent.states import SensorState
+from edge_agent.store import Store
+from tests.conftest import Broker
+from tests.edge_agent.agent_testing import (
+    AgentProcess,
+    Models,
+    StatusWatcher,
+    Subscriber,
+    agent_settings,
+    close_client,
+    mqtt_client,
+    running,
+)
+
+pytestmark = pytest.mark.mqtt
+T0 = 1_800_000_000 * 10**9
+
+
+def window(seq: int, n: int = 2560, *, seed: int = 0) -> Window:
+    rng = np.random.default_rng(seed * 100_003 + seq)
+    return Window(seq, T0 + seq * 10**10, 25600.0, 1500.0, (0.1 * rng.standard_normal(n)).astype(np.float32))
+
+
+# ------------------------------------------------------------------------ 1. SIGTERM within 5 s
+
+
+def test_link_stops_at_once_with_a_full_queue(
+    broker: Broker, topic_prefix: str, models: Models, tmp_path: Path
+) -> None:
+    """paho's thread blocked on a full queue (MQTT 3.1.1, no receive maximum) must not hold up stop()."""
+    settings = load_settings(
+        None,
+        broker=broker.url,
+        prefix=topic_prefix,
+        agent_id="gw",
+        model=models.v1,
+        trusted_keys=[models.pub],
+        store=tmp_path / "a.db",
+        mqtt_protocol="3.1.1",
+        queue_max_size=2,
+        queue_block_s=2.0,
+    )
+    link = MqttLink(settings)
+    link.start()
+    pub = mqtt_client(broker)
+    try:
+        assert link.wait_connected(10)
+        topic = vibration_topic(topic_prefix, "m", "s")
+        for k in range(40):
+            pub.publish(topic, encode_binary(window(k, 256)), qos=1)
+        deadline = time.monotonic() + 10
+        while link.qsize() < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert link.qsize() == 2, "the queue never filled"
+        time.sleep(0.2)  # the network thread is now blocked on the full queue
+        t0 = time.monotonic()
+        link.stop(timeout=1.0)
+        elapsed = time.monotonic() - t0
+    finally:
+        close_client(pub)
+    assert elapsed < 2.5, f"stop() took {elapsed:.1f} s with a full queue"
+
+
+def _sigterm_under_load(
+    broker: Broker, topic_prefix: str, agent_process: Callable[..., AgentProcess], n: int, protocol: str
+) -> tuple[float, int]:
+    """Flood an agent (small queue), SIGTERM it mid-stream; restart; every window must be scored.
+
+    Returns (seconds from SIGTERM to exit, windows scored before the SIGTERM).
+    """
+    agent = agent_process(
+        "term", mqtt_protocol=protocol, queue_max_size=8, batch_max_size=4, batch_max_wait_ms=5
+    )
+    sub = Subscriber(broker, topic_prefix)
+    watcher = StatusWatcher(broker, topic_prefix, agent.agent_id)
+    pub = mqtt_client(broker)
+    try:
+        proc = agent.start()
+        assert sub.wait(watcher.online, 30)
+        topic = vibration_topic(topic_prefix, "m", "s0")
+        for k in range(n):
+            pub.publish(topic, encode_binary(window(k)), qos=1)
+        assert sub.wait(lambda: len(sub.health) >= 5, 30)
+        before = len(sub.health)
+        t0 = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+        elapsed = time.monotonic() - t0
+        assert proc.returncode == 0, err[-2000:]
+        proc = agent.start()
+        assert sub.wait(lambda: {h.seq for h in sub.health} >= set(range(n)), 120), (
+            f"{len({h.seq for h in sub.health})} of {n} windows scored"
+        )
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=30)
+    finally:
+        agent.kill_all()
+        close_client(pub)
+        watcher.close()
+        sub.close()
+    return elapsed, before
+
+
+@pytest.mark.parametrize("protocol", ["3.1.1", "5"])
+def test_sigterm_exits_within_5_s_with_a_full_queue_and_nothing_is_lost(
+    broker: Broker, topic_prefix: str, agent_process: Callable[..., AgentProcess], protocol: str
+) -> None:
+    elapsed, before = _sigterm_under_load(broker, topic_prefix, agent_process, 400, protocol)
+    assert before < 400, "the agent finished before the SIGTERM: nothing was tested"
+    assert elapsed < 5.0, f"SIGTERM to exit took {elapsed:.1f} s"
+
+
+@pytest.mark.reliability
+def test_sigterm_under_heavy_load_long(
+    broker: Broker, topic_prefix: str, agent_process: Callable[..., AgentProcess]
+) -> None:
+    elapsed, before = _sigterm_under_load(broker, topic_prefix, agent_process, 5000, "3.1.1")
+    assert before < 5000
+    assert elapsed < 5.0, f"SIGTERM to exit took {elapsed:.1f} s"
+
+
+# ------------------------------------------------------------ 4. one bad saved state, the rest resume
+
+
+@pytest.mark.parametrize(
+    "corrupt",
+    [
+        "UPDATE states SET h = x'00' WHERE sensor = 'm/s2'",  # a blob of the wrong length
+        "UPDATE states SET shape = 'garbage' WHERE sensor = 'm/s2'",
+        "UPDATE states SET alarm = 9 WHERE sensor = 'm/s2'",
+        "UPDATE states SET last_seq = 'x' WHERE sensor = 'm/s2'",
+        "UPDATE states SET h = x'0000c07f0000c07f' WHERE sensor = 'm/s2'",  # NaN hidden state
+    ],
+)
+def test_a_bad_state_row_is_skipped_and_counted_and_the_others_resume(
+    broker: Broker, topic_prefix: str, models: Models, tmp_path: Path, corrupt: str
+) -> None:
+    store = tmp_path / "agent.db"
+    h = np.full((1, 2), 0.25, np.float32)
+    with Store.open(store, budget_bytes=1 << 30) as st:
+        st.save_states({f"m/s{i}": SensorState(h * i, "rms-v1", 10 + i, T0, steps=5 + i) for i in range(5)})
+        st.connection().execute(corrupt)
+    settings = agent_settings(broker, topic_prefix, models, store)
+    with running(settings) as agent:
+        assert agent.metrics.value("gruwatch_agent_states_skipped_total") == 1
+        assert agent.scorer.n_tracked == 4
+        assert "m/s2" not in agent.scorer.table
+        assert agent.tracker.last("m/s4") == (14, T0)
+    with Store.open(store, budget_bytes=1 << 30) as st:
+        saved = st.load_states()
+    assert sorted(saved) == ["m/s0", "m/s1", "m/s3", "m/s4"]  # the stop saved the four, not an empty set
+    assert [saved[k].steps for k in sorted(saved)] == [5, 6, 8, 9]
