@@ -40,7 +40,7 @@ from edge_agent.mqtt_link import Inbound
 from edge_agent.outbox import OutboxPump
 from edge_agent.raw_ring import RawRetention, RawRing
 from edge_agent.scorer import ScoreBatch, Scorer
-from edge_agent.sequencing import Accepted, SequenceTracker, split_at_resets
+from edge_agent.sequencing import Accepted, PendingResets, SequenceTracker, split_at_resets
 from edge_agent.settings import AgentSettings
 from edge_agent.store import OutboxMessage, Store, Transition, WindowRow
 
@@ -81,7 +81,7 @@ class Agent:
         self.models_refused = 0
         self._stop = threading.Event()
         self._stopped = threading.Event()
-        self._reset_by_model: set[str] = set()
+        self._pending = PendingResets(settings.max_tracked_sensors)  # model swaps, non-finite outputs
         self._restored = False
         self._gauges = Gauges(metrics)
         self._topics = SensorTopics(settings.prefix, settings.max_tracked_sensors)
@@ -299,7 +299,7 @@ class Agent:
                 if p.verdict.outcome != "new" or key in table:
                     self.scorer.reset(key)
                 resets[p.verdict.outcome] += 1
-            elif key not in seen and key not in table and key not in self._reset_by_model:
+            elif key not in seen and key not in table and key not in self._pending:
                 # Known by sequence but its state was evicted (more sensors than max_tracked_sensors).
                 p.evicted = True
                 resets["evicted"] += 1
@@ -333,10 +333,8 @@ class Agent:
         for i, p in enumerate(chunk):
             it, w = p.item, p.item.window
             if not finite[i]:
-                # The model gave NaN/inf: its state is poisoned too. Start the sensor afresh.
-                self.scorer.reset(it.key)
                 self._drop("bad_score")
-                log.warning("bad_score", sensor=it.key, seq=w.seq, model=model)
+                self._nonfinite(it.key, w.seq, result.nonfinite[i])
                 continue
             kept.append(i)
             health, state, tr = health_all[i], result.states[i], result.transitions.get(i)
@@ -344,9 +342,10 @@ class Agent:
                 outputs,
                 extras[i] if extras is not None else None,
                 step=steps_all[i],
-                reset_cause=self._reset_cause(p),
+                reset_cause=self._pending.cause_of(p),
                 gap_s=p.verdict.gap_s,
             )
+            self._nonfinite(it.key, w.seq, result.nonfinite[i])
             topics = self._topics.of(it.key, it.machine, it.sensor)
             healths.append(health_message(topics, encoder, w.seq, w.ts_ns, health, state, extra))
             raw.add(it.key, w.seq, state, tr is not None, np.asarray(w.samples, dtype=np.float32))
@@ -373,16 +372,13 @@ class Agent:
         for p in chunk:
             self.metrics.end_to_end_seconds.observe(max(0, now_ns - p.item.received_ns) / 1e9)
 
-    def _reset_cause(self, p: Accepted[Inbound]) -> str | None:
-        """Why this window's state started afresh (None: it did not; "new": first sight)."""
-        key = p.item.key
-        cause: str | None = p.verdict.outcome if p.verdict.reset else None
-        if cause is None and key in self._reset_by_model:
-            cause = "model"
-        elif cause is None and p.evicted:
-            cause = "evicted"
-        self._reset_by_model.discard(key)
-        return cause
+    def _nonfinite(self, key: str, seq: int, reset: bool) -> None:
+        """The scorer reset a sensor after a non-finite output: count it; its next window says so."""
+        if reset:
+            self._pending.mark([key], "nonfinite")
+            self.resets["nonfinite"] += 1
+            self.metrics.resets.labels(cause="nonfinite").inc()
+            log.warning("state_reset", sensor=key, seq=seq, cause="nonfinite", model=self.model_version)
 
     def _log_transition(self, it: Inbound, tr: Transition) -> None:
         self.transitions_total += 1
@@ -417,7 +413,8 @@ class Agent:
         saved_states.save_all(self.store, self.scorer, self.tracker)
 
     def _restore_states(self) -> None:
-        self._reset_by_model = saved_states.restore(self.store, self.scorer, self.tracker, self.metrics)
+        self._pending.clear()
+        self._pending.mark(saved_states.restore(self.store, self.scorer, self.tracker, self.metrics), "model")
         self._restored = True
 
     # ------------------------------------------------------------------------------------- models
@@ -452,7 +449,8 @@ class Agent:
         reset = carry_states(old, new)
         states: Literal["kept", "reset"] = "reset" if reset else "kept"
         if reset:
-            self._reset_by_model = reset
+            self._pending.clear()
+            self._pending.mark(reset, "model")
             self.metrics.resets.labels(cause="model").inc(len(reset))
             self.resets["model"] += len(reset)
         self.scorer = new

@@ -62,6 +62,8 @@ class ScoreBatch:
     states: list[str]
     steps: npt.NDArray[np.int64]  # [B]
     transitions: dict[int, Transition] = field(default_factory=dict)
+    #: [B] True where the model gave a non-finite score or state: that sensor was reset after it.
+    nonfinite: npt.NDArray[np.bool_] = field(default_factory=lambda: np.zeros(0, bool))
 
     def __len__(self) -> int:
         return len(self.sensor_ids)
@@ -227,12 +229,13 @@ class Scorer:
         steps = np.empty(B, dtype=np.int64)
         if B == 0:
             return ScoreBatch((), scores, scores[:, 0].copy(), [], np.zeros(0, np.int64), {})
+        bad = np.zeros(B, dtype=bool)
         if len(set(ids)) == B:  # the usual case: one pass, no index shuffling
-            self._step(ids, x, slice(None), scores, states, previous, steps)
+            self._step(ids, x, slice(None), scores, states, previous, steps, bad)
         else:
             for positions in _passes(ids):
                 pos = np.asarray(positions, dtype=np.intp)
-                self._step([ids[i] for i in positions], x[pos], pos, scores, states, previous, steps)
+                self._step([ids[i] for i in positions], x[pos], pos, scores, states, previous, steps, bad)
         changed = np.flatnonzero(states != previous)
         transitions = {
             int(i): self._transition(
@@ -252,6 +255,7 @@ class Scorer:
             states=_STATE_ARRAY[states].tolist(),
             steps=steps,
             transitions=transitions,
+            nonfinite=bad,
         )
 
     def _step(
@@ -263,6 +267,7 @@ class Scorer:
         states: npt.NDArray[np.int8],
         previous: npt.NDArray[np.int8],
         steps: npt.NDArray[np.int64],
+        bad: npt.NDArray[np.bool_],
     ) -> None:
         table = self.table
         rows = table.rows_for(ids)
@@ -281,6 +286,13 @@ class Scorer:
         states[pos] = new
         previous[pos] = prev
         steps[pos] = n
+        poisoned = ~(np.isfinite(score).all(axis=1) & np.isfinite(h_out).all(axis=(0, 2)))
+        if poisoned.any():
+            # A non-finite state would poison every later window of the sensor: start it afresh
+            # (its next window, in this batch or a later one, steps from a zero state).
+            bad[pos] = poisoned
+            for j in np.flatnonzero(poisoned).tolist():
+                table.discard(ids[j])
 
     def _transition(
         self, sid: str, seq: int, ts_ns: int, prev: np.int8, new: np.int8, score: np.float32

@@ -26,6 +26,7 @@ At most `max_sensors` sensors are tracked; the least recently accepted one is fo
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Final, Generic, Literal, Protocol, TypeVar
 
@@ -152,3 +153,32 @@ def split_at_resets(pending: list[Accepted[T]]) -> list[list[Accepted[T]]]:
         out[-1].append(p)
         seen.add(p.item.key)
     return [c for c in out if c]
+
+
+class PendingResets:
+    """Sensors whose state was reset outside the sequence tracker (a model of another state shape, a
+    non-finite model output): their next scored window says why in `state_reset`. Bounded in count."""
+
+    def __init__(self, max_sensors: int) -> None:
+        self.max_sensors = max_sensors
+        self._causes: dict[str, str] = {}
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._causes
+
+    def mark(self, keys: Iterable[str], cause: str) -> None:
+        for key in keys:
+            self._causes.pop(key, None)
+            self._causes[key] = cause
+        while len(self._causes) > self.max_sensors:
+            del self._causes[next(iter(self._causes))]  # oldest
+
+    def clear(self) -> None:
+        self._causes.clear()
+
+    def cause_of(self, p: Accepted[T]) -> str | None:
+        """Why this accepted window's state started afresh (None: it did not; "new": first sight)."""
+        pending = self._causes.pop(p.item.key, None)
+        if p.verdict.reset:
+            return p.verdict.outcome
+        return pending or ("evicted" if p.evicted else None)

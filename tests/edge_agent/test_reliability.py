@@ -11,6 +11,7 @@ import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -170,3 +171,65 @@ def test_a_bad_state_row_is_skipped_and_counted_and_the_others_resume(
         saved = st.load_states()
     assert sorted(saved) == ["m/s0", "m/s1", "m/s3", "m/s4"]  # the stop saved the four, not an empty set
     assert [saved[k].steps for k in sorted(saved)] == [5, 6, 8, 9]
+
+
+# ------------------------------------------------------------ 9. a non-finite state resets that sensor
+
+
+class _PoisonFirstCall:
+    """Wraps the real onnxruntime session; the first call's first row gets a NaN hidden state."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.calls = 0
+
+    def run(self, names: list[str], feeds: dict[str, Any]) -> Any:
+        score, h = self.inner.run(names, feeds)
+        self.calls += 1
+        if self.calls == 1:
+            h = h.copy()
+            h[:, 0, :] = np.nan
+        return score, h
+
+
+def test_a_non_finite_state_resets_that_sensor_within_the_batch(models: Models, tmp_path: Path) -> None:
+    """A poisoned state never scores a later window (same batch included); the next window says so."""
+    from edge_agent.daemon import Agent
+    from edge_agent.mqtt_link import Inbound
+    from edge_agent.protocol import decode_health
+    from edge_agent.scorer import Scorer
+
+    settings = load_settings(
+        None,
+        broker="mqtt://127.0.0.1:1",
+        prefix="t",
+        agent_id="t",
+        model=models.v1,
+        trusted_keys=[models.pub],
+        store=tmp_path / "agent.db",
+    )
+    agent = Agent.from_settings(settings)
+    agent.scorer.session = _PoisonFirstCall(agent.scorer.session)
+    agent._store = Store.open(settings.store, budget_bytes=settings.store_budget_bytes)
+
+    def item(sensor: str, k: int) -> Inbound:
+        return Inbound("m", sensor, window(k, seed=1), mid=1, qos=1, dup=False, generation=0, received_ns=0)
+
+    try:
+        # a is stepped three times in one batch (three passes); pass 1 poisons a's state.
+        agent.process([item("a", 0), item("b", 0), item("a", 1), item("a", 2)])
+        health = [decode_health(m.payload) for m in agent.store.outbox_pending(100) if "/health" in m.topic]
+        saved = agent.store.load_states()
+    finally:
+        agent.store.close()
+    got = {(h.sensor, h.seq): h for h in health}
+    assert got[("a", 1)].extra["state_reset"] == "nonfinite"
+    assert got[("a", 1)].extra["step"] == 1
+    assert got[("a", 2)].extra["step"] == 2
+    assert "state_reset" not in got[("b", 0)].extra
+    fresh = Scorer.from_bundle(models.v1, trusted_keys=[models.pub])
+    assert got[("a", 1)].score == pytest.approx(fresh.score_one("x", window(1, seed=1)).health, abs=1e-6)
+    assert agent.resets["nonfinite"] == 1
+    assert agent.metrics.value("gruwatch_agent_state_resets_total", cause="nonfinite") == 1
+    assert saved["m/a"].h is not None
+    assert np.isfinite(saved["m/a"].h).all()
