@@ -23,8 +23,16 @@ import structlog
 
 from edge_agent import saved_states
 from edge_agent.bundle import Bundle
+from edge_agent.errors import StoreError
 from edge_agent.housekeeping import Gauges, RejectionLog, enforce_budget, trim_memory
-from edge_agent.messages import HealthEncoder, SensorTopics, alert_message, health_extra, health_message
+from edge_agent.messages import (
+    HealthEncoder,
+    SensorTopics,
+    alert_message,
+    health_extra,
+    health_message,
+    log_transition,
+)
 from edge_agent.metrics import AgentMetrics
 from edge_agent.model_swap import (
     DEPLOYED_META_KEY,
@@ -40,8 +48,9 @@ from edge_agent.mqtt_link import Inbound
 from edge_agent.outbox import OutboxPump
 from edge_agent.raw_ring import RawRetention, RawRing
 from edge_agent.scorer import ScoreBatch, Scorer
-from edge_agent.sequencing import Accepted, PendingResets, SequenceTracker, split_at_resets
+from edge_agent.sequencing import Accepted, PendingResets, SequenceTracker, split_at_resets, start_afresh
 from edge_agent.settings import AgentSettings
+from edge_agent.storage_guard import CHECK_EVERY_S, StorageGuard
 from edge_agent.store import OutboxMessage, Store, Transition, WindowRow
 
 log = structlog.get_logger("edge_agent.daemon")
@@ -87,6 +96,7 @@ class Agent:
         self._topics = SensorTopics(settings.prefix, settings.max_tracked_sensors)
         self._encoder: HealthEncoder | None = None
         self._rejection_log = RejectionLog()
+        self.storage = StorageGuard(settings.store, metrics, link)
         self.raw = RawRetention(
             fraction=settings.raw_sample_fraction,
             before=settings.raw_before_transition,
@@ -158,6 +168,7 @@ class Agent:
         s = self.settings
         self._store = _open_store(s)
         try:
+            self.storage.prepare()
             self._restore_states()
             self.metrics.set_model(self.model_version)
             self.metrics.serve(s.metrics_port)
@@ -187,6 +198,7 @@ class Agent:
             "budget": (BUDGET_EVERY_S, lambda: enforce_budget(self.store)),
             "log_rejections": (REJECTION_LOG_EVERY_S, self._log_rejections),
             "trim_memory": (TRIM_EVERY_S, trim_memory),
+            "storage": (CHECK_EVERY_S, self.storage.check),
         }
         now = time.monotonic()
         due = {name: now + (0.0 if name == "gauges" else every) for name, (every, _) in tasks.items()}
@@ -254,15 +266,22 @@ class Agent:
                 log.debug("window_dropped", sensor=item.key, seq=item.window.seq, reason=verdict.outcome)
                 continue
             pending.append(Accepted(item, verdict))
-        for chunk in split_at_resets(pending):
+        chunks, held = split_at_resets(pending), set[int]()
+        for n, chunk in enumerate(chunks):
             try:
                 self._score_chunk(chunk)
+            except StoreError as exc:  # not committed, so not acked: the broker will redeliver them
+                rest = [p.item for c in chunks[n:] for p in c]
+                log.error("batch_not_committed", windows=len(rest), reason=exc.reason, error=str(exc))
+                saved_states.reload(self.store, self.scorer, self.tracker, {it.key for it in rest})
+                self.link.release(rest)
+                held = {id(it) for it in rest}
+                break
             except Exception:
-                # A bug or a failing disk must not stop the agent. The windows are still acked: their
-                # states have advanced, so a redelivery would be dropped as a duplicate anyway.
+                # A bug must not stop the agent: counted, and acked (a redelivery would fail again).
                 log.exception("batch_failed", windows=len(chunk))
                 self._drop("internal_error", len(chunk))
-        self.link.ack_many(batch)
+        self.link.ack_many([it for it in batch if id(it) not in held] if held else batch)
         self.metrics.batch_seconds.observe(time.perf_counter() - t0)
 
     def _score_chunk(self, chunk: list[Accepted[Inbound]]) -> None:
@@ -288,23 +307,8 @@ class Agent:
         self._record_and_publish(chunk, feats, result, last)
 
     def _note_resets(self, chunk: list[Accepted[Inbound]]) -> dict[str, tuple[int, int]]:
-        """Start afresh the sensors the sequence tracker says must; count resets by cause."""
-        resets: Counter[str] = Counter()
-        seen: set[str] = set()
-        last: dict[str, tuple[int, int]] = {}
-        table = self.scorer.table
-        for p in chunk:
-            key = p.item.key
-            if p.verdict.reset:
-                if p.verdict.outcome != "new" or key in table:
-                    self.scorer.reset(key)
-                resets[p.verdict.outcome] += 1
-            elif key not in seen and key not in table and key not in self._pending:
-                # Known by sequence but its state was evicted (more sensors than max_tracked_sensors).
-                p.evicted = True
-                resets["evicted"] += 1
-            seen.add(key)
-            last[key] = (p.item.window.seq, p.item.window.ts_ns)
+        """Start afresh the sensors that must (sequencing.start_afresh); count resets by cause."""
+        last, resets = start_afresh(chunk, self.scorer.table, self.scorer.reset, self._pending)
         for cause, n in resets.items():
             self.resets[cause] += n
             self.metrics.resets.labels(cause=cause).inc(n)
@@ -357,7 +361,8 @@ class Agent:
         rows = [_window_row(chunk[i].item, feats[i], health_all[i], result.states[i], model, raw.raw[j])
                 for j, i in enumerate(kept)]  # fmt: skip
         outbox = alerts + healths
-        ids = self.store.record_batch(
+        ids = self.storage.commit(
+            self.store,
             rows,
             transitions=transitions,
             outbox=outbox,
@@ -383,17 +388,7 @@ class Agent:
     def _log_transition(self, it: Inbound, tr: Transition) -> None:
         self.transitions_total += 1
         self.metrics.alarms.labels(state=tr.state).inc()
-        log.warning(
-            "alarm_transition",
-            machine=it.machine,
-            sensor=it.sensor,
-            seq=tr.seq,
-            previous=tr.previous_state,
-            state=tr.state,
-            score=round(tr.score, 4),
-            model=tr.model,
-            reason=tr.reason,
-        )
+        log_transition(it.machine, it.sensor, tr)
 
     def _health_encoder(self) -> HealthEncoder:
         if self._encoder is None or self._encoder.model != self.scorer.model_version:

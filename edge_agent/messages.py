@@ -13,11 +13,15 @@ import math
 from collections.abc import Sequence
 from typing import Any, Final, cast
 
+import structlog
+
 from edge_agent.alarms import STATE_NAMES, State, Transition
 from edge_agent.errors import ProtocolError
 from edge_agent.protocol import HEALTH_FIELDS, Alert, encode_alert, validate_id
 from edge_agent.store import PRIORITY_ALERT, PRIORITY_HEALTH, OutboxMessage
 from edge_agent.topics import alert_topic, health_topic
+
+log = structlog.get_logger("edge_agent.daemon")
 
 #: Health fields the agent sets itself, beside the wire's fixed ones and the model's outputs.
 AGENT_FIELDS: Final = ("step", "state_reset", "gap_s")
@@ -104,6 +108,21 @@ def alert_message(topic: str, machine: str, sensor: str, tr: Transition) -> Outb
         tr.reason,
     )
     return OutboxMessage(topic, encode_alert(alert), qos=1, retain=True, priority=PRIORITY_ALERT)
+
+
+def log_transition(machine: str, sensor: str, tr: Transition) -> None:
+    """The one log line per alarm-state change (CONVENTIONS 10)."""
+    log.warning(
+        "alarm_transition",
+        machine=machine,
+        sensor=sensor,
+        seq=tr.seq,
+        previous=tr.previous_state,
+        state=tr.state,
+        score=round(tr.score, 4),
+        model=tr.model,
+        reason=tr.reason,
+    )
 
 
 class HealthEncoder:

@@ -4,7 +4,7 @@ Names (all prefixed ``gruwatch_agent_``): messages_total (received from the brok
 rejected_total{reason} (protocol reasons, ``queue_full``, ``duplicate``, ``stale``, ``bad_features``,
 ``bad_score``, ``internal_error``), state_resets_total{cause}, alarm_transitions_total{state}, queue_depth,
 tracked_sensors, store_bytes, outbox_messages, model_swaps_total{result}, model_info{version},
-states_skipped_total, windows_missed_total, storage_degraded (0/1), and
+states_skipped_total, windows_missed_total, windows_not_stored_total, storage_degraded (0/1), and
 three latency histograms: step_seconds (features, one batched onnxruntime call and the alarm state
 machine), batch_seconds (a whole batch in the loop, store commit and acks included) and
 end_to_end_seconds (from a message's arrival to its health message handed to the MQTT client). The
@@ -92,6 +92,9 @@ class AgentMetrics:
         )
         self.windows_missed = Counter(
             p + "windows_missed", "Windows never received, counted from jumps in a sensor's seq.", registry=r
+        )
+        self.windows_not_stored = Counter(
+            p + "windows_not_stored", "Windows scored and published but not stored (disk full).", registry=r
         )
         self.storage_degraded = Gauge(
             p + "storage_degraded", "1 while the store cannot keep windows (disk full), else 0.", registry=r

@@ -70,6 +70,7 @@ __all__ = [
 ]
 
 QUEUE_FULL = "queue_full"
+_RELEASE_CYCLE_S = 5.0  # windows given back (store failing) are asked for again this often at most
 _STOP_POLL_S = 0.05  # a full queue is retried this often, so stop() never waits on the network thread
 _TOPIC_CACHE_MAX = 100_000  # validated vibration topics remembered (parsing one costs a regex match)
 
@@ -105,6 +106,8 @@ class MqttLink:
         self._losses = 0
         self._cycles = 0
         self._dropped_unacked = 0
+        self._next_cycle = 0.0  # no deliberate reconnect before this (monotonic)
+        self._storage: str | None = None
         self._generation = 0
         self._online = threading.Event()  # CONNACK received, connection not lost since
         self._connected = threading.Event()  # online and the broker acknowledged our subscription
@@ -236,8 +239,26 @@ class MqttLink:
         if self._online.is_set():
             client.publish(self.status_topic, self._status_payload("online"), qos=1, retain=True)
 
+    def set_storage(self, storage: str | None) -> None:
+        """Say `storage` ("degraded") on the status topic, or nothing once it is fine again (None)."""
+        self._storage = storage
+        client = self._client
+        if client is not None and self._online.is_set():
+            client.publish(self.status_topic, self._status_payload("online"), qos=1, retain=True)
+
+    def release(self, items: Sequence[Inbound]) -> None:
+        """Give windows back unacked (their results could not be committed): the broker redelivers them
+        after the next deliberate reconnect, at most every `_RELEASE_CYCLE_S` seconds."""
+        n = sum(1 for it in items if it.qos != 0)
+        with self._lock:
+            self._dropped_unacked += n
+            self._next_cycle = max(self._next_cycle, time.monotonic() + _RELEASE_CYCLE_S)
+
     def _status_payload(self, state: str) -> bytes:
-        return json.dumps({"state": state, "model": self._model_version}, separators=(",", ":")).encode()
+        doc = {"state": state, "model": self._model_version}
+        if self._storage is not None and state == "online":
+            doc["storage"] = self._storage
+        return json.dumps(doc, separators=(",", ":")).encode()
 
     def _cycle(self) -> None:
         """Reconnect on purpose (clean DISCONNECT, same session) so the broker redelivers dropped windows."""
@@ -449,7 +470,7 @@ class MqttLink:
         """
         with self._lock:
             dropped = self._dropped_unacked
-        if dropped and self._queue.empty():
+        if dropped and self._queue.empty() and time.monotonic() >= self._next_cycle:
             self._cycle()
         out: list[Inbound] = []
         first = self.get(max_wait_s)

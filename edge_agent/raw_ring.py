@@ -160,7 +160,7 @@ class RawBatch:
     def committed(self, window_ids: range) -> None:
         """After the batch's commit: remember the windows stored without samples in the ring."""
         ring = self.policy.ring
-        if ring.per_sensor <= 0:
+        if ring.per_sensor <= 0 or not window_ids:  # no rows stored (storage degraded): nothing to attach
             return
         for wid, key, seq, samples in zip(window_ids, self._keys, self._seqs, self._held, strict=True):
             if samples is not None:

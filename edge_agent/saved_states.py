@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, Final
 
 import numpy as np
@@ -240,6 +240,28 @@ def restore(
         return set()
     log.info("states_restored", sensors=n, tracked=len(saved), model=scorer.model_version)
     return other
+
+
+def reload(store: Store, scorer: Scorer, tracker: SequenceTracker, keys: Iterable[str]) -> None:
+    """Put these sensors back to what the store holds (after a batch whose commit failed); when even
+    the store cannot be read, forget them (their next window starts afresh)."""
+    want = set(keys)
+    try:
+        saved = {k: st for k, st in read_rows(store.connection()) if k in want}
+    except Exception:
+        log.exception("states_not_reloaded", sensors=len(want))
+        saved = {}
+    for key in want:
+        st = saved.get(key)
+        if st is None:
+            scorer.reset(key)
+            tracker.forget(key)
+            continue
+        tracker.put(key, st.last_seq, st.last_ts_ns)
+        if st.h is not None and tuple(st.h.shape) == tuple(scorer.state_shape):
+            scorer.table.put(key, st)
+        else:
+            scorer.reset(key)
 
 
 def _restore_snapshot(store: Store, scorer: Scorer, tracker: SequenceTracker) -> set[str]:

@@ -25,8 +25,8 @@ At most `max_sensors` sensors are tracked; the least recently accepted one is fo
 
 from __future__ import annotations
 
-from collections import OrderedDict
-from collections.abc import Iterable
+from collections import Counter, OrderedDict
+from collections.abc import Callable, Container, Iterable
 from dataclasses import dataclass
 from typing import Final, Generic, Literal, Protocol, TypeVar
 
@@ -115,6 +115,10 @@ class SequenceTracker:
         """Stop tracking `key`; its next window counts as new. True if it was tracked."""
         return self._last.pop(key, None) is not None
 
+    def put(self, key: str, seq: int, ts_ns: int) -> None:
+        """Set `key`'s last accepted window (a rollback to what the store holds)."""
+        self._last[key] = (int(seq), int(ts_ns))
+
     def export(self) -> dict[str, tuple[int, int]]:
         """Every tracked sensor's (seq, ts_ns), least recently accepted first."""
         return dict(self._last)
@@ -182,3 +186,27 @@ class PendingResets:
         if p.verdict.reset:
             return p.verdict.outcome
         return pending or ("evicted" if p.evicted else None)
+
+
+def start_afresh(
+    chunk: list[Accepted[T]], tracked: Container[str], reset: Callable[[str], object], pending: PendingResets
+) -> tuple[dict[str, tuple[int, int]], Counter[str]]:
+    """Reset the states the tracker's verdicts ask for, and flag the evicted ones (known by sequence,
+    not `tracked`: more sensors than max_tracked_sensors). Returns each sensor's (seq, ts_ns) after
+    the chunk and the resets by cause. Items need `.key` and `.window`."""
+    resets: Counter[str] = Counter()
+    seen: set[str] = set()
+    last: dict[str, tuple[int, int]] = {}
+    for p in chunk:
+        key = p.item.key
+        if p.verdict.reset:
+            if p.verdict.outcome != "new" or key in tracked:
+                reset(key)
+            resets[p.verdict.outcome] += 1
+        elif key not in seen and key not in tracked and key not in pending:
+            p.evicted = True
+            resets["evicted"] += 1
+        seen.add(key)
+        window = p.item.window  # type: ignore[attr-defined]
+        last[key] = (window.seq, window.ts_ns)
+    return last, resets

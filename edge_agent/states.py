@@ -279,6 +279,21 @@ class StateTable:
         """Store the model's h_out [layers, B, hidden] back into `rows`."""
         self._data["h"][rows] = h.transpose(1, 0, 2)
 
+    def put(self, sensor_id: str, state: SensorState) -> None:
+        """Set one sensor's state (hidden state of this table's shape; ValueError otherwise)."""
+        shape = None if state.h is None else tuple(state.h.shape)
+        if shape != self.state_shape:
+            raise ValueError(f"hidden state of shape {shape}, this table holds {self.state_shape}")
+        r = int(self.rows_for([sensor_id])[0])
+        d = self._data
+        d["h"][r] = state.h
+        d["alarm"][r], d["above"][r], d["below"][r], d["steps"][r] = (
+            state.alarm,
+            state.above,
+            state.below,
+            state.steps,
+        )
+
     def discard(self, sensor_id: str) -> bool:
         """Forget a sensor (its next window starts from a fresh state). True if it was tracked."""
         r = self._rows.pop(sensor_id, None)

@@ -7,6 +7,7 @@ version here that runs in `make test`.
 
 from __future__ import annotations
 
+import shutil
 import signal
 import time
 from collections.abc import Callable
@@ -233,3 +234,116 @@ def test_a_non_finite_state_resets_that_sensor_within_the_batch(models: Models, 
     assert agent.metrics.value("gruwatch_agent_state_resets_total", cause="nonfinite") == 1
     assert saved["m/a"].h is not None
     assert np.isfinite(saved["m/a"].h).all()
+
+
+# ------------------------------------------------------- 2. never ack what is not committed; disk full
+
+
+def _reference(models: Models, n: int, seed: int) -> list[tuple[float, int]]:
+    from edge_agent.scorer import Scorer
+
+    scorer = Scorer.from_bundle(models.v1, trusted_keys=[models.pub])
+    return [(r.health, r.step) for r in (scorer.score_one("x", window(k, seed=seed)) for k in range(n))]
+
+
+def test_a_failed_commit_is_not_acked_and_the_windows_come_back(
+    broker: Broker,
+    topic_prefix: str,
+    models: Models,
+    tmp_path: Path,
+    subscriber: Subscriber,
+    publisher: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The store refuses every commit for a while (even without window rows): nothing is acked, the
+    sensors roll back to the store, and the windows come back from the broker and are scored exactly."""
+    from edge_agent.errors import StoreError
+
+    real = Store.record_batch
+    failing = {"left": 6}
+
+    def flaky(self: Store, *a: Any, **kw: Any) -> list[int]:
+        if failing["left"] > 0:
+            failing["left"] -= 1
+            raise StoreError("injected: database or disk is full", reason="disk_full")
+        return real(self, *a, **kw)
+
+    monkeypatch.setattr(Store, "record_batch", flaky)
+    n = 12
+    settings = agent_settings(broker, topic_prefix, models, tmp_path / "a.db", batch_max_wait_ms=5)
+    topic = vibration_topic(topic_prefix, "m", "s0")
+    with running(settings) as agent:
+        for k in range(n):
+            publisher.publish(topic, encode_binary(window(k, seed=3)), qos=1)
+        assert subscriber.wait(lambda: {h.seq for h in subscriber.health} >= set(range(n)), 40), (
+            f"{sorted({h.seq for h in subscriber.health})} scored"
+        )
+        stats = agent.link.stats()
+    assert failing["left"] == 0
+    assert stats.cycles >= 1  # the agent asked the broker for the windows it had given back
+    ref = _reference(models, n, seed=3)
+    for h in subscriber.health:  # at least once; each one exact, as an uninterrupted run
+        assert h.score == pytest.approx(ref[h.seq][0], abs=1e-6), h.seq
+        assert h.extra["step"] == ref[h.seq][1], h.seq
+        assert "state_reset" not in h.extra, h.seq
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Any:
+    """A 16 MiB tmpfs mounted for the test (needs root, as on the CI machine)."""
+    import subprocess
+
+    mnt = tmp_path / "disk"
+    mnt.mkdir()
+    r = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(mnt)], capture_output=True, check=False
+    )
+    if r.returncode != 0:
+        pytest.skip(
+            f"cannot mount a tmpfs here ({r.stderr.decode().strip()}); the injected-failure test covers the logic"
+        )
+    yield mnt
+    subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def test_disk_full_degrades_keeps_publishing_says_so_and_recovers(
+    broker: Broker,
+    topic_prefix: str,
+    models: Models,
+    small_disk: Path,
+    subscriber: Subscriber,
+    publisher: Any,
+) -> None:
+    filler = small_disk / "filler"
+    settings = agent_settings(
+        broker, topic_prefix, models, small_disk / "a.db", raw_sample_fraction=1.0, batch_max_wait_ms=5
+    )
+    status = StatusWatcher(broker, topic_prefix, settings.agent_id)
+    topic = vibration_topic(topic_prefix, "m", "s0")
+    n = 600  # 10 KB of raw samples each: far more than the disk holds
+    try:
+        with running(settings) as agent:
+            free = shutil.disk_usage(small_disk).free
+            filler.write_bytes(b"\0" * (free - (1 << 20)))  # 1 MiB left for the store to grow
+            for k in range(n):
+                publisher.publish(topic, encode_binary(window(k, seed=4)), qos=1)
+            assert subscriber.wait(lambda: {h.seq for h in subscriber.health} >= set(range(n)), 120), (
+                f"{len({h.seq for h in subscriber.health})} of {n} windows scored"
+            )
+            assert agent.metrics.value("gruwatch_agent_storage_degraded") == 1
+            assert agent.metrics.value("gruwatch_agent_windows_not_stored_total") > 0
+            assert subscriber.wait(lambda: any(s.get("storage") == "degraded" for s in status.status), 10)
+            degraded_windows = agent.metrics.value("gruwatch_agent_windows_not_stored_total")
+            filler.unlink()
+            assert subscriber.wait(lambda: agent.metrics.value("gruwatch_agent_storage_degraded") == 0, 20)
+            assert subscriber.wait(lambda: status.status[-1].get("storage") is None, 10)
+            for k in range(n, n + 5):
+                publisher.publish(topic, encode_binary(window(k, seed=4)), qos=1)
+            assert subscriber.wait(lambda: {h.seq for h in subscriber.health} >= set(range(n + 5)), 30)
+            assert agent.metrics.value("gruwatch_agent_windows_not_stored_total") == degraded_windows
+    finally:
+        status.close()
+    ref = _reference(models, n + 5, seed=4)
+    for h in subscriber.health:
+        assert h.extra["step"] == ref[h.seq][1], h.seq
+        assert h.score == pytest.approx(ref[h.seq][0], abs=1e-6), h.seq

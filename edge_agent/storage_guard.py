@@ -1,0 +1,95 @@
+"""Storage degraded mode: with the disk full the agent keeps scoring and publishing, and says so.
+
+A batch's results go to the store in one transaction before its windows are acked. When that
+commit fails because the disk is full, `StorageGuard` frees a small reserve file kept beside the
+store, enters degraded mode (metric `storage_degraded` 1, `"storage": "degraded"` on the retained
+status topic) and commits the batch again without its window rows: sensor states, transitions and
+outgoing messages only, so acks stay safe and health keeps flowing; the windows are not kept for
+retraining (counted in `windows_not_stored`). If even that commit fails, the caller rolls the
+sensors back to the store and hands the windows back to the broker unacked. `check()` (between
+batches) leaves degraded mode once the disk has room for the reserve again.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Final
+
+import structlog
+
+from edge_agent.errors import StoreError
+from edge_agent.metrics import AgentMetrics
+from edge_agent.mqtt_link import MqttLink
+from edge_agent.store import Store, WindowRow
+
+log = structlog.get_logger("edge_agent.storage")
+
+RESERVE_BYTES: Final = 1 << 20
+CHECK_EVERY_S: Final = 5.0
+
+
+class StorageGuard:
+    """Commits a batch, falling back to degraded mode when the disk is full (daemon thread only)."""
+
+    def __init__(
+        self, store_path: Path, metrics: AgentMetrics, link: MqttLink, reserve_bytes: int = RESERVE_BYTES
+    ):
+        self.reserve = store_path.with_name(store_path.name + ".reserve")
+        self.reserve_bytes = reserve_bytes
+        self.metrics = metrics
+        self.link = link
+        self.degraded = False
+
+    def prepare(self) -> None:
+        """Make the reserve file if it is missing (no error when the disk is already full)."""
+        if self.reserve.exists() and self.reserve.stat().st_size >= self.reserve_bytes:
+            return
+        try:
+            with open(self.reserve, "wb") as f:
+                f.write(b"\0" * self.reserve_bytes)
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError as exc:
+            self.reserve.unlink(missing_ok=True)
+            log.warning("storage_reserve_missing", path=str(self.reserve), error=str(exc))
+
+    def commit(self, store: Store, rows: Sequence[WindowRow], **parts: Any) -> list[int]:
+        """`store.record_batch(rows, **parts)`, or without the rows in degraded mode (StoreError if that fails too)."""
+        if not self.degraded:
+            try:
+                return store.record_batch(rows, **parts)
+            except StoreError as exc:
+                if exc.reason != "disk_full":
+                    raise
+                self._enter(str(exc))
+        parts["attach_raw"] = ()
+        ids = store.record_batch([], **parts)
+        self.metrics.windows_not_stored.inc(len(rows))
+        return ids
+
+    def _enter(self, error: str) -> None:
+        self.degraded = True
+        self.reserve.unlink(missing_ok=True)
+        self.metrics.storage_degraded.set(1)
+        self.link.set_storage("degraded")
+        log.error(
+            "storage_degraded", error=error, action="scoring and publishing go on; windows are not kept"
+        )
+
+    def check(self) -> None:
+        """Leave degraded mode once the disk has room for the reserve again (and twice that to spare)."""
+        if not self.degraded:
+            return
+        free = shutil.disk_usage(self.reserve.parent).free
+        if free < 3 * self.reserve_bytes:
+            return
+        self.prepare()
+        if not self.reserve.exists():
+            return
+        self.degraded = False
+        self.metrics.storage_degraded.set(0)
+        self.link.set_storage(None)
+        log.warning("storage_recovered", free_bytes=free)
