@@ -266,6 +266,8 @@ class Agent:
                 log.debug("window_dropped", sensor=item.key, seq=item.window.seq, reason=verdict.outcome)
                 continue
             pending.append(Accepted(item, verdict))
+            if verdict.missed:
+                self.metrics.windows_missed.inc(verdict.missed)
         chunks, held = split_at_resets(pending), set[int]()
         for n, chunk in enumerate(chunks):
             try:
@@ -348,6 +350,7 @@ class Agent:
                 step=steps_all[i],
                 reset_cause=self._pending.cause_of(p),
                 gap_s=p.verdict.gap_s,
+                missed=p.verdict.missed,
             )
             self._nonfinite(it.key, w.seq, result.nonfinite[i])
             topics = self._topics.of(it.key, it.machine, it.sensor)

@@ -24,7 +24,7 @@ from edge_agent.topics import alert_topic, health_topic
 log = structlog.get_logger("edge_agent.daemon")
 
 #: Health fields the agent sets itself, beside the wire's fixed ones and the model's outputs.
-AGENT_FIELDS: Final = ("step", "state_reset", "gap_s")
+AGENT_FIELDS: Final = ("step", "state_reset", "gap_s", "missed")
 #: A model output with one of these names is published as "out_<name>".
 RESERVED_FIELDS: Final = frozenset(HEALTH_FIELDS) | frozenset(AGENT_FIELDS)
 _STATES: Final = frozenset(STATE_NAMES)
@@ -42,15 +42,19 @@ def health_extra(
     step: int,
     reset_cause: str | None,
     gap_s: float | None,
+    missed: int = 0,
 ) -> dict[str, Any]:
     """The health fields after the fixed ones: the model's extra outputs (`values` of `outputs[1:]`),
-    `step`, and for a state that started afresh (not a first sight) `state_reset` and `gap_s`."""
+    `step`, `missed` (windows never received just before this one) when there were any, and for a
+    state that started afresh (not a first sight) `state_reset` and `gap_s`."""
     extra: dict[str, Any] = (
         {extra_name(name): round(values[k], 6) for k, name in enumerate(outputs[1:])}
         if values is not None
         else {}
     )
     extra["step"] = step
+    if missed:
+        extra["missed"] = missed
     if reset_cause is not None and reset_cause != "new":
         extra["state_reset"] = reset_cause
         if gap_s is not None:

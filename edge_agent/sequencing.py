@@ -14,6 +14,9 @@ window passes `SequenceTracker.check`:
   with reset ``gap`` (the hidden state describes a machine we have not heard from for too long);
 - a sensor never seen (or forgotten) → accepted with reset ``new``.
 
+A newer seq that skips numbers says how many windows never arrived (`Verdict.missed`): the agent
+counts them (metric `windows_missed_total`) and says so in that window's health message (`missed`).
+
 At most `max_sensors` sensors are tracked; the least recently accepted one is forgotten first.
 
 >>> t = SequenceTracker(gap_reset_s=60.0, max_sensors=2)
@@ -53,6 +56,7 @@ class Verdict:
 
     outcome: Outcome
     gap_s: float | None = None  # seconds since the sensor's previous window (known sensors only)
+    missed: int = 0  # windows never received between the previous accepted one and this (seq jump)
 
     @property
     def accept(self) -> bool:
@@ -99,7 +103,8 @@ class SequenceTracker:
             if seq == last_seq:
                 return Verdict("duplicate", gap_s)
             if seq_newer(seq, last_seq):
-                verdict = Verdict("gap" if ts_ns - last_ts > self._gap_ns else "ok", gap_s)
+                missed = (seq - last_seq - 1) % _U32
+                verdict = Verdict("gap" if ts_ns - last_ts > self._gap_ns else "ok", gap_s, missed)
             elif ts_ns > last_ts:
                 verdict = Verdict("restart", gap_s)
             else:

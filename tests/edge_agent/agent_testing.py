@@ -249,3 +249,78 @@ def write_agent_config(
     }
     values.update(extra)
     path.write_text("".join(f"{k} = {json.dumps(v)}\n" for k, v in values.items()))
+
+
+# --------------------------------------------------------------------------- a broker of our own
+
+
+SHIPPED_BROKER_CONF = REPO / "deploy" / "mosquitto" / "gruwatch.conf"
+
+
+class PrivateBroker:
+    """A Mosquitto of the test's own, from the shipped config (`deploy/mosquitto/gruwatch.conf`) with
+    the listener, credentials and data folder made local; it can be restarted, killed and paused."""
+
+    def __init__(self, root: Path, *, persistence: bool = True) -> None:
+        import shutil
+        import socket
+
+        binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+        if not Path(binary).exists():
+            raise RuntimeError("no mosquitto binary; run ./scripts/ensure-broker.sh")
+        self.binary = binary
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = int(s.getsockname()[1])
+        data = root / "mosquitto-data"
+        data.mkdir(parents=True, exist_ok=True)
+        lines = []
+        for line in SHIPPED_BROKER_CONF.read_text().splitlines():
+            key = line.split(" ", 1)[0]
+            if key == "listener":
+                line = f"listener {self.port} 127.0.0.1"
+            elif key == "allow_anonymous":
+                line = "allow_anonymous true"
+            elif key == "password_file":
+                continue
+            elif key == "persistence_location":
+                line = f"persistence_location {data}/"
+            elif key == "persistence" and not persistence:
+                line = "persistence false"
+            lines.append(line)
+        self.conf = root / "mosquitto.conf"
+        self.conf.write_text("\n".join(lines) + "\nlog_type error\n")
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def broker(self) -> Broker:
+        return Broker("127.0.0.1", self.port)
+
+    def start(self) -> None:
+        import socket
+
+        self.proc = subprocess.Popen(
+            [self.binary, "-c", str(self.conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+                    return
+            except OSError:
+                time.sleep(0.02)
+        raise RuntimeError(f"mosquitto did not start on {self.port}")
+
+    def stop(self, *, kill: bool = False) -> None:
+        if self.proc is None:
+            return
+        if kill:
+            self.proc.kill()
+        else:
+            self.proc.terminate()
+        self.proc.wait(10)
+        self.proc = None
+
+    def restart(self, *, kill: bool = False) -> None:
+        self.stop(kill=kill)
+        self.start()

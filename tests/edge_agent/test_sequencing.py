@@ -114,3 +114,19 @@ def test_a_reset_of_a_sensor_already_in_the_batch_starts_a_new_chunk() -> None:
     batch = [p("a", "ok"), p("b", "new"), p("a", "gap"), p("b", "ok"), p("c", "new")]
     chunks = split_at_resets(batch)
     assert [[x.item.key for x in c] for c in chunks] == [["a", "b"], ["a", "b", "c"]]
+
+
+def test_a_seq_jump_counts_the_windows_that_never_came() -> None:
+    t = SequenceTracker(gap_reset_s=60.0, max_sensors=4)
+    assert t.check("m/s", 0, 0).missed == 0  # new
+    assert t.check("m/s", 1, 10**9).missed == 0
+    v = t.check("m/s", 5, 2 * 10**9)
+    assert (v.outcome, v.missed) == ("ok", 3)
+    assert t.check("m/s", 5, 2 * 10**9).missed == 0  # duplicate
+    assert t.check("m/s", 4, 0).outcome == "stale"
+    w = SequenceTracker(gap_reset_s=60.0, max_sensors=4)
+    w.check("m/w", 2**32 - 2, 0)
+    assert w.check("m/w", 1, 10**9).missed == 2  # 2**32 - 1 and 0 never came (u32 wrap)
+    g = w.check("m/w", 4, 10**12)  # a long silence: reset, and the jump still counted
+    assert (g.outcome, g.missed) == ("gap", 2)
+    assert w.check("m/w", 0, 2 * 10**12).missed == 0  # restart: seq counts from 0 again
