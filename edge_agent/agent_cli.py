@@ -92,6 +92,11 @@ def _parser() -> argparse.ArgumentParser:
     dep.add_argument("--prefix", default="gruwatch", help="topic prefix (default gruwatch)")
     dep.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for the answer")
     dep.add_argument("--ca-file", help="CA bundle for mqtts://")
+    dep.add_argument(
+        "--force",
+        action="store_true",
+        help="accept it even if it is older than the bundle the agent serves (a deliberate rollback)",
+    )
     return p
 
 
@@ -174,6 +179,7 @@ def _deploy(args: argparse.Namespace) -> int:
             username=os.environ.get("GRUWATCH_MQTT_USERNAME"),
             password=os.environ.get("GRUWATCH_MQTT_PASSWORD"),
             ca_file=args.ca_file,
+            force=args.force,
         )
     except BundleError as exc:
         raise BundleError(exc.reason, f"cannot pack {args.bundle}: {exc.detail}") from exc

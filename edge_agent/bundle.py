@@ -81,6 +81,8 @@ BUNDLE_REASONS: frozenset[str] = frozenset(
         "shape",  # model inputs/outputs do not match the card (names, F, state shape, K, dynamic B)
         "test_vectors",  # test_vectors.json malformed, or replaying it gives other outputs
         "bad_archive",  # a packed bundle with path traversal, links, too many or too large files
+        "rollback",  # older (card `created`) than the bundle served; deploy with --force to go back
+        "wrong_agent",  # the signed card's `agents` list does not name this agent
     }
 )
 
@@ -146,6 +148,11 @@ def validate_card(card: Any, *, need_files: bool = True) -> dict[str, Any]:
     parent = card.get("parent_version", "missing")
     if parent is not None and not isinstance(parent, str):
         raise _fail("parent_version must be a string or null")
+    agents = card.get("agents")
+    if agents is not None and not (
+        isinstance(agents, list) and all(isinstance(a, str) and a for a in agents)
+    ):
+        raise _fail("agents must be a list of agent ids (or absent: any agent)")
     if card.get("mode") not in MODES:
         raise _fail(f"mode must be one of {MODES}, got {card.get('mode')!r}")
     if not isinstance(card.get("feature_spec"), dict):

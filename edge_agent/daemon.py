@@ -124,7 +124,9 @@ class Agent:
             allow_unsigned=settings.allow_unsigned,
             models_dir=models_dir(settings),
             watch_path=settings.model,
+            agent_id=settings.agent_id,
         )
+        swapper.serving_created = bundle.card["created"]
         link = ModelLink(settings, on_model=swapper.offer_archive, model_version=bundle.model_version)
         tracker = SequenceTracker(gap_reset_s=settings.gap_reset_s, max_sensors=settings.max_tracked_sensors)
         return cls(
@@ -452,6 +454,7 @@ class Agent:
             self.metrics.resets.labels(cause="model").inc(len(reset))
             self.resets["model"] += len(reset)
         self.scorer = new
+        self.swapper.serving_created = bundle.card["created"]
         self.link.set_model_version(new.model_version)
         self.metrics.set_model(new.model_version)
         log.info("model_swapped", previous=old.model_version, model=new.model_version, states=states)

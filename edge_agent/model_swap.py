@@ -26,6 +26,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final, Literal
 
@@ -38,6 +39,7 @@ from edge_agent.mqtt_request import request_reply
 from edge_agent.protocol import model_result_topic, model_topic
 from edge_agent.scorer import Scorer
 from edge_agent.settings import AgentSettings
+from edge_agent.topics import model_force_topic
 
 log = structlog.get_logger("edge_agent.model_swap")
 
@@ -86,22 +88,56 @@ def models_dir(settings: AgentSettings) -> Path:
 
 
 def initial_bundle(settings: AgentSettings, deployed: str | bytes | None) -> Bundle:
-    """The bundle to serve at start: the one deployed over MQTT (`deployed`) if it still verifies, else `settings.model`."""
+    """The bundle to serve at start: the one deployed over MQTT (`deployed`) if it still verifies, else
+    `settings.model`; both pass `agent_policy` (no rollback check: the operator chose them)."""
     if isinstance(deployed, bytes):
         deployed = deployed.decode("utf-8", "replace")
     if deployed:
         try:
-            bundle = load_bundle(
-                deployed, trusted_keys=settings.trusted_keys, allow_unsigned=settings.allow_unsigned
-            )
+            bundle = _load_for(settings, deployed)
         except BundleError as exc:
             log.warning("deployed_model_refused", path=deployed, reason=exc.reason, detail=exc.detail)
         else:
             log.info("serving_deployed_model", path=deployed, model=bundle.model_version)
             return bundle
-    return load_bundle(
-        settings.model, trusted_keys=settings.trusted_keys, allow_unsigned=settings.allow_unsigned
-    )
+    return _load_for(settings, settings.model)
+
+
+def _load_for(settings: AgentSettings, path: Path | str) -> Bundle:
+    bundle = load_bundle(path, trusted_keys=settings.trusted_keys, allow_unsigned=settings.allow_unsigned)
+    agent_policy(bundle, agent_id=settings.agent_id)
+    return bundle
+
+
+def agent_policy(bundle: Bundle, *, agent_id: str, serving_created: str | None = None) -> None:
+    """What an agent asks of a bundle beyond `load_bundle`; BundleError otherwise.
+
+    - A signature must verify: one by a key the agent does not trust is refused even with
+      allow_unsigned (which admits bundles with no signature at all, and only without trusted keys).
+    - The signed card's `agents` list, when present, names this agent.
+    - Not older (card `created`) than `serving_created`, the bundle served: no rollback unless forced
+      (the caller passes None for a forced offer).
+    """
+    if bundle.key_id is not None and not bundle.verified:
+        raise BundleError(
+            "untrusted_key",
+            f"signed by key {bundle.key_id}, which this agent cannot verify; a signature that cannot be "
+            "checked is always refused: add the signer's .pub to trusted_keys",
+        )
+    agents = bundle.card.get("agents")
+    if agents is not None and agent_id not in agents:
+        raise BundleError("wrong_agent", f"the card names agents {agents[:10]}, not {agent_id!r}")
+    if serving_created is not None and _when(bundle.card["created"]) < _when(serving_created):
+        raise BundleError(
+            "rollback",
+            f"created {bundle.card['created']}, older than the bundle served (created {serving_created}); "
+            "deploy with --force to go back on purpose",
+        )
+
+
+def _when(created: str) -> datetime:
+    t = datetime.fromisoformat(created.replace("Z", "+00:00"))
+    return t if t.tzinfo is not None else t.replace(tzinfo=UTC)
 
 
 def carry_states(old: Scorer, new: Scorer) -> set[str]:
@@ -146,13 +182,17 @@ class ModelSwapper:
         watch_path: Path | None = None,
         poll_s: float = 2.0,
         max_pending: int = 4,
+        agent_id: str = "",
     ) -> None:
         self.trusted_keys = list(trusted_keys)
         self.allow_unsigned = allow_unsigned
+        self.agent_id = agent_id
+        #: `created` of the bundle served (set by the daemon): an older offer is a rollback.
+        self.serving_created: str | None = None
         self.models_dir = models_dir
         self.watch_path = watch_path
         self.poll_s = poll_s
-        self._inbox: queue.Queue[bytes] = queue.Queue(max_pending)
+        self._inbox: queue.Queue[tuple[bytes, bool]] = queue.Queue(max_pending)
         self._outbox: queue.Queue[Offer] = queue.Queue()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -172,10 +212,10 @@ class ModelSwapper:
             self._thread.join(timeout)
             self._thread = None
 
-    def offer_archive(self, payload: bytes) -> None:
-        """Queue a packed bundle for verification (any thread; never blocks)."""
+    def offer_archive(self, payload: bytes, *, force: bool = False) -> None:
+        """Queue a packed bundle for verification (any thread; never blocks). `force`: even if older."""
         try:
-            self._inbox.put_nowait(bytes(payload))
+            self._inbox.put_nowait((bytes(payload), force))
         except queue.Full:
             self._outbox.put(
                 Offer("mqtt", None, "busy", "too many bundles waiting for verification; send it again later")
@@ -190,21 +230,26 @@ class ModelSwapper:
             except queue.Empty:
                 return out
 
-    def load(self, path: Path, source: Source) -> Offer:
-        """Verify one bundle folder now (in the calling thread)."""
+    def load(self, path: Path, source: Source, *, force: bool = False) -> Offer:
+        """Verify one bundle folder now (in the calling thread), with the agent's policy (`agent_policy`)."""
         try:
             bundle = load_bundle(path, trusted_keys=self.trusted_keys, allow_unsigned=self.allow_unsigned)
+            serving = None if force or source == "file" else self.serving_created
+            agent_policy(bundle, agent_id=self.agent_id, serving_created=serving)
         except BundleError as exc:
             return Offer(source, None, exc.reason, exc.detail, path)
         except Exception as exc:  # a bug or an OS error must not kill the worker
             return Offer(source, None, "internal", f"{type(exc).__name__}: {exc}", path)
         return Offer(source, bundle, path=path)
 
-    def _unpack_and_load(self, payload: bytes) -> Offer:
+    def _unpack_and_load(self, payload: bytes, force: bool = False) -> Offer:
         digest = hashlib.sha256(payload).hexdigest()[:16]
         dest = self.models_dir / f"bundle-{digest}"
-        if dest.exists():
-            shutil.rmtree(dest, ignore_errors=True)
+        if dest.exists():  # the same archive again (perhaps the one serving): check it where it lies
+            offer = self.load(dest, "mqtt", force=force)
+            if offer.accepted or offer.reason in ("rollback", "wrong_agent", "untrusted_key"):
+                return offer
+            shutil.rmtree(dest, ignore_errors=True)  # damaged on disk: unpack it afresh
         try:
             self.models_dir.mkdir(parents=True, exist_ok=True)
             unpack_bundle(payload, dest)
@@ -214,7 +259,7 @@ class ModelSwapper:
         except OSError as exc:
             shutil.rmtree(dest, ignore_errors=True)
             return Offer("mqtt", None, "internal", f"cannot unpack under {self.models_dir}: {exc}")
-        offer = self.load(dest, "mqtt")
+        offer = self.load(dest, "mqtt", force=force)
         if not offer.accepted:
             shutil.rmtree(dest, ignore_errors=True)
         return offer
@@ -223,11 +268,11 @@ class ModelSwapper:
         next_poll = time.monotonic() + self.poll_s
         while not self._stop.is_set():
             try:
-                payload = self._inbox.get(timeout=min(0.2, self.poll_s))
+                item = self._inbox.get(timeout=min(0.2, self.poll_s))
             except queue.Empty:
-                payload = None
-            if payload is not None:
-                self._outbox.put(self._unpack_and_load(payload))
+                item = None
+            if item is not None:
+                self._outbox.put(self._unpack_and_load(*item))
             if self.watch_path is not None and time.monotonic() >= next_poll:
                 next_poll = time.monotonic() + self.poll_s
                 self._poll_folder(self.watch_path)
@@ -254,7 +299,7 @@ class ModelLink(MqttLink):
         self,
         settings: AgentSettings,
         *,
-        on_model: Callable[[bytes], None],
+        on_model: Callable[..., None],
         model_version: str = "",
         queue_max_size: int | None = None,
     ) -> None:
@@ -262,12 +307,14 @@ class ModelLink(MqttLink):
         self.on_model = on_model
         self.model_topic = model_topic(settings.prefix, settings.agent_id)
         self.result_topic = model_result_topic(settings.prefix, settings.agent_id)
+        self.force_topic = model_force_topic(settings.prefix, settings.agent_id)
         self.add_subscription(self.model_topic, lambda payload: self.on_model(payload), qos=1)
+        self.add_subscription(self.force_topic, lambda payload: self.on_model(payload, force=True), qos=1)
 
     @property
     def models_received(self) -> int:
-        """Bundles received on the model topic so far."""
-        return self.received_on(self.model_topic)
+        """Bundles received on the model topics so far."""
+        return self.received_on(self.model_topic) + self.received_on(self.force_topic)
 
 
 # ------------------------------------------------------------------------------------- deployer side
@@ -283,13 +330,17 @@ def deploy_bundle(
     username: str | None = None,
     password: str | None = None,
     ca_file: str | None = None,
+    force: bool = False,
 ) -> dict[str, Any]:
     """Publish a packed bundle to an agent's model topic and wait for its JSON answer on `.../model/result`.
 
-    Raises DeployError when the broker is unreachable or no answer comes within `timeout_s`.
+    `force` sends it to `.../model/force`: accepted even when older than the bundle served (a
+    deliberate rollback). Raises DeployError when the broker is unreachable or no answer comes
+    within `timeout_s`.
     """
     payload = pack_bundle(bundle_dir)
-    topic, result_topic = model_topic(prefix, agent), model_result_topic(prefix, agent)
+    topic = (model_force_topic if force else model_topic)(prefix, agent)
+    result_topic = model_result_topic(prefix, agent)
     try:
         answer = request_reply(
             broker,

@@ -171,6 +171,11 @@ class AgentSettings(BaseSettings):
                 "no trusted_keys: set GRUWATCH_TRUSTED_KEYS (comma-separated public key paths) or "
                 "`trusted_keys = [...]` in the TOML file; allow_unsigned = true is for development only"
             )
+        if self.trusted_keys and self.allow_unsigned:
+            raise ValueError(
+                "allow_unsigned = true and trusted_keys exclude each other: with trusted keys every bundle "
+                "must be signed by one of them; drop allow_unsigned (it is for development only)"
+            )
         if (self.mqtt_cert_file is None) != (self.mqtt_key_file is None):
             raise ValueError("mqtt_cert_file and mqtt_key_file go together: set both or neither")
         if not self.broker_tls and (self.mqtt_ca_file or self.mqtt_cert_file):

@@ -93,6 +93,11 @@ def model_topic(prefix: str, agent: str) -> str:
     return f"{_check_prefix(prefix)}/{AGENTS_LEVEL}/{validate_id(agent)}/model"
 
 
+def model_force_topic(prefix: str, agent: str) -> str:
+    """`{prefix}/_agents/{agent}/model/force` (deployer → agent: a bundle accepted even if older)."""
+    return f"{model_topic(prefix, agent)}/force"
+
+
 def model_result_topic(prefix: str, agent: str) -> str:
     """`{prefix}/_agents/{agent}/model/result` (agent →: accepted or rejected, and why)."""
     return f"{model_topic(prefix, agent)}/result"
