@@ -63,17 +63,29 @@ def rms_params(hidden: int = 2, *, gain: float = 4.0) -> GruParams:
     return GruParams(mean, std, [w_ih], [w_hh], [b_ih], [b_hh], w_out, np.zeros(2, np.float32))
 
 
-def make_bundle(out: Path, key: Path, *, version: str, hidden: int = 2, gain: float = 4.0) -> Path:
+def make_bundle(
+    out: Path,
+    key: Path | None,
+    *,
+    version: str,
+    hidden: int = 2,
+    gain: float = 4.0,
+    thresholds: dict[str, Any] | None = None,
+    **card: Any,
+) -> Path:
+    """A bundle of the rms GRU signed with `key` (None: unsigned); `card` overrides card fields."""
     p = rms_params(hidden, gain=gain)
-    card = make_card(
+    doc = make_card(
         p,
         DEFAULT_SPEC.to_dict(),
         model_version=version,
-        thresholds=THRESHOLDS,
+        thresholds=thresholds or THRESHOLDS,
         outputs=["health", "p_healthy"],
     )
-    write_bundle(out, onnx_bytes=build_step_model(p), card=card, test_vectors=make_test_vectors(p))
-    sign_bundle(out, key)
+    doc.update(card)
+    write_bundle(out, onnx_bytes=build_step_model(p), card=doc, test_vectors=make_test_vectors(p))
+    if key is not None:
+        sign_bundle(out, key)
     return out
 
 
