@@ -96,7 +96,7 @@ class Agent:
         self._topics = SensorTopics(settings.prefix, settings.max_tracked_sensors)
         self._encoder: HealthEncoder | None = None
         self._rejection_log = RejectionLog()
-        self.storage = StorageGuard(settings.store, metrics, link)
+        self.storage = StorageGuard(settings.store, metrics, link, settings.store_budget_bytes)
         self.raw = RawRetention(
             fraction=settings.raw_sample_fraction,
             before=settings.raw_before_transition,
@@ -427,6 +427,7 @@ class Agent:
             # A restart serves the latest accepted bundle: an MQTT deploy, or the configured folder.
             deployed = str(offer.path) if offer.source == "mqtt" and offer.path is not None else ""
             self.store.set_meta(DEPLOYED_META_KEY, deployed)
+            self.store.extra_bytes = self.swapper.prune(keep=offer.path if deployed else None)
             self.metrics.model_swaps.labels(result="accepted").inc()
         else:
             self.models_refused += 1

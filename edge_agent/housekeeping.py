@@ -37,9 +37,9 @@ class Gauges:
         m.outbox.set(store.outbox_count())
 
 
-def enforce_budget(store: Store) -> None:
+def enforce_budget(store: Store, target_fraction: float = 0.9) -> None:
     """Keep the store within its disk budget; say what was evicted."""
-    ev = store.enforce_budget()
+    ev = store.enforce_budget(target_fraction=target_fraction)
     if ev.any:
         log.warning(
             "store_budget_enforced",

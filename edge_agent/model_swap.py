@@ -264,6 +264,18 @@ class ModelSwapper:
             shutil.rmtree(dest, ignore_errors=True)
         return offer
 
+    def prune(self, keep: Path | None) -> int:
+        """Delete unpacked bundles other than `keep` (the one serving); returns the bytes left."""
+        left = 0
+        if not self.models_dir.is_dir():
+            return 0
+        for d in self.models_dir.iterdir():
+            if keep is not None and d.resolve() == keep.resolve():
+                left += sum(f.stat().st_size for f in d.rglob("*") if f.is_file())
+            else:
+                shutil.rmtree(d, ignore_errors=True)
+        return left
+
     def _work(self) -> None:
         next_poll = time.monotonic() + self.poll_s
         while not self._stop.is_set():

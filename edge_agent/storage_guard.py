@@ -7,7 +7,8 @@ status topic) and commits the batch again without its window rows: sensor states
 outgoing messages only, so acks stay safe and health keeps flowing; the windows are not kept for
 retraining (counted in `windows_not_stored`). If even that commit fails, the caller rolls the
 sensors back to the store and hands the windows back to the broker unacked. `check()` (between
-batches) leaves degraded mode once the disk has room for the reserve again.
+batches) leaves degraded mode once the disk has room for the reserve again. After every commit the
+store's disk budget is checked (and enforced when exceeded).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from typing import Any, Final
 import structlog
 
 from edge_agent.errors import StoreError
+from edge_agent.housekeeping import enforce_budget
 from edge_agent.metrics import AgentMetrics
 from edge_agent.mqtt_link import MqttLink
 from edge_agent.store import Store, WindowRow
@@ -34,11 +36,9 @@ CHECK_EVERY_S: Final = 5.0
 class StorageGuard:
     """Commits a batch, falling back to degraded mode when the disk is full (daemon thread only)."""
 
-    def __init__(
-        self, store_path: Path, metrics: AgentMetrics, link: MqttLink, reserve_bytes: int = RESERVE_BYTES
-    ):
+    def __init__(self, store_path: Path, metrics: AgentMetrics, link: MqttLink, budget_bytes: int) -> None:
         self.reserve = store_path.with_name(store_path.name + ".reserve")
-        self.reserve_bytes = reserve_bytes
+        self.reserve_bytes = min(RESERVE_BYTES, budget_bytes // 8)  # kept outside the store's budget
         self.metrics = metrics
         self.link = link
         self.degraded = False
@@ -60,11 +60,15 @@ class StorageGuard:
         """`store.record_batch(rows, **parts)`, or without the rows in degraded mode (StoreError if that fails too)."""
         if not self.degraded:
             try:
-                return store.record_batch(rows, **parts)
+                ids = store.record_batch(rows, **parts)
             except StoreError as exc:
                 if exc.reason != "disk_full":
                     raise
                 self._enter(str(exc))
+            else:
+                if store.over_budget():  # the budget holds at every commit, not only every 30 s
+                    enforce_budget(store, target_fraction=0.7)  # room for a while
+                return ids
         parts["attach_raw"] = ()
         ids = store.record_batch([], **parts)
         self.metrics.windows_not_stored.inc(len(rows))

@@ -21,10 +21,8 @@ Tables (schema version in `meta.schema`):
   sensors of a batch in the batch's own transaction; `save_states` replaces the whole table.
 - ``meta``: key → value (text or bytes) for small facts and blobs.
 
-The disk budget (`enforce_budget`) evicts, oldest first: raw samples of ordinary windows, then
-ordinary window rows, then raw samples and rows of windows near an alarm transition, then
-transitions, and only then, counted, unsent outbox messages (health before alerts).
-The export format written by `export_runs` is described in docs/agent.md.
+The disk budget (`enforce_budget`, docs/agent.md "Disk budget") evicts oldest first, unsent
+outbox messages last. The retraining export lives in edge_agent.retraining_export.
 """
 
 from __future__ import annotations
@@ -185,6 +183,8 @@ class Store:
         self._conn = conn
         self.path = path
         self.budget_bytes = budget_bytes
+        #: Bytes the store's budget also covers outside the database (the agent's unpacked bundles).
+        self.extra_bytes = 0
         self.alarm_margin = alarm_margin
         #: Row ids of the windows stored by the last `record_batch`, in the order given.
         self.last_window_ids: range = range(0)
@@ -226,6 +226,10 @@ class Store:
                     f"store {path}: SQLite refused WAL mode (got {mode}); use a local disk", reason="no_wal"
                 )
             conn.execute(f"PRAGMA synchronous = {synchronous}")
+            # WAL checkpointed at 1/16 of the budget (SQLite's 4 MB default alone exceeds a small one).
+            page = int(conn.execute("PRAGMA page_size").fetchone()[0])
+            conn.execute(f"PRAGMA wal_autocheckpoint = {max(16, budget_bytes // page // 16)}")
+            conn.execute(f"PRAGMA journal_size_limit = {budget_bytes // 16}")
             conn.execute("PRAGMA foreign_keys = ON")
             conn.executescript(_SCHEMA + saved_states.STATES_DDL)
             row = conn.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
@@ -474,12 +478,20 @@ class Store:
     # --- disk budget -----------------------------------------------------------------------------
 
     def size_bytes(self) -> int:
-        """Bytes on disk: the database file plus its WAL."""
+        """Bytes on disk: the database file, its WAL and its shared-memory index."""
         total = 0
-        for p in (self.path, self.path.with_name(self.path.name + "-wal")):
+        for p in (
+            self.path,
+            self.path.with_name(self.path.name + "-wal"),
+            self.path.with_name(self.path.name + "-shm"),
+        ):
             with suppress(FileNotFoundError):
                 total += p.stat().st_size
         return total
+
+    def over_budget(self) -> bool:
+        """The store with its WAL, plus `extra_bytes` (the agent's unpacked bundles), above the budget."""
+        return self.size_bytes() + self.extra_bytes > self.budget_bytes
 
     def _used_bytes(self) -> int:
         c = self._conn
@@ -488,7 +500,7 @@ class Store:
         free = int(c.execute("PRAGMA freelist_count").fetchone()[0])
         return (pages - free) * page
 
-    def enforce_budget(self, *, target_fraction: float = 0.9, chunk: int = 64) -> Eviction:
+    def enforce_budget(self, *, target_fraction: float = 0.9, chunk: int | None = None) -> Eviction:
         """Evict the oldest data until the store uses at most `target_fraction` of its budget.
 
         Runs only when over budget (so a store near the limit does not evict on every call), then
@@ -498,12 +510,15 @@ class Store:
         `outbox_dropped` and meta key `outbox_evicted_total`). Freed pages go back to the disk.
         """
         report = Eviction(bytes_before=self.size_bytes())
+        # Rows per eviction transaction (each goes through the WAL): few for a small budget.
+        chunk = chunk or max(4, min(64, self.budget_bytes // (128 * 1024)))
         # The WAL counts against the budget: fold it into the main file first.
         self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        if self._used_bytes() <= self.budget_bytes and self.size_bytes() <= self.budget_bytes:
+        budget = self.budget_bytes - self.extra_bytes
+        if self._used_bytes() <= budget and self.size_bytes() <= budget:
             report.bytes_after = self.size_bytes()
             return report
-        target = int(self.budget_bytes * target_fraction)
+        target = int(budget * target_fraction)
         near = (
             "EXISTS (SELECT 1 FROM transitions t WHERE t.sensor = windows.sensor"
             " AND t.seq BETWEEN windows.seq - :m AND windows.seq + :m)"
@@ -540,6 +555,7 @@ class Store:
             while self._used_bytes() > target:
                 with self._tx() as c:
                     n = c.execute(sql, {"m": self.alarm_margin, "n": chunk}).rowcount
+                self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # the WAL must not grow meanwhile
                 if n <= 0:
                     break
                 setattr(report, name, getattr(report, name) + n)
@@ -548,9 +564,11 @@ class Store:
         if report.outbox_dropped:
             prev = self.get_meta("outbox_evicted_total")
             self.set_meta("outbox_evicted_total", str(int(prev or 0) + report.outbox_dropped))
-        # executescript steps the pragma to completion; execute() would free one page only.
-        self._conn.executescript("PRAGMA incremental_vacuum;")
-        self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        # Give freed pages back to the disk a few at a time, folding the WAL in after each step
+        # (executescript steps the pragma to completion; execute() would free one page only).
+        while int(self._conn.execute("PRAGMA freelist_count").fetchone()[0]) > 0:
+            self._conn.executescript("PRAGMA incremental_vacuum(64);")
+            self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         report.bytes_after = self.size_bytes()
         return report
 

@@ -520,3 +520,63 @@ def test_deploy_refuses_an_older_bundle_and_force_takes_it(
         forced = deploy_bundle(models.v1, force=True, **kw)
         assert (forced["accepted"], forced["serving"]) == (True, "rms-v1")
         assert agent.model_version == "rms-v1"
+
+
+# ----------------------------------------------------------- 5. the disk budget holds at every commit
+
+
+def _store_bytes(path: Path) -> int:
+    return sum(
+        p.stat().st_size
+        for p in path.parent.glob(path.name + "*")
+        if p.is_file() and not p.name.endswith(".reserve")
+    )
+
+
+def _budget_run(broker: Broker, topic_prefix: str, models: Models, tmp_path: Path, n: int) -> tuple[int, int]:
+    """Stream `n` windows (raw samples kept for all) into a 1 MiB store; (largest size seen, budget)."""
+    import threading
+
+    store = tmp_path / "a.db"
+    settings = agent_settings(
+        broker,
+        topic_prefix,
+        models,
+        store,
+        store_budget_bytes=1 << 20,
+        raw_sample_fraction=1.0,
+        batch_max_size=8,
+    )
+    sub = Subscriber(broker, topic_prefix)
+    pub = mqtt_client(broker)
+    largest = [0]
+    done = threading.Event()
+
+    def watch() -> None:
+        while not done.is_set():
+            largest[0] = max(largest[0], _store_bytes(store))
+            time.sleep(0.002)
+
+    watcher = threading.Thread(target=watch)
+    try:
+        with running(settings):
+            watcher.start()
+            topic = vibration_topic(topic_prefix, "m", "s0")
+            for k in range(n):
+                pub.publish(topic, encode_binary(window(k, seed=6)), qos=1)
+            assert sub.wait(lambda: len({h.seq for h in sub.health}) >= n, 120)
+    finally:
+        done.set()
+        if watcher.is_alive():
+            watcher.join()
+        close_client(pub)
+        sub.close()
+    return largest[0], settings.store_budget_bytes
+
+
+def test_the_disk_budget_holds_at_every_commit(
+    broker: Broker, topic_prefix: str, models: Models, tmp_path: Path
+) -> None:
+    largest, budget = _budget_run(broker, topic_prefix, models, tmp_path, 600)  # 6 MB of raw samples
+    print(f"\nFIGURE budget={budget} largest={largest} ratio={largest / budget:.2f}")
+    assert largest <= 1.25 * budget, f"the store reached {largest} bytes on a {budget}-byte budget"
