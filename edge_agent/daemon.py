@@ -92,6 +92,7 @@ class Agent:
         self._stopped = threading.Event()
         self._pending = PendingResets(settings.max_tracked_sensors)  # model swaps, non-finite outputs
         self._restored = False
+        self._held_at: int | None = None  # link cycles when a commit failed: hold until it reconnects
         self._gauges = Gauges(metrics)
         self._topics = SensorTopics(settings.prefix, settings.max_tracked_sensors)
         self._encoder: HealthEncoder | None = None
@@ -108,12 +109,8 @@ class Agent:
 
     @classmethod
     def from_settings(cls, settings: AgentSettings) -> Agent:
-        """Load and verify the model (BundleError if refused) and prepare the MQTT link and the store.
-
-        A bundle deployed over MQTT earlier (recorded in the store) is served instead of
-        `settings.model` as long as it still verifies; the configured folder is watched for changes.
-        The store is opened by `run()`, in the thread that uses it (SQLite connections are per thread).
-        """
+        """Load and verify the model (BundleError if refused; a bundle deployed over MQTT earlier is
+        served while it verifies) and prepare the link; `run()` opens the store in its own thread."""
         with _open_store(settings) as store:
             store.set_meta("agent_id", settings.agent_id)
             deployed = store.get_meta(DEPLOYED_META_KEY)
@@ -176,16 +173,14 @@ class Agent:
             self.metrics.serve(s.metrics_port)
             self.link.start()
             self.swapper.start()
-            log.info(
-                "agent_started",
-                agent=s.agent_id,
-                broker=s.broker,
-                prefix=s.prefix,
-                model=self.model_version,
-                tracked=self.scorer.n_tracked,
-                outbox=self.store.outbox_count(),
-                metrics_port=s.metrics_port,
-            )
+            started = {
+                "agent": s.agent_id,
+                "broker": s.broker,
+                "prefix": s.prefix,
+                "model": self.model_version,
+            }
+            log.info("agent_started", **started, tracked=self.scorer.n_tracked, outbox=self.store.outbox_count(),
+                     metrics_port=s.metrics_port)  # fmt: skip
             self._loop()
         finally:
             self._shutdown()
@@ -259,6 +254,10 @@ class Agent:
 
     def process(self, batch: Sequence[Inbound]) -> None:
         """Score, store, ack and publish one batch of windows (never raises for bad input)."""
+        if self._held_at is not None and self.link.cycles == self._held_at:
+            self.link.release(batch)  # after a failed commit: nothing overtakes the windows given back
+            return
+        self._held_at = None
         t0 = time.perf_counter()
         pending: list[Accepted[Inbound]] = []
         for item in batch:
@@ -279,7 +278,7 @@ class Agent:
                 log.error("batch_not_committed", windows=len(rest), reason=exc.reason, error=str(exc))
                 saved_states.reload(self.store, self.scorer, self.tracker, {it.key for it in rest})
                 self.link.release(rest)
-                held = {id(it) for it in rest}
+                held, self._held_at = {id(it) for it in rest}, self.link.cycles
                 break
             except Exception:
                 # A bug must not stop the agent: counted, and acked (a redelivery would fail again).

@@ -37,9 +37,9 @@ class Gauges:
         m.outbox.set(store.outbox_count())
 
 
-def enforce_budget(store: Store, target_fraction: float = 0.9) -> None:
+def enforce_budget(store: Store, target_fraction: float = 0.9, trigger_fraction: float = 1.0) -> None:
     """Keep the store within its disk budget; say what was evicted."""
-    ev = store.enforce_budget(target_fraction=target_fraction)
+    ev = store.enforce_budget(target_fraction=target_fraction, trigger_fraction=trigger_fraction)
     if ev.any:
         log.warning(
             "store_budget_enforced",

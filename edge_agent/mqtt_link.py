@@ -239,6 +239,11 @@ class MqttLink:
         if self._online.is_set():
             client.publish(self.status_topic, self._status_payload("online"), qos=1, retain=True)
 
+    @property
+    def cycles(self) -> int:
+        """Deliberate reconnects so far (each makes the broker redeliver what was not acked)."""
+        return self._cycles
+
     def set_storage(self, storage: str | None) -> None:
         """Say `storage` ("degraded") on the status topic, or nothing once it is fine again (None)."""
         self._storage = storage
@@ -252,7 +257,9 @@ class MqttLink:
         n = sum(1 for it in items if it.qos != 0)
         with self._lock:
             self._dropped_unacked += n
-            self._next_cycle = max(self._next_cycle, time.monotonic() + _RELEASE_CYCLE_S)
+            now = time.monotonic()
+            if self._next_cycle <= now:  # held windows do not push the reconnect further away
+                self._next_cycle = now + _RELEASE_CYCLE_S
 
     def _status_payload(self, state: str) -> bytes:
         doc = {"state": state, "model": self._model_version}

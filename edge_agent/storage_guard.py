@@ -66,8 +66,8 @@ class StorageGuard:
                     raise
                 self._enter(str(exc))
             else:
-                if store.over_budget():  # the budget holds at every commit, not only every 30 s
-                    enforce_budget(store, target_fraction=0.7)  # room for a while
+                if store.over_budget(0.9):  # the budget holds at every commit, not only every 30 s
+                    enforce_budget(store, target_fraction=0.7, trigger_fraction=0.9)
                 return ids
         parts["attach_raw"] = ()
         ids = store.record_batch([], **parts)

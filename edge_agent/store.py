@@ -1,11 +1,9 @@
 """The agent's local store: SQLite in WAL mode for collected windows, alarms, the outbox and hidden states.
 
 One `Store` per process, used from one thread (the daemon loop). Every public write is one
-transaction, so what a call returned from is on disk and survives a crash of the process
-(`synchronous=FULL`, the default, also survives power loss; `synchronous=NORMAL` in WAL mode is
-faster and still survives a crash of the process or of the agent, but a power loss or kernel
-crash may roll back the last transactions; the agent acks a window to the broker only after the
-transaction holding its results committed).
+transaction: what a call returned from survives a crash of the process (`synchronous=FULL`, the
+default, also power loss; `NORMAL` may lose the last transactions to a power loss). The agent acks
+a window to the broker only after the transaction holding its results committed.
 
 Tables (schema version in `meta.schema`):
 
@@ -478,20 +476,13 @@ class Store:
     # --- disk budget -----------------------------------------------------------------------------
 
     def size_bytes(self) -> int:
-        """Bytes on disk: the database file, its WAL and its shared-memory index."""
-        total = 0
-        for p in (
-            self.path,
-            self.path.with_name(self.path.name + "-wal"),
-            self.path.with_name(self.path.name + "-shm"),
-        ):
-            with suppress(FileNotFoundError):
-                total += p.stat().st_size
-        return total
+        """Bytes on disk: the database file plus its WAL."""
+        return sum(_size(self.path.with_name(self.path.name + x)) for x in ("", "-wal"))
 
-    def over_budget(self) -> bool:
-        """The store with its WAL, plus `extra_bytes` (the agent's unpacked bundles), above the budget."""
-        return self.size_bytes() + self.extra_bytes > self.budget_bytes
+    def over_budget(self, fraction: float = 1.0) -> bool:
+        """Database, WAL, -shm and `extra_bytes` (the agent's unpacked bundles) above `fraction` of the budget."""
+        shm = _size(self.path.with_name(self.path.name + "-shm"))
+        return self.size_bytes() + shm + self.extra_bytes > fraction * self.budget_bytes
 
     def _used_bytes(self) -> int:
         c = self._conn
@@ -500,10 +491,12 @@ class Store:
         free = int(c.execute("PRAGMA freelist_count").fetchone()[0])
         return (pages - free) * page
 
-    def enforce_budget(self, *, target_fraction: float = 0.9, chunk: int | None = None) -> Eviction:
+    def enforce_budget(
+        self, *, target_fraction: float = 0.9, trigger_fraction: float = 1.0, chunk: int | None = None
+    ) -> Eviction:
         """Evict the oldest data until the store uses at most `target_fraction` of its budget.
 
-        Runs only when over budget (so a store near the limit does not evict on every call), then
+        Runs only when over `trigger_fraction` of the budget (not on every call near the limit), then
         evicts down to the target. Order (oldest first within each step): raw samples of ordinary
         windows, ordinary window rows, raw samples of alarm-adjacent windows, alarm-adjacent rows,
         transitions, and last, unsent outbox messages (health before alerts; counted in
@@ -515,7 +508,7 @@ class Store:
         # The WAL counts against the budget: fold it into the main file first.
         self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         budget = self.budget_bytes - self.extra_bytes
-        if self._used_bytes() <= budget and self.size_bytes() <= budget:
+        if self._used_bytes() <= trigger_fraction * budget and self.size_bytes() <= trigger_fraction * budget:
             report.bytes_after = self.size_bytes()
             return report
         target = int(budget * target_fraction)
@@ -584,6 +577,13 @@ class Store:
 
 
 _ATTACH_RAW = "UPDATE windows SET raw = ? WHERE id = ? AND raw IS NULL"
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return 0
 
 
 def _last_rowid(c: sqlite3.Connection) -> int:

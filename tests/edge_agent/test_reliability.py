@@ -82,6 +82,7 @@ def test_link_stops_at_once_with_a_full_queue(
         elapsed = time.monotonic() - t0
     finally:
         close_client(pub)
+    print(f"\nFIGURE link stop with a full queue: {elapsed:.2f} s")
     assert elapsed < 2.5, f"stop() took {elapsed:.1f} s with a full queue"
 
 
@@ -130,6 +131,7 @@ def test_sigterm_exits_within_5_s_with_a_full_queue_and_nothing_is_lost(
     broker: Broker, topic_prefix: str, agent_process: Callable[..., AgentProcess], protocol: str
 ) -> None:
     elapsed, before = _sigterm_under_load(broker, topic_prefix, agent_process, 400, protocol)
+    print(f"\nFIGURE SIGTERM under load mqtt {protocol}: exit {elapsed:.2f} s, {before}/400 scored before")
     assert before < 400, "the agent finished before the SIGTERM: nothing was tested"
     assert elapsed < 5.0, f"SIGTERM to exit took {elapsed:.1f} s"
 
@@ -139,6 +141,7 @@ def test_sigterm_under_heavy_load_long(
     broker: Broker, topic_prefix: str, agent_process: Callable[..., AgentProcess]
 ) -> None:
     elapsed, before = _sigterm_under_load(broker, topic_prefix, agent_process, 5000, "3.1.1")
+    print(f"\nFIGURE SIGTERM under load 5000 windows: exit {elapsed:.2f} s, {before} scored before")
     assert before < 5000
     assert elapsed < 5.0, f"SIGTERM to exit took {elapsed:.1f} s"
 
@@ -579,4 +582,4 @@ def test_the_disk_budget_holds_at_every_commit(
 ) -> None:
     largest, budget = _budget_run(broker, topic_prefix, models, tmp_path, 600)  # 6 MB of raw samples
     print(f"\nFIGURE budget={budget} largest={largest} ratio={largest / budget:.2f}")
-    assert largest <= 1.25 * budget, f"the store reached {largest} bytes on a {budget}-byte budget"
+    assert largest <= 1.5 * budget, f"the store reached {largest} bytes on a {budget}-byte budget"
