@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from edge_agent.bundle import load_bundle
-from edge_agent.daemon import _sampled
+from edge_agent.raw_ring import sampled as _sampled
 from edge_agent.settings import AgentSettings
 from edge_agent.store import Store, WindowRow
 from gruwatch.demo_model import SHIPPED
