@@ -1,30 +1,10 @@
 """The agent's one MQTT client: the only module in edge_agent that imports paho.
 
-`MqttLink` connects (mqtt:// or mqtts://, MQTT 3.1.1 or 5) with a persistent session, subscribes at
-QoS 1 to `{prefix}/+/+/vibration`, and turns each message into either a typed `Inbound` on a bounded
-queue or a counted rejection. Its paho callbacks do nothing else; scoring happens in the daemon's
-thread, which takes batches with `get_batch` and calls `ack(item)` only once the window's results
-are committed to the store. Until then the broker holds the message as in flight and redelivers it
-after any reconnect (MQTT 5: while the session has not expired; 3.1.1: clean_session=False).
-
-Flow control: the broker never has more unacknowledged windows with us than its in-flight limit:
-for MQTT 5 we announce Receive Maximum = `queue_max_size` in CONNECT; for 3.1.1 it is the broker's
-`max_inflight_messages` (set it ≤ queue_max_size). If the queue is full anyway, the network thread
-blocks up to `queue_block_s`, then drops the message WITHOUT acking it (counted as `queue_full`):
-the broker still counts it in flight, and once the queue has drained `get_batch` cycles the
-connection (clean DISCONNECT, reconnect with the same session) so the broker redelivers it.
-
-Malformed messages are acked at once (redelivering them cannot help) and counted by reason.
-
-Control topics: `add_subscription(topic, callback)` subscribes to one more exact topic on every
-connect; its payloads go to `callback(payload)` on the network thread and are acked right after
-(the model topic of `model_swap.ModelLink` is one). `request_reply` is the other side's one-shot
-client (edge_agent.mqtt_request).
-
-The status topic `{prefix}/_agents/{agent}/status` carries retained JSON {"state", "model"}:
-"online" on every connect, "offline" on a clean stop and, as the last will, when the connection
-drops without a DISCONNECT. Connects, losses and reconnects are logged (logger "edge_agent.mqtt")
-and counted in `stats()`.
+`MqttLink` connects with a persistent session, subscribes at QoS 1 to `{prefix}/+/+/vibration` and
+turns each message into a typed `Inbound` on a bounded queue or a counted rejection; the daemon acks
+a window only once its results are committed. Flow control (Receive Maximum, `queue_full` and the
+deliberate reconnect), control topics, the retained status topic and its last will: docs/agent.md,
+"MQTT link". Connects, losses and rejections are structlog events ("edge_agent.mqtt").
 """
 
 from __future__ import annotations
@@ -498,19 +478,7 @@ class MqttLink:
         Returns False when the connection it arrived on is gone: the broker will redeliver it, and the
         daemon drops the duplicate by sequence number (and acks that one).
         """
-        client = self._client
-        if item.qos == 0:
-            return True
-        with self._lock:
-            stale = client is None or item.generation != self._generation or not self._online.is_set()
-            if stale:
-                self._stale_acks += 1
-            else:
-                self._acked += 1
-        if stale or client is None:
-            return False
-        rc = client.ack(item.mid, item.qos)
-        return rc == MQTTErrorCode.MQTT_ERR_SUCCESS
+        return self.ack_many([item]) == 1
 
     def ack_many(self, items: Sequence[Inbound]) -> int:
         """`ack` for a whole batch (one lock round); returns how many were acked."""
