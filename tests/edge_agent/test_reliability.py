@@ -390,10 +390,10 @@ def _through_broker_restarts(
                 if r < restarts:
                     time.sleep(0.05)  # mid-stream: some in flight, some queued for the agent
                     pb.restart(kill=kill)
-                    assert agent.link.wait_connected(20)
+                    assert agent.link.wait_connected(60)
                 else:
                     for info in infos:
-                        info.wait_for_publish(20)
+                        info.wait_for_publish(60)
             deadline = time.monotonic() + 30
             while (
                 time.monotonic() < deadline
