@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from edge_agent.baseline import BaselineSpec
 from edge_agent.bearing import BearingGeometry
 from edge_agent.errors import FeatureError, ProtocolError
 from edge_agent.spectra import (
@@ -43,7 +44,9 @@ F64 = npt.NDArray[np.float64]
 C128 = npt.NDArray[np.complex128]
 
 SPEC_NAME = "gruwatch-vib"
-SUPPORTED_VERSIONS: frozenset[int] = frozenset({1})
+SUPPORTED_VERSIONS: frozenset[int] = frozenset({1, 2})
+# v2 = v1 + the per-sensor healthy baseline (`baseline`, edge_agent/baseline.py); v1 has none.
+BASELINE_VERSION = 2
 
 # v1 default band edges (Hz): 16 log-spaced bands from 10 Hz to 5 kHz (ratio 500^(1/16) ≈ 1.475,
 # rounded to 3 significant figures). Written out, not computed, so the spec can never drift.
@@ -93,6 +96,9 @@ class FeatureSpec:
     nominal_rpm: float = 0.0
     power_floor_g2: float = 1e-12
     geometry: BearingGeometry | None = None
+    # v2: normalise every feature against the sensor's own healthy start (edge_agent.baseline) before
+    # the model sees it. The features themselves are unchanged; the model's input is the deviation.
+    baseline: BaselineSpec | None = None
     _names: tuple[str, ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -127,6 +133,13 @@ class FeatureSpec:
             raise FeatureError(f"power_floor_g2 must be > 0, got {self.power_floor_g2!r}")
         if self.geometry is not None and not isinstance(self.geometry, BearingGeometry):
             raise FeatureError("geometry must be a BearingGeometry or None")
+        if self.baseline is not None and not isinstance(self.baseline, BaselineSpec):
+            raise FeatureError("baseline must be a BaselineSpec or None")
+        if (self.baseline is not None) != (self.version >= BASELINE_VERSION):
+            raise FeatureError(
+                f"feature spec version {self.version} {'needs' if self.baseline is None else 'cannot hold'} "
+                f"a per-sensor baseline (version {BASELINE_VERSION} has one, version 1 none)"
+            )
         bands = tuple(f"log_band_{_edge_label(a)}_{_edge_label(b)}hz" for a, b in itertools.pairwise(edges))
         names = TIME_FEATURES + bands + tuple(f"env_{suffix}" for suffix, _, _ in DEFECTS)
         if len(set(names)) != len(names):
@@ -168,6 +181,7 @@ class FeatureSpec:
             "nominal_rpm": self.nominal_rpm,
             "power_floor_g2": self.power_floor_g2,
             "geometry": None if self.geometry is None else self.geometry.to_dict(),
+            **({} if self.baseline is None else {"baseline": self.baseline.to_dict()}),
             "names": list(self.names),
         }
 
@@ -222,6 +236,8 @@ class FeatureSpec:
                 if not isinstance(geometry, dict):
                     raise FeatureError(f"geometry must be an object or null, got {geometry!r}")
                 kwargs["geometry"] = BearingGeometry.from_dict(geometry)
+            if params.get("baseline") is not None:
+                kwargs["baseline"] = BaselineSpec.from_dict(params["baseline"])
             spec = cls(**kwargs)
         except FeatureError:
             raise
@@ -236,7 +252,12 @@ class FeatureSpec:
 
     @classmethod
     def with_geometry(cls, geometry: BearingGeometry | None, **params: Any) -> FeatureSpec:
-        """The default spec with a bearing geometry (enables the envelope features) and overrides."""
+        """The default spec with a bearing geometry (enables the envelope features) and overrides.
+
+        A `baseline=` override selects version 2 (the per-sensor baseline) unless a version is given.
+        """
+        if params.get("baseline") is not None:
+            params.setdefault("version", BASELINE_VERSION)
         try:
             return cls(geometry=geometry, **params)
         except TypeError as exc:

@@ -9,6 +9,11 @@ implementation), plus the targets the trainer learns:
   is given (run-to-failure data such as FEMTO, or failures from a maintenance-events CSV).
 - `fault` int64 [N]: index into the fault classes, -1 where unknown.
 
+When the spec declares a per-sensor baseline (`spec.baseline`, edge_agent/baseline.py), `features` is
+what the model sees — each window normalised against the run's own healthy start, stepped window by
+window with the same `edge_agent.baseline.step` the agent runs — and `raw` keeps the extracted
+features (what the agent's Scorer receives and normalises itself).
+
 `pad_batch` stacks sequences (optionally cut at random start offsets, so the model also learns to
 score a sensor first seen mid-life) and `chunk_slices` cuts time into truncated-BPTT chunks.
 """
@@ -21,6 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 from tqdm.auto import tqdm
 
+from edge_agent.baseline import normalise_run
 from edge_agent.features import FeatureSpec, extract_batch
 from trainer.data.runs import DataError, Run
 
@@ -38,6 +44,12 @@ class FeatureSequence:
     ts: np.ndarray  # float64 [N] seconds since the run's start
     target: np.ndarray  # float32 [N]: 1 degraded, 0 healthy, NaN unknown
     fault: np.ndarray  # int64 [N]: fault class index, -1 unknown
+    raw: np.ndarray | None = None  # float32 [N, F] extracted features when `features` are baseline-normalised
+
+    @property
+    def extracted(self) -> np.ndarray:
+        """The features as extracted (what a Scorer is fed); `features` when there is no baseline."""
+        return self.features if self.raw is None else self.raw
 
     def __len__(self) -> int:
         return int(self.features.shape[0])
@@ -117,12 +129,14 @@ def build_sequences(
     """Features (once per run) and targets for every run."""
     out = []
     for run in tqdm(runs, desc=desc, unit="run", disable=not progress):
+        raw = run_features(run, spec)
         out.append(
             FeatureSequence(
                 run_id=run.run_id,
                 machine=run.machine,
                 source=run.source,
-                features=run_features(run, spec),
+                features=raw if spec.baseline is None else normalise_run(spec.baseline, raw),
+                raw=None if spec.baseline is None else raw,
                 ts=np.asarray(run.ts, np.float64),
                 target=degraded_targets(run, horizon_s),
                 fault=fault_targets(run, classes),

@@ -101,7 +101,11 @@ def test_to_dict_names_every_parameter() -> None:
     ("change", "message"),
     [
         ({"name": "other-features"}, "unknown feature spec"),
-        ({"version": 2}, "version 2 is not supported"),
+        ({"version": 3}, "version 3 is not supported"),
+        ({"version": 2}, "needs a per-sensor baseline"),
+        ({"baseline": {"skip_windows": 1, "learn_windows": 5}}, "cannot hold a per-sensor baseline"),
+        ({"version": 2, "baseline": {"learn_windows": 1}}, "learn_windows must be"),
+        ({"version": 2, "baseline": {"smoothing": 3}}, "does not know"),
         ({"version": True}, "not supported"),
         ({"version": "1"}, "not supported"),
         ({"window_function": "blackman"}, "unknown parameters"),
