@@ -1,0 +1,290 @@
+"""What kind of data this is, and what training it therefore gets: decided from the data, printed, recorded.
+
+`plan_training(runs, ...)` looks at the loaded runs and returns a `DataPlan`:
+
+- **fault classes** (seeded-fault recordings such as CWRU: every run labelled, one fault class per
+  recording, no run ends in a failure). Each class may have a single recording, so splitting by
+  machine would take whole classes away from training. Instead every recording's windows are split
+  in time (the first part trains, the last `val_fraction` validates), so every class is on both
+  sides; the epoch count is chosen on that split and the model is then refitted on everything. No
+  per-sensor baseline: a recording's own start is already faulty.
+- **run-to-failure** (FEMTO-style lives ending in a failure, no degraded labels): split by machine;
+  features normalised against each sensor's own healthy start (`edge_agent.baseline`, declared in the
+  feature spec), band powers extended to the highest frequency every run's sample rate allows, and
+  the degradation horizon chosen from the training runs (below) instead of a hand-picked one.
+- **labelled** (simulator onsets, maintenance events) and **unlabelled**: split by machine, default
+  features, as before.
+
+A class that cannot be learned (no training windows) is an error naming it, never silently dropped.
+
+The horizon for run-to-failure data: for each training run, a health indicator — the largest
+baseline deviation over the features, smoothed over `HI_SMOOTH` windows — and the time from its last
+rise above `HI_THRESHOLD` (≈ 6σ) to the end of life. The horizon is the median of these leads over
+the runs, kept within [`HORIZON_MIN_FRACTION`, `HORIZON_MAX_FRACTION`] of the median life (so the
+first half of a life is never labelled degraded). The card records the value and how it was chosen.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+
+from edge_agent.baseline import BaselineSpec, normalise_run
+from edge_agent.features import DEFAULT_BAND_EDGES_HZ, FeatureSpec, extract_batch
+from trainer.data.runs import DataError, Run, RunLabels, split_by_machine
+
+FAULT_CLASSES = "fault classes"
+RUN_TO_FAILURE = "run-to-failure"
+LABELLED = "labelled"
+UNLABELLED = "unlabelled"
+
+# Band edges above the v1 default's 5 kHz, used where every run's Nyquist frequency reaches them
+# (FEMTO at 25.6 kHz: its degradation shows first at high frequency).
+HIGH_BAND_EDGES_HZ = (7400.0, 10900.0, 12800.0)
+BASELINE_SKIP_S = 300.0  # run-in ignored: FEMTO's first snapshots vibrate more than mid-life
+BASELINE_LEARN_S = 600.0  # healthy time averaged into each sensor's baseline
+HI_THRESHOLD = math.log1p(6.0)  # 6σ on the baseline's scale (y = sign(z)·log1p|z|)
+HI_SMOOTH = 6
+HORIZON_MIN_FRACTION = 0.10
+HORIZON_MAX_FRACTION = 0.40
+CEILING_MARGIN_LOG10 = 1.0  # a baseline 10x above every healthy training baseline's level is capped
+
+# TrainConfig settings per kind where the user kept the default (chosen on training-side validation:
+# docs/training.md "Defaults per kind of data").
+KIND_SETTINGS: dict[str, dict[str, Any]] = {
+    FAULT_CLASSES: {
+        "batch_size": 8,
+        "epochs": 100,
+        "keep": "last",
+        "refit": True,
+        "input_noise": 0.2,
+        "run_offset_noise": 0.5,
+        "early_weight": 3.0,
+    },
+    RUN_TO_FAILURE: {"mode": "supervised", "hidden": 32, "min_raise_windows": 3, "alarm_margin": 0.1},
+}
+
+
+@dataclass
+class DataPlan:
+    kind: str
+    reason: str
+    train_runs: list[Run]
+    val_runs: list[Run]
+    spec: FeatureSpec
+    classes: tuple[str, ...] = ()
+    horizon_s: float | None = None
+    horizon_reason: str = ""
+    settings: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    def describe(self) -> dict[str, Any]:
+        """For the card (`training_data.plan`) and the printed summary."""
+        return {
+            "kind": self.kind,
+            "reason": self.reason,
+            "horizon_s": self.horizon_s,
+            "horizon_reason": self.horizon_reason,
+            "baseline": None if self.spec.baseline is None else self.spec.baseline.to_dict(),
+            "classes": list(self.classes),
+            "settings": dict(self.settings),
+            "notes": list(self.notes),
+        }
+
+
+def data_kind(runs: Sequence[Run]) -> tuple[str, str]:
+    """(kind, why) decided from the runs' labels alone."""
+    labelled = [r for r in runs if r.labels is not None]
+    if not labelled:
+        return UNLABELLED, "no run carries labels: healthy-only data, the model forecasts its features"
+    if len(labelled) == len(runs) and not any(r.labels.failed_at_end for r in labelled):  # type: ignore[union-attr]
+        per_run = [set(map(str, np.unique(r.labels.fault.astype(str)))) for r in labelled]  # type: ignore[union-attr]
+        names = set().union(*per_run) - {"unknown", ""}
+        if len(names) >= 2 and all(len(s) == 1 for s in per_run):
+            return FAULT_CLASSES, (
+                f"every run is one recording of one labelled class ({len(names)} classes) and none ends in "
+                "a failure: seeded-fault recordings, classified window by window"
+            )
+    failing = [r for r in labelled if r.labels.failed_at_end]  # type: ignore[union-attr]
+    if failing and not any(bool(r.labels.degraded.any()) for r in labelled):  # type: ignore[union-attr]
+        return RUN_TO_FAILURE, (
+            f"{len(failing)} run(s) end in a failure and no window is labelled degraded: run-to-failure "
+            "histories; each sensor is compared with its own healthy start"
+        )
+    return LABELLED, "windows are labelled degraded/healthy (fault onsets or maintenance events)"
+
+
+def split_in_time(runs: Sequence[Run], val_fraction: float) -> tuple[list[Run], list[Run]]:
+    """Every run's first windows to training and its last `val_fraction` to validation (≥ 1 each)."""
+    train, val = [], []
+    for r in runs:
+        n = r.n_windows
+        k = int(round(n * val_fraction))
+        if val_fraction > 0 and n >= 2:
+            k = min(max(k, 1), n - 1)
+        else:
+            k = 0
+        train.append(_slice(r, 0, n - k, ""))
+        if k:
+            val.append(_slice(r, n - k, n, "#val"))
+    return train, val
+
+
+def _slice(r: Run, a: int, b: int, suffix: str) -> Run:
+    labels = None
+    if r.labels is not None:
+        lab = r.labels
+        labels = RunLabels(
+            rul_s=lab.rul_s[a:b],
+            degraded=lab.degraded[a:b],
+            fault=lab.fault[a:b],
+            severity=None if lab.severity is None else lab.severity[a:b],
+            failed_at_end=lab.failed_at_end and b == r.n_windows,
+        )
+    return replace(r, run_id=r.run_id + suffix, windows=r.windows[a:b], ts=r.ts[a:b], labels=labels)
+
+
+def check_classes(classes: Sequence[str], train_runs: Sequence[Run], all_runs: Sequence[Run]) -> None:
+    """DataError naming every labelled class without a training window."""
+    have: set[str] = set()
+    for r in train_runs:
+        if r.labels is not None and r.n_windows:
+            have.update(map(str, np.unique(r.labels.fault.astype(str))))
+    seen: set[str] = set()
+    for r in all_runs:
+        if r.labels is not None:
+            seen.update(map(str, np.unique(r.labels.fault.astype(str))))
+    missing = sorted((seen - have) - {"unknown", ""})
+    if missing:
+        raise DataError(
+            f"fault class(es) {', '.join(missing)} have no training window after the split, so the model "
+            "could not learn them; add recordings of them, or lower --val-fraction"
+        )
+    if classes:
+        absent = sorted(set(classes) - have)
+        if absent:
+            raise DataError(f"fault class(es) {', '.join(absent)} have no training window")
+
+
+def high_band_edges(runs: Sequence[Run]) -> tuple[float, ...]:
+    """The default band edges, extended by the high bands every run's Nyquist frequency covers."""
+    nyquist = min(r.fs for r in runs) / 2.0 if runs else 0.0
+    return DEFAULT_BAND_EDGES_HZ + tuple(e for e in HIGH_BAND_EDGES_HZ if e <= nyquist)
+
+
+def _interval_s(runs: Sequence[Run]) -> float:
+    gaps = [float(np.median(np.diff(r.ts))) for r in runs if r.n_windows > 1]
+    return float(np.median(gaps)) if gaps else 1.0
+
+
+def baseline_for(runs: Sequence[Run], spec: FeatureSpec) -> tuple[BaselineSpec, list[np.ndarray]]:
+    """Baseline parameters in windows for these runs' spacing, the level ceiling, and each run's features."""
+    interval = _interval_s(runs)
+    skip = max(int(round(BASELINE_SKIP_S / interval)), 0)
+    learn = max(int(round(BASELINE_LEARN_S / interval)), 10)
+    feats = [np.asarray(extract_batch(r.windows, r.fs, r.rpm, spec), np.float64) for r in runs]
+    means = [f[skip : skip + learn].mean(axis=0) for f in feats if f.shape[0] >= skip + learn]
+    ceiling = None
+    if means:
+        top = np.max(np.stack(means), axis=0)
+        ceiling = tuple(
+            float(t + CEILING_MARGIN_LOG10) if name.startswith("log_") else 1e9
+            for t, name in zip(top, spec.names, strict=True)
+        )
+    return BaselineSpec(skip_windows=skip, learn_windows=learn, mean_ceiling=ceiling), feats
+
+
+def choose_horizon(
+    runs: Sequence[Run], normalised: Sequence[np.ndarray], baseline: BaselineSpec
+) -> tuple[float | None, str]:
+    """(horizon_s, how it was chosen) from the failing runs' health indicator (module docstring)."""
+    leads, lives = [], []
+    for r, y in zip(runs, normalised, strict=True):
+        if r.labels is None or not r.labels.failed_at_end or r.n_windows <= baseline.ready_after + HI_SMOOTH:
+            continue
+        hi = np.max(np.abs(y), axis=1)
+        smooth = np.convolve(hi, np.ones(HI_SMOOTH) / HI_SMOOTH, mode="full")[: len(hi)]
+        life = float(r.ts[-1] - r.ts[0])
+        below = np.flatnonzero(smooth[baseline.ready_after :] < HI_THRESHOLD)
+        onset = baseline.ready_after + (int(below[-1]) + 1 if below.size else 0)
+        onset = min(onset, len(hi) - 1)
+        leads.append(float(r.ts[-1] - r.ts[onset]))
+        lives.append(life)
+    if not leads:
+        return None, "no failing run is long enough to learn a baseline and see a degradation"
+    med_life = float(np.median(lives))
+    raw = float(np.median(leads))
+    lo, hi_ = HORIZON_MIN_FRACTION * med_life, HORIZON_MAX_FRACTION * med_life
+    horizon = float(min(max(raw, lo), hi_))
+    return horizon, (
+        f"median over {len(leads)} failing training runs of the time from the last rise of the baseline "
+        f"deviation above 6 sigma to the failure: {raw:.0f} s; kept within {HORIZON_MIN_FRACTION:.0%}-"
+        f"{HORIZON_MAX_FRACTION:.0%} of the median life ({med_life:.0f} s): {horizon:.0f} s"
+    )
+
+
+def plan_training(
+    runs: Sequence[Run],
+    *,
+    val_fraction: float,
+    seed: int,
+    horizon_s: float | None = None,
+    spec: FeatureSpec | None = None,
+) -> DataPlan:
+    """Decide the kind of data, split it, and choose the feature spec, classes and horizon (docstring)."""
+    from trainer.sequences import fault_classes, spec_for_runs
+
+    if not runs:
+        raise DataError("no runs to train on")
+    kind, reason = data_kind(runs)
+    base_spec = spec or spec_for_runs(runs)
+    if kind == FAULT_CLASSES:
+        train_runs, val_runs = split_in_time(runs, val_fraction)
+        classes = fault_classes(runs)
+        check_classes(classes, train_runs, runs)
+        return DataPlan(
+            kind,
+            reason,
+            train_runs,
+            val_runs,
+            base_spec,
+            classes=classes,
+            horizon_s=horizon_s,
+            settings=dict(KIND_SETTINGS[kind]),
+            notes=[f"each recording split in time: the last {val_fraction:.0%} of its windows validate"],
+        )
+    train_runs, val_runs = split_by_machine(runs, val_fraction=val_fraction, seed=seed)
+    classes = fault_classes(train_runs)
+    check_classes(classes, train_runs, runs)
+    if kind != RUN_TO_FAILURE or spec is not None:
+        return DataPlan(kind, reason, train_runs, val_runs, base_spec, classes=classes, horizon_s=horizon_s)
+    wide = FeatureSpec.with_geometry(base_spec.geometry, band_edges_hz=high_band_edges(runs))
+    baseline, feats = baseline_for(train_runs, wide)
+    full = FeatureSpec.with_geometry(base_spec.geometry, band_edges_hz=wide.band_edges_hz, baseline=baseline)
+    notes = [
+        f"bands up to {full.band_edges_hz[-1]:g} Hz; baseline: skip {baseline.skip_windows} run-in windows, "
+        f"learn over the next {baseline.learn_windows}"
+    ]
+    if horizon_s is None:
+        normalised = [normalise_run(baseline, f) for f in feats]
+        horizon_s, how = choose_horizon(train_runs, normalised, baseline)
+    else:
+        how = "given with --horizon-s"
+    if horizon_s is None:
+        raise DataError(f"run-to-failure data, but {how}; pass --horizon-s")
+    return DataPlan(
+        kind,
+        reason,
+        train_runs,
+        val_runs,
+        full,
+        classes=classes,
+        horizon_s=horizon_s,
+        horizon_reason=how,
+        settings=dict(KIND_SETTINGS[kind]),
+        notes=notes,
+    )
