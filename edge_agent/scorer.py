@@ -23,7 +23,7 @@ import numpy as np
 import numpy.typing as npt
 import structlog
 
-from edge_agent import alarms
+from edge_agent import alarms, baseline
 from edge_agent.alarms import STATE_NAMES, AlarmState, Thresholds, Transition
 from edge_agent.bundle import Bundle, load_bundle
 from edge_agent.errors import FeatureError, ProtocolError
@@ -120,10 +120,12 @@ class Scorer:
         self.model_version = model_version
         self.max_sensors = max_sensors
         #: One row per tracked sensor (hidden state, alarm state and counters, steps).
+        #: With a per-sensor healthy baseline (spec v2, edge_agent.baseline) its state shares the row.
+        width = baseline.state_size(spec.n_features) if spec.baseline is not None else 0
         self.table = (
-            StateTable(self.state_shape, capacity=max_sensors)
+            StateTable(self.state_shape, capacity=max_sensors, baseline_width=width)
             if clock is None
-            else StateTable(self.state_shape, capacity=max_sensors, clock=clock)
+            else StateTable(self.state_shape, capacity=max_sensors, clock=clock, baseline_width=width)
         )
 
     @classmethod
@@ -271,6 +273,10 @@ class Scorer:
     ) -> None:
         table = self.table
         rows = table.rows_for(ids)
+        if self.spec.baseline is not None:  # features -> deviations from each sensor's own baseline
+            x, table.data["baseline"][rows] = baseline.step(
+                self.spec.baseline, table.data["baseline"][rows], x
+            )
         h = table.gather_h(rows)
         score, h_out = self.session.run(["score", "h_out"], {"features": x, "h": h})
         table.scatter_h(rows, h_out)

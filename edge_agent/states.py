@@ -33,10 +33,12 @@ EXPORT_FORMAT = 1
 FIELDS = ("h", "alarm", "above", "below", "steps")
 
 
-def state_dtype(state_shape: tuple[int, int]) -> np.dtype[np.void]:
-    """The record of one sensor."""
+def state_dtype(state_shape: tuple[int, int], baseline_width: int = 0) -> np.dtype[np.void]:
+    """The record of one sensor (with its healthy-baseline state when the model declares one)."""
+    extra = [("baseline", np.float64, (baseline_width,))] if baseline_width else []
     return np.dtype(
         [
+            *extra,
             ("h", np.float32, tuple(state_shape)),
             ("alarm", np.int8),
             ("above", np.int32, (2,)),
@@ -79,6 +81,8 @@ class StateColumns:
     above: npt.NDArray[np.int32]  # [n, 2]
     below: npt.NDArray[np.int32]  # [n, 2]
     steps: npt.NDArray[np.int64]  # [n]
+    # [n, 1 + 2F] per-sensor healthy baseline (edge_agent.baseline) when the model declares one
+    baseline: npt.NDArray[np.float64] | None = None
 
     def __len__(self) -> int:
         return len(self.sensors)
@@ -136,6 +140,8 @@ class StateColumns:
         }
         for name in FIELDS:
             out[name] = getattr(self, name)
+        if self.baseline is not None:
+            out["baseline"] = self.baseline
         return out
 
     @classmethod
@@ -156,6 +162,7 @@ class StateColumns:
             arrays["above"].astype(np.int32, copy=False),
             arrays["below"].astype(np.int32, copy=False),
             arrays["steps"].astype(np.int64, copy=False),
+            None if d.get("baseline") is None else np.asarray(d["baseline"], np.float64),
         )
 
 
@@ -174,6 +181,7 @@ class StateTable:
         *,
         capacity: int = 10_000,
         clock: Callable[[], float] = time.monotonic,
+        baseline_width: int = 0,
     ) -> None:
         if capacity < 1:
             raise ValueError("capacity must be >= 1")
@@ -185,7 +193,10 @@ class StateTable:
         self._ids: list[str | None] = []  # row -> sensor id (None = free)
         self._free: list[int] = []
         self._tick = 0
-        self._data: npt.NDArray[np.void] = np.zeros(0, dtype=state_dtype(self.state_shape))
+        self.baseline_width = int(baseline_width)  # 0: the model has no per-sensor baseline
+        self._data: npt.NDArray[np.void] = np.zeros(
+            0, dtype=state_dtype(self.state_shape, self.baseline_width)
+        )
 
     def __len__(self) -> int:
         return len(self._rows)
@@ -331,6 +342,7 @@ class StateTable:
             d["above"][rows].copy(),
             d["below"][rows].copy(),
             d["steps"][rows].copy(),
+            d["baseline"][rows].copy() if self.baseline_width else None,
         )
 
     def restore(self, cols: StateColumns) -> None:
@@ -356,6 +368,12 @@ class StateTable:
             self._ids[i] = sid
         for name in FIELDS:
             self._data[name][:m] = np.asarray(getattr(cols, name))[keep]
+        if self.baseline_width and cols.baseline is not None:  # saved without one: learn afresh
+            if cols.baseline.shape != (n, self.baseline_width) or not np.isfinite(cols.baseline).all():
+                raise ValueError(
+                    f"saved baseline states have shape {cols.baseline.shape}, expected {(n, self.baseline_width)}"
+                )
+            self._data["baseline"][:m] = cols.baseline[keep]
         self._data["seen"][:m] = self.clock()
         self._data["tick"][:m] = self._tick + 1 + np.arange(m)  # keep the saved recency order
         self._tick += m

@@ -213,11 +213,12 @@ def run_training(args: argparse.Namespace) -> dict[str, Any]:
 def _train_and_export(args: argparse.Namespace, device: str, dist: ProcessContext) -> dict[str, Any]:
     import torch
 
-    from trainer.data import apply_events, fingerprint, load_events_csv, load_runs, split_by_machine
+    from trainer.data import apply_events, fingerprint, load_events_csv, load_runs
+    from trainer.data.plan import apply_kind_settings, describe_plan, plan_training
     from trainer.data.runs import DataError
     from trainer.distributed import shard_indices
     from trainer.export import write_model_bundle
-    from trainer.sequences import build_sequences, fault_classes, spec_for_runs
+    from trainer.sequences import build_sequences
     from trainer.train import TrainConfig, set_seeds, train
 
     is_main = dist.is_main
@@ -243,10 +244,14 @@ def _train_and_export(args: argparse.Namespace, device: str, dist: ProcessContex
         raise DataError(f"no runs found under {', '.join(args.data)}")
     t_load = time.perf_counter() - t0
 
-    train_runs, val_runs = split_by_machine(runs, val_fraction=args.val_fraction, seed=args.seed)
-    spec = spec_for_runs(runs)
-    classes = fault_classes(train_runs)
+    plan = plan_training(runs, val_fraction=args.val_fraction, seed=args.seed, horizon_s=args.horizon_s)
+    kept = apply_kind_settings(args, plan.settings, build_parser())
+    if is_main:
+        print(describe_plan(plan, kept), file=sys.stderr)
+    train_runs, val_runs, spec, classes = plan.train_runs, plan.val_runs, plan.spec, plan.classes
+    args.horizon_s = plan.horizon_s
     training_data = {
+        "plan": plan.describe(),
         "fingerprint": fingerprint(runs) if is_main else "",
         "runs": len(runs),
         "sources": sorted({r.source for r in runs}),

@@ -52,7 +52,7 @@ def score_runs(
         longest = max((len(seqs[i]) for i in group), default=0)
         for k in range(longest):
             live = [i for i in group if len(seqs[i]) > k]
-            x = np.stack([seqs[i].features[k] for i in live])
+            x = np.stack([seqs[i].extracted[k] for i in live])
             batch = scorer.score_features([ids[i] for i in live], x)
             for j, i in enumerate(live):
                 out[i][0][k] = batch.scores[j]

@@ -288,3 +288,35 @@ def plan_training(
         settings=dict(KIND_SETTINGS[kind]),
         notes=notes,
     )
+
+
+def apply_kind_settings(args: Any, settings: dict[str, Any], parser: Any) -> dict[str, Any]:
+    """Set each of the kind's settings on `args` where the user left the option at its default.
+
+    Returns the settings applied; an option given on the command line (any value other than the
+    default) always wins.
+    """
+    applied = {}
+    for key, value in settings.items():
+        if hasattr(args, key) and getattr(args, key) == parser.get_default(key):
+            setattr(args, key, value)
+            applied[key] = value
+    return applied
+
+
+def describe_plan(plan: DataPlan, applied: dict[str, Any]) -> str:
+    """What the trainer decided from the data, and why (printed before training starts)."""
+    lines = [f"data: {plan.kind} — {plan.reason}"]
+    lines.append(
+        f"split: {len(plan.train_runs)} training run(s), {len(plan.val_runs)} validation run(s)"
+        + (f"; {len(plan.classes)} classes: {', '.join(plan.classes)}" if plan.classes else "")
+    )
+    lines.extend(f"  {n}" for n in plan.notes)
+    if plan.horizon_s is not None and plan.horizon_reason:
+        lines.append(f"horizon: {plan.horizon_reason}")
+    if applied:
+        lines.append(
+            "settings for this kind of data (options you give override them): "
+            + ", ".join(f"{k}={v}" for k, v in applied.items())
+        )
+    return "\n".join(lines)
