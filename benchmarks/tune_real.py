@@ -1,19 +1,16 @@
-"""Benchmark: choose trainer settings for the real-data protocols on TRAINING-side data only.
+"""Benchmark: choose trainer settings for real data on TRAINING-side data only (never a test split).
 
-Nothing here reads a test split of `benchmarks/eval_real.py`:
+- FEMTO: for each outer fold (the bearing eval_real holds out, never read here), inner leave one
+  bearing out over its three training bearings: `trainer.data.plan.plan_training` on two (it splits
+  them itself), score the third. Per candidate: sustained alarms before failure, median lead (% of
+  life), alarm raises in the first half of life, mean AUROC (degraded := RUL <= 1,800 s).
+- CWRU: train on load 0, validate on load 1 — training-side data for the "loads 0-1 -> load 2"
+  protocol only (for "load 0 -> loads 1, 2" the trainer's own split, the last 20 % of every
+  recording, is the only honest validation).
 
-- CWRU: train on motor load 0 (with the same inner 20 % file split for early stopping that
-  eval_real uses on its training side), validate on load 1; the test load 2 is never loaded.
-  Metric: window accuracy of the fault-type output, step-wise from a zero state, per seed.
-- FEMTO: for each outer fold (left-out test bearing), inner leave-one-bearing-out on its three
-  training bearings only: train on one, early-stop/calibrate on another, score the third.
-  Metric: threshold-free window AUROC of the health score (degraded := RUL <= 1800 s), per outer fold.
+Candidates are KEY=VALUE TrainConfig settings separated by commas, applied over the kind's defaults.
 
-Prints one row per candidate setting; asserts nothing. Candidates are KEY=VALUE TrainConfig settings
-separated by commas, one candidate per --candidate (the default list is the one in docs/training.md).
-
-    .venv/bin/python benchmarks/tune_real.py --only cwru
-    .venv/bin/python benchmarks/tune_real.py --only femto --candidate "" --candidate "input_noise=0.2"
+    .venv/bin/python benchmarks/tune_real.py --only femto --candidate "" --candidate "hidden=64"
 """
 
 from __future__ import annotations
@@ -22,8 +19,10 @@ import argparse
 import os
 import sys
 import time
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -31,102 +30,123 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from benchmarks.eval_real import CWRU_CLASSES, HORIZON_S, config_with  # noqa: E402
-from trainer.data import load_cwru, load_femto, split_by_machine  # noqa: E402
-from trainer.metrics import auroc  # noqa: E402
-from trainer.sequences import build_sequences, spec_for_runs  # noqa: E402
+from trainer.data import load_runs  # noqa: E402
+from trainer.data.plan import plan_training  # noqa: E402
+from trainer.data.runs import Run  # noqa: E402
+from trainer.sequences import build_sequences  # noqa: E402
 from trainer.train import TrainConfig, score_sequences, train  # noqa: E402
 
-CWRU_CANDIDATES = (
-    "",
-    "batch_size=8,epochs=60,keep=last,refit=true",
-    "batch_size=8,epochs=100,keep=last,refit=true,input_noise=0.2,run_offset_noise=0.5",
-    "batch_size=8,epochs=100,keep=last,refit=true,input_noise=0.2,run_offset_noise=0.5,early_weight=3",
-)
-FEMTO_CANDIDATES = ("", "input_noise=0.2,run_offset_noise=0.5")
+HORIZON_S = 1800.0
 
 
-def _cfg(candidate: str, seed: int, **base: object) -> TrainConfig:
-    settings = [s for s in candidate.split(",") if s]
-    return config_with(TrainConfig(progress=False, seed=seed, **base), settings)  # type: ignore[arg-type]
+def _value(raw: str) -> Any:
+    low = raw.strip().lower()
+    if low in ("true", "false"):
+        return low == "true"
+    for kind in (int, float):
+        try:
+            return kind(raw)
+        except ValueError:
+            pass
+    return raw
 
 
-def tune_cwru(root: Path, candidates: Sequence[str], seeds: Sequence[int]) -> None:
-    runs = [r for r in load_cwru(root / "cwru") if r.meta["load"] in (0, 1)]  # load 2 is the test
-    spec = spec_for_runs(runs)
-    load0 = [r for r in runs if r.meta["load"] == 0]
-    load1 = [r for r in runs if r.meta["load"] == 1]
-    normal = [r for r in load0 if r.meta["class"] == "normal"]
-    print(f"CWRU: train load 0 ({len(load0)} files), validate load 1 ({len(load1)} files); load 2 unused")
-    va_seqs = build_sequences(load1, spec, classes=CWRU_CLASSES, progress=False)
-    for cand in candidates:
-        accs = []
-        t0 = time.perf_counter()
-        for seed in seeds:
-            tr, inner = split_by_machine([r for r in load0 if r not in normal], val_fraction=0.2, seed=seed)
-            tr_seqs = build_sequences([*normal, *tr], spec, classes=CWRU_CLASSES, progress=False)
-            in_seqs = build_sequences(inner, spec, classes=CWRU_CLASSES, progress=False)
-            result = train(tr_seqs, in_seqs, _cfg(cand, seed), classes=CWRU_CLASSES)
-            scores = score_sequences(result.model, va_seqs)
-            pred = np.concatenate([s[:, 1:].argmax(axis=1) for s in scores])
-            true = np.concatenate([s.fault for s in va_seqs])
-            accs.append(float(np.mean(pred == true)))
-        print(
-            f"  {cand or '(defaults)'}: load-1 accuracy {' '.join(f'{a:.4f}' for a in accs)} "
-            f"(mean {np.mean(accs):.4f}; {time.perf_counter() - t0:.0f} s)",
-            flush=True,
-        )
+def candidate_settings(candidate: str) -> dict[str, Any]:
+    out = {}
+    for item in filter(None, candidate.split(",")):
+        key, sep, raw = item.partition("=")
+        if not sep:
+            raise SystemExit(f"candidate setting {item!r}: expected KEY=VALUE")
+        out[key.strip()] = _value(raw)
+    return out
 
 
-def tune_femto(root: Path, candidates: Sequence[str], seed: int) -> None:
-    runs = load_femto(root / "femto")
-    spec = spec_for_runs(runs)
-    seqs = build_sequences(runs, spec, horizon_s=HORIZON_S, progress=False)
+def fit_plan(runs: Sequence[Run], settings: dict[str, Any], val_fraction: float) -> tuple[Any, Any]:
+    plan = plan_training(runs, val_fraction=val_fraction, seed=0)
+    cfg = TrainConfig(progress=False, horizon_s=plan.horizon_s, **{**plan.settings, **settings})
+    tr = build_sequences(plan.train_runs, plan.spec, horizon_s=plan.horizon_s, classes=plan.classes, progress=False)
+    va = build_sequences(plan.val_runs, plan.spec, horizon_s=plan.horizon_s, classes=plan.classes, progress=False)
+    return plan, train(tr, va, cfg, classes=plan.classes)
+
+
+def _alarm_states(health: np.ndarray, thresholds: dict[str, Any]) -> np.ndarray:
+    from edge_agent.alarms import AlarmState, Thresholds, step
+
+    t, st = Thresholds.from_dict(thresholds), AlarmState.fresh(1)
+    out = np.zeros(len(health), np.int8)
+    for k, v in enumerate(health):
+        out[k] = step(st, np.array([v], np.float64), t)[1][0]
+    return out
+
+
+def tune_femto(root: Path, candidates: Sequence[str]) -> None:
+    from trainer.metrics import auroc
+
+    runs = load_runs([root / "femto"], progress=False)
     bearings = sorted({r.machine for r in runs})
-    by = {b: [s for s, r in zip(seqs, runs, strict=True) if r.machine == b] for b in bearings}
-    print("FEMTO: inner leave-one-bearing-out inside each outer fold (outer test bearing never used)")
+    print("FEMTO: inner leave-one-bearing-out inside each outer fold (the outer test bearing is never used)")
     for cand in candidates:
         t0 = time.perf_counter()
-        per_fold = {}
+        leads, fas, aucs, detected, total = [], 0, [], 0, 0
         for outer in bearings:
             rest = [b for b in bearings if b != outer]
-            aucs = []
             for inner in rest:
-                fit_b, val_b = [b for b in rest if b != inner]
-                result = train(by[fit_b], by[val_b], _cfg(cand, seed, horizon_s=HORIZON_S))
-                for s, sc in zip(by[inner], score_sequences(result.model, by[inner]), strict=True):
+                fit_runs = [r for r in runs if r.machine in rest and r.machine != inner]
+                plan, result = fit_plan(fit_runs, candidate_settings(cand), 0.5)
+                seqs = build_sequences([r for r in runs if r.machine == inner], plan.spec, horizon_s=HORIZON_S, progress=False)
+                for s, sc in zip(seqs, score_sequences(result.model, seqs), strict=True):
+                    states = _alarm_states(sc[:, 0], result.thresholds)
+                    on = states == 2
+                    raises = np.flatnonzero(on & ~np.r_[False, on[:-1]])
+                    life = s.ts[-1] - s.ts[0]
+                    fas += int(np.sum(s.ts[raises] < life / 2))
+                    total += 1
+                    lead = (s.ts[-1] - s.ts[raises[-1]]) / life if on[-1] and raises.size else 0.0
+                    detected += bool(on[-1])
+                    leads.append(lead)
                     a = auroc(s.target, sc[:, 0])
                     if a is not None:
                         aucs.append(a)
-            per_fold[outer] = float(np.mean(aucs))
-        cells = " ".join(f"{b}:{v:.3f}" for b, v in per_fold.items())
         print(
-            f"  {cand or '(defaults)'}: inner AUROC by outer fold {cells} "
-            f"(mean {np.mean(list(per_fold.values())):.3f}; {time.perf_counter() - t0:.0f} s)",
+            f"  {cand or '(kind defaults)'}: sustained alarm {detected}/{total}, median lead "
+            f"{100 * np.median(leads):.1f} % of life, first-half false alarms {fas}, mean AUROC "
+            f"{np.mean(aucs):.3f} ({time.perf_counter() - t0:.0f} s)",
             flush=True,
         )
+
+
+def tune_cwru(root: Path, candidates: Sequence[str]) -> None:
+    runs = [r for r in load_runs([root / "cwru"], progress=False) if r.meta["fs_original"] == 12000 or r.meta["class"] == "normal"]
+    load0 = [r for r in runs if r.meta["load"] == 0]
+    load1 = [r for r in runs if r.meta["load"] == 1]
+    print(f"CWRU: train load 0 ({len(load0)} files), validate load 1 ({len(load1)} files); load 2 unused")
+    for cand in candidates:
+        t0 = time.perf_counter()
+        plan, result = fit_plan(load0, candidate_settings(cand), 0.2)
+        seqs = build_sequences(load1, plan.spec, classes=plan.classes, progress=False)
+        scores = score_sequences(result.model, seqs)
+        pred = np.concatenate([s[:, 1:].argmax(axis=1) for s in scores])
+        true = np.concatenate([s.fault for s in seqs])
+        print(f"  {cand or '(kind defaults)'}: load-1 accuracy {np.mean(pred == true):.4f} ({time.perf_counter() - t0:.0f} s)", flush=True)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument(
-        "--data-root",
-        default=os.environ.get("GRUWATCH_REAL_DATA", str(REPO.parent / "shared" / "data")),
-        help="folder holding cwru/ and femto/ (default: $GRUWATCH_REAL_DATA or ../shared/data)",
-    )
+    p.add_argument("--data-root", default=os.environ.get("GRUWATCH_REAL_DATA", str(REPO.parent / "shared" / "data")))
     p.add_argument("--only", choices=["cwru", "femto"], help="tune one protocol only")
     p.add_argument("--candidate", action="append", help="KEY=VALUE,... TrainConfig settings (repeatable)")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="CWRU seeds (default 0 1 2)")
     args = p.parse_args(argv)
     root = Path(args.data_root)
     if not (root / "cwru").is_dir() and not (root / "femto").is_dir():
         print(f"no real data under {root} (expected cwru/ and femto/); set GRUWATCH_REAL_DATA")
         return 1
     torch.set_num_threads(1)
+    warnings.filterwarnings("ignore", category=UserWarning)
+    candidates = args.candidate or [""]
     if args.only in (None, "cwru") and (root / "cwru").is_dir():
-        tune_cwru(root, args.candidate or CWRU_CANDIDATES, args.seeds)
+        tune_cwru(root, candidates)
     if args.only in (None, "femto") and (root / "femto").is_dir():
-        tune_femto(root, args.candidate or FEMTO_CANDIDATES, args.seeds[0])
+        tune_femto(root, candidates)
     return 0
 
 

@@ -17,9 +17,10 @@
 
 A class that cannot be learned (no training windows) is an error naming it, never silently dropped.
 
-The horizon for run-to-failure data: for each training run, a health indicator — the largest
-baseline deviation over the features, smoothed over `HI_SMOOTH` windows — and the time from its last
-rise above `HI_THRESHOLD` (≈ 6σ) to the end of life. The horizon is the median of these leads over
+The horizon for run-to-failure data: for each training run, a health indicator — the baseline
+deviation that three quarters of the features exceed (a broad change, not one band's step), smoothed
+over `HI_SMOOTH` windows — and the time from its last rise above `HI_THRESHOLD` (6σ) to the end of
+life. The horizon is the median of these leads over
 the runs, kept within [`HORIZON_MIN_FRACTION`, `HORIZON_MAX_FRACTION`] of the median life (so the
 first half of a life is never labelled degraded). The card records the value and how it was chosen.
 """
@@ -49,6 +50,7 @@ BASELINE_SKIP_S = 300.0  # run-in ignored: FEMTO's first snapshots vibrate more 
 BASELINE_LEARN_S = 600.0  # healthy time averaged into each sensor's baseline
 HI_THRESHOLD = math.log1p(6.0)  # 6σ on the baseline's scale (y = sign(z)·log1p|z|)
 HI_SMOOTH = 6
+HI_FEATURE_SHARE = 0.75  # the indicator is the deviation this share of the features exceeds
 HORIZON_MIN_FRACTION = 0.10
 HORIZON_MAX_FRACTION = 0.40
 CEILING_MARGIN_LOG10 = 1.0  # a baseline 10x above every healthy training baseline's level is capped
@@ -206,7 +208,7 @@ def choose_horizon(
     for r, y in zip(runs, normalised, strict=True):
         if r.labels is None or not r.labels.failed_at_end or r.n_windows <= baseline.ready_after + HI_SMOOTH:
             continue
-        hi = np.max(np.abs(y), axis=1)
+        hi = np.quantile(np.abs(y), 1.0 - HI_FEATURE_SHARE, axis=1)
         smooth = np.convolve(hi, np.ones(HI_SMOOTH) / HI_SMOOTH, mode="full")[: len(hi)]
         life = float(r.ts[-1] - r.ts[0])
         below = np.flatnonzero(smooth[baseline.ready_after :] < HI_THRESHOLD)
@@ -222,7 +224,7 @@ def choose_horizon(
     horizon = float(min(max(raw, lo), hi_))
     return horizon, (
         f"median over {len(leads)} failing training runs of the time from the last rise of the baseline "
-        f"deviation above 6 sigma to the failure: {raw:.0f} s; kept within {HORIZON_MIN_FRACTION:.0%}-"
+        f"deviation of {HI_FEATURE_SHARE:.0%} of the features above 6 sigma to the failure: {raw:.0f} s; kept within {HORIZON_MIN_FRACTION:.0%}-"
         f"{HORIZON_MAX_FRACTION:.0%} of the median life ({med_life:.0f} s): {horizon:.0f} s"
     )
 
