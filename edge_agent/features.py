@@ -45,8 +45,9 @@ C128 = npt.NDArray[np.complex128]
 
 SPEC_NAME = "gruwatch-vib"
 SUPPORTED_VERSIONS: frozenset[int] = frozenset({1, 2})
-# v2 = v1 + the per-sensor healthy baseline (`baseline`, edge_agent/baseline.py); v1 has none.
-BASELINE_VERSION = 2
+# v2 = v1 + two optional parameters: the per-sensor healthy baseline (`baseline`, edge_agent/baseline.py)
+# and band powers relative to the window's total power (`relative_bands`). v1 has neither.
+V2 = 2
 
 # v1 default band edges (Hz): 16 log-spaced bands from 10 Hz to 5 kHz (ratio 500^(1/16) ≈ 1.475,
 # rounded to 3 significant figures). Written out, not computed, so the spec can never drift.
@@ -99,6 +100,9 @@ class FeatureSpec:
     # v2: normalise every feature against the sensor's own healthy start (edge_agent.baseline) before
     # the model sees it. The features themselves are unchanged; the model's input is the deviation.
     baseline: BaselineSpec | None = None
+    # v2: band powers as log10(P_b + ε) − log10(m2 + ε), the spectrum's shape rather than its level
+    # (named rel_band_*): seeded-fault classes transfer across motor loads (docs/features.md).
+    relative_bands: bool = False
     _names: tuple[str, ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -135,12 +139,15 @@ class FeatureSpec:
             raise FeatureError("geometry must be a BearingGeometry or None")
         if self.baseline is not None and not isinstance(self.baseline, BaselineSpec):
             raise FeatureError("baseline must be a BaselineSpec or None")
-        if (self.baseline is not None) != (self.version >= BASELINE_VERSION):
+        if not isinstance(self.relative_bands, bool):
+            raise FeatureError(f"relative_bands must be true or false, got {self.relative_bands!r}")
+        if self.version < V2 and (self.baseline is not None or self.relative_bands):
             raise FeatureError(
-                f"feature spec version {self.version} {'needs' if self.baseline is None else 'cannot hold'} "
-                f"a per-sensor baseline (version {BASELINE_VERSION} has one, version 1 none)"
+                f"feature spec version {self.version} cannot hold a per-sensor baseline or relative bands "
+                f"(version {V2} can)"
             )
-        bands = tuple(f"log_band_{_edge_label(a)}_{_edge_label(b)}hz" for a, b in itertools.pairwise(edges))
+        kind = "rel_band" if self.relative_bands else "log_band"
+        bands = tuple(f"{kind}_{_edge_label(a)}_{_edge_label(b)}hz" for a, b in itertools.pairwise(edges))
         names = TIME_FEATURES + bands + tuple(f"env_{suffix}" for suffix, _, _ in DEFECTS)
         if len(set(names)) != len(names):
             raise FeatureError(f"band_edges_hz {list(edges)} are too close to name each band uniquely")
@@ -182,6 +189,7 @@ class FeatureSpec:
             "power_floor_g2": self.power_floor_g2,
             "geometry": None if self.geometry is None else self.geometry.to_dict(),
             **({} if self.baseline is None else {"baseline": self.baseline.to_dict()}),
+            **({"relative_bands": True} if self.relative_bands else {}),
             "names": list(self.names),
         }
 
@@ -238,6 +246,10 @@ class FeatureSpec:
                 kwargs["geometry"] = BearingGeometry.from_dict(geometry)
             if params.get("baseline") is not None:
                 kwargs["baseline"] = BaselineSpec.from_dict(params["baseline"])
+            if "relative_bands" in params:
+                if not isinstance(params["relative_bands"], bool):
+                    raise FeatureError(f"relative_bands must be true or false, got {params['relative_bands']!r}")
+                kwargs["relative_bands"] = params["relative_bands"]
             spec = cls(**kwargs)
         except FeatureError:
             raise
@@ -254,10 +266,10 @@ class FeatureSpec:
     def with_geometry(cls, geometry: BearingGeometry | None, **params: Any) -> FeatureSpec:
         """The default spec with a bearing geometry (enables the envelope features) and overrides.
 
-        A `baseline=` override selects version 2 (the per-sensor baseline) unless a version is given.
+        A `baseline=` or `relative_bands=True` override selects version 2 unless a version is given.
         """
-        if params.get("baseline") is not None:
-            params.setdefault("version", BASELINE_VERSION)
+        if params.get("baseline") is not None or params.get("relative_bands"):
+            params.setdefault("version", V2)
         try:
             return cls(geometry=geometry, **params)
         except TypeError as exc:
@@ -376,6 +388,8 @@ def _extract_block(
     powers = band_powers(hann_from_rect(spectrum, length, stop), fs, length, spec.band_edges_hz)
     out[:, n_time : n_time + n_bands] = np.log10(powers + floor)
     out[constant, n_time : n_time + n_bands] = math.log10(floor)  # not float noise from the mean
+    if spec.relative_bands:  # the spectrum's shape: each band relative to the window's variance
+        out[:, n_time : n_time + n_bands] -= np.log10(m2 + floor)[:, None]
 
     # Envelope spectrum at the bearing's defect frequencies (needs geometry, a speed, and vibration).
     known = (speeds > 0.0) & ~constant

@@ -102,8 +102,9 @@ def test_to_dict_names_every_parameter() -> None:
     [
         ({"name": "other-features"}, "unknown feature spec"),
         ({"version": 3}, "version 3 is not supported"),
-        ({"version": 2}, "needs a per-sensor baseline"),
         ({"baseline": {"skip_windows": 1, "learn_windows": 5}}, "cannot hold a per-sensor baseline"),
+        ({"relative_bands": True}, "cannot hold"),
+        ({"version": 2, "relative_bands": 1}, "relative_bands must be"),
         ({"version": 2, "baseline": {"learn_windows": 1}}, "learn_windows must be"),
         ({"version": 2, "baseline": {"smoothing": 3}}, "does not know"),
         ({"version": True}, "not supported"),
@@ -598,3 +599,17 @@ def test_cwru_seeded_faults_show_at_their_defect_frequencies(real_data: Path) ->
     # The outer-race fault looks alike at 12 and 48 kHz: the features are in Hz, not bins.
     a, b = seen["12k_Drive_End_OR007@6_0_130.mat"], seen["48k_Drive_End_OR007@6_0_135.mat"]
     assert abs(a[_idx(CWRU, "env_bpfo")] - b[_idx(CWRU, "env_bpfo")]) < 0.3
+
+
+def test_relative_bands_are_the_band_powers_less_the_window_variance() -> None:
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(4, 2048)).astype(np.float32)
+    rel = FeatureSpec.with_geometry(None, relative_bands=True)
+    assert rel.version == 2 and rel.names[5].startswith("rel_band_")
+    assert FeatureSpec.from_dict(rel.to_dict()) == rel
+    a = extract_batch(x, 12000.0, 0.0, DEFAULT_SPEC).astype(np.float64)
+    b = extract_batch(x, 12000.0, 0.0, rel).astype(np.float64)
+    np.testing.assert_allclose(b[:, :5], a[:, :5])
+    np.testing.assert_allclose(b[:, 5:21], a[:, 5:21] - 2.0 * a[:, [0]], atol=1e-4)
+    # a louder copy of the same signal has the same relative bands
+    np.testing.assert_allclose(extract_batch(10 * x, 12000.0, 0.0, rel)[:, 5:21], b[:, 5:21], atol=1e-4)

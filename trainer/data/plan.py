@@ -7,7 +7,11 @@
   machine would take whole classes away from training. Instead every recording's windows are split
   in time (the first part trains, the last `val_fraction` validates), so every class is on both
   sides; the epoch count is chosen on that split and the model is then refitted on everything. No
-  per-sensor baseline: a recording's own start is already faulty.
+  per-sensor baseline (a recording's own start is already faulty); instead the spectrum's *shape*:
+  40 log-spaced bands from 50 Hz to just below Nyquist, each relative to the window's variance
+  (`relative_bands`), which transfers across motor loads where absolute band levels do not
+  (CWRU, training-side check: trained on one load, scored on the other of loads 0/1, logistic
+  regression 0.95 with the default 16 absolute bands, 1.00 with these; docs/training.md).
 - **run-to-failure** (FEMTO-style lives ending in a failure, no degraded labels): split by machine;
   features normalised against each sensor's own healthy start (`edge_agent.baseline`, declared in the
   feature spec), band powers extended to the highest frequency every run's sample rate allows, and
@@ -46,6 +50,8 @@ UNLABELLED = "unlabelled"
 # Band edges above the v1 default's 5 kHz, used where every run's Nyquist frequency reaches them
 # (FEMTO at 25.6 kHz: its degradation shows first at high frequency).
 HIGH_BAND_EDGES_HZ = (7400.0, 10900.0, 12800.0)
+SHAPE_BANDS = 40  # fault classes: log-spaced relative bands from SHAPE_LOW_HZ to just below Nyquist
+SHAPE_LOW_HZ = 50.0
 BASELINE_SKIP_S = 300.0  # run-in ignored: FEMTO's first snapshots vibrate more than mid-life
 BASELINE_LEARN_S = 600.0  # healthy time averaged into each sensor's baseline
 HI_THRESHOLD = math.log1p(6.0)  # 6σ on the baseline's scale (y = sign(z)·log1p|z|)
@@ -178,6 +184,13 @@ def high_band_edges(runs: Sequence[Run]) -> tuple[float, ...]:
     return DEFAULT_BAND_EDGES_HZ + tuple(e for e in HIGH_BAND_EDGES_HZ if e <= nyquist)
 
 
+def shape_band_edges(runs: Sequence[Run]) -> tuple[float, ...]:
+    """SHAPE_BANDS log-spaced edges from SHAPE_LOW_HZ to 98 % of the lowest Nyquist frequency (3 digits)."""
+    top = 0.49 * min(r.fs for r in runs)
+    edges = np.geomspace(SHAPE_LOW_HZ, top, SHAPE_BANDS + 1)
+    return tuple(float(f"{e:.3g}") for e in edges)
+
+
 def _interval_s(runs: Sequence[Run]) -> float:
     gaps = [float(np.median(np.diff(r.ts))) for r in runs if r.n_windows > 1]
     return float(np.median(gaps)) if gaps else 1.0
@@ -245,6 +258,10 @@ def plan_training(
     kind, reason = data_kind(runs)
     base_spec = spec or spec_for_runs(runs)
     if kind == FAULT_CLASSES:
+        if spec is None:
+            base_spec = FeatureSpec.with_geometry(
+                base_spec.geometry, band_edges_hz=shape_band_edges(runs), relative_bands=True
+            )
         train_runs, val_runs = split_in_time(runs, val_fraction)
         classes = fault_classes(runs)
         check_classes(classes, train_runs, runs)
@@ -257,7 +274,11 @@ def plan_training(
             classes=classes,
             horizon_s=horizon_s,
             settings=dict(KIND_SETTINGS[kind]),
-            notes=[f"each recording split in time: the last {val_fraction:.0%} of its windows validate"],
+            notes=[
+                f"each recording split in time: the last {val_fraction:.0%} of its windows validate",
+                f"features: spectral shape, {base_spec.n_bands} bands {base_spec.band_edges_hz[0]:g}-"
+                f"{base_spec.band_edges_hz[-1]:g} Hz relative to the window's power, plus envelope lines",
+            ],
         )
     train_runs, val_runs = split_by_machine(runs, val_fraction=val_fraction, seed=seed)
     classes = fault_classes(train_runs)
