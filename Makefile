@@ -58,5 +58,9 @@ test-reliability: venv broker
 bench: venv broker
 	$(BIN)/gruwatch bench
 
+# Real bearings (../shared/data or GRUWATCH_REAL_DATA) with `gruwatch train` defaults; tables into docs/evaluation.md.
+eval-real: venv
+	$(BIN)/python benchmarks/eval_real.py --write-docs
+
 clean:
 	rm -rf $(VENV) .arm .pytest_cache .mypy_cache .ruff_cache .hypothesis

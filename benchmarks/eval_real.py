@@ -67,7 +67,9 @@ def train_default(paths: Sequence[Path], out: Path) -> tuple[Path, str]:
     return out, err.getvalue()
 
 
-def scored(bundle_dir: Path, runs: Sequence[Run], horizon_s: float | None) -> tuple[Any, list[Any], list[Any]]:
+def scored(
+    bundle_dir: Path, runs: Sequence[Run], horizon_s: float | None
+) -> tuple[Any, list[Any], list[Any]]:
     from trainer.evaluate import evaluate_runs
 
     bundle = load_bundle(bundle_dir, allow_unsigned=True)
@@ -134,13 +136,22 @@ def comparison_models(
     y = np.concatenate([s.target for s in train_seqs])
     keep = ~np.isnan(y)
     for name, model in (
-        ("logistic regression", make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, class_weight="balanced"))),
-        ("gradient boosting", HistGradientBoostingClassifier(max_iter=100, class_weight="balanced", random_state=0)),
+        (
+            "logistic regression",
+            make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, class_weight="balanced")),
+        ),
+        (
+            "gradient boosting",
+            HistGradientBoostingClassifier(max_iter=100, class_weight="balanced", random_state=0),
+        ),
     ):
         model.fit(x[keep], y[keep])
         val_h = [model.predict_proba(s.features)[:, 1] for s in val_seqs]
         thr, _ = calibrate(
-            [ScoredRun(h.astype(np.float64), s.target, s.interval_s) for h, s in zip(val_h, val_seqs, strict=True)],
+            [
+                ScoredRun(h.astype(np.float64), s.target, s.interval_s)
+                for h, s in zip(val_h, val_seqs, strict=True)
+            ],
             target_false_alarms_per_day=training.get("target_false_alarms_per_day", 0.1),
             min_raise_windows=training.get("min_raise_windows", 2),
             margin=training.get("alarm_margin", 0.05),
@@ -162,13 +173,15 @@ def run_femto(root: Path, work: Path) -> tuple[list[list[Any]], list[str]]:
     from trainer.sequences import build_sequences
 
     folders = sorted(p for p in (root / "femto").rglob("Bearing*") if p.is_dir())
-    print(f"FEMTO: {', '.join(f.name for f in folders)}; leave one bearing out; AUROC vs RUL <= {HORIZON_S:g} s")
+    print(
+        f"FEMTO: {', '.join(f.name for f in folders)}; leave one bearing out; AUROC vs RUL <= {HORIZON_S:g} s"
+    )
     rows: list[list[Any]] = []
     notes: list[str] = []
     for test in folders:
         t0 = time.perf_counter()
         train_folders = [f for f in folders if f != test]
-        bundle_dir, printed = train_default(train_folders, work / f"femto-{test.name}")
+        bundle_dir, _printed = train_default(train_folders, work / f"femto-{test.name}")
         bundle, results, test_seqs = scored(bundle_dir, load_runs([test], progress=False), HORIZON_S)
         plan = bundle.card["training_data"].get("plan", {})
         notes.append(
@@ -179,15 +192,28 @@ def run_femto(root: Path, work: Path) -> tuple[list[list[Any]], list[str]]:
         train_runs = load_runs(train_folders, progress=False)
         val_ids = set(bundle.card["training_data"]["validation_runs"])
         horizon = plan.get("horizon_s")
-        tr = build_sequences([r for r in train_runs if r.run_id not in val_ids], bundle.spec, horizon_s=horizon, progress=False)
-        va = build_sequences([r for r in train_runs if r.run_id in val_ids], bundle.spec, horizon_s=horizon, progress=False)
+        tr = build_sequences(
+            [r for r in train_runs if r.run_id not in val_ids], bundle.spec, horizon_s=horizon, progress=False
+        )
+        va = build_sequences(
+            [r for r in train_runs if r.run_id in val_ids], bundle.spec, horizon_s=horizon, progress=False
+        )
         models = {"GRU (gruwatch train defaults)": ([r.health for r in results], [r.states for r in results])}
         models.update(comparison_models(bundle, tr, va, test_seqs))
         for name, (health, states) in models.items():
             for seq, h, st in zip(test_seqs, health, states, strict=True):
                 facts = alarm_facts(seq.ts, st, seq.target)
-                rows.append([test.name, seq.run_id.rsplit("-", 1)[-1], name, facts["lead_min"], facts["lead_pct"],
-                             facts["fa_first_half"], _auroc(seq.target, np.asarray(h, np.float64))])
+                rows.append(
+                    [
+                        test.name,
+                        seq.run_id.rsplit("-", 1)[-1],
+                        name,
+                        facts["lead_min"],
+                        facts["lead_pct"],
+                        facts["fa_first_half"],
+                        _auroc(seq.target, np.asarray(h, np.float64)),
+                    ]
+                )
         print(f"  {test.name}: {time.perf_counter() - t0:.0f} s", flush=True)
     return rows, notes
 
@@ -198,14 +224,16 @@ def femto_summary(rows: Sequence[Sequence[Any]]) -> list[list[Any]]:
         mine = [r for r in rows if r[2] == name]
         leads = [r[4] if r[4] is not None else 0.0 for r in mine]
         aucs = [r[6] for r in mine if r[6] is not None]
-        out.append([
-            name,
-            f"{sum(r[4] is not None for r in mine)}/{len(mine)}",
-            float(np.median(leads)),
-            float(np.median([r[3] if r[3] is not None else 0.0 for r in mine])),
-            sum(r[5] for r in mine),
-            float(np.mean(aucs)) if aucs else None,
-        ])
+        out.append(
+            [
+                name,
+                f"{sum(r[4] is not None for r in mine)}/{len(mine)}",
+                float(np.median(leads)),
+                float(np.median([r[3] if r[3] is not None else 0.0 for r in mine])),
+                sum(r[5] for r in mine),
+                float(np.mean(aucs)) if aucs else None,
+            ]
+        )
     return out
 
 
@@ -233,13 +261,15 @@ def run_cwru(root: Path, work: Path) -> tuple[list[list[Any]], list[str]]:
         key = tuple(sorted(map(str, train_files)))
         if key not in bundles:  # load 0 -> 1 and load 0 -> 2 share one model
             bundles[key], _ = train_default(train_files, work / f"cwru-{len(bundles)}")
-        bundle, results, seqs = scored(bundles[key], load_runs(test_files, progress=False), None)
+        bundle, results, _seqs = scored(bundles[key], load_runs(test_files, progress=False), None)
         classes = [o[2:] for o in bundle.outputs[1:]]
         pred = np.concatenate([r.scores[:, 1:].argmax(axis=1) for r in results])
         true = np.concatenate([r.fault for r in results])
         left_out = int(np.sum(true < 0))
         if left_out:
-            notes.append(f"{name}: {left_out} test windows left out: their class is not among the bundle's {classes}")
+            notes.append(
+                f"{name}: {left_out} test windows left out: their class is not among the bundle's {classes}"
+            )
         use = true >= 0
         conf = np.zeros((len(classes), len(classes)), int)
         np.add.at(conf, (true[use], pred[use]), 1)
@@ -266,7 +296,11 @@ def md_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     return "\n".join(lines)
 
 
-def report(femto: tuple[list[list[Any]], list[str]] | None, cwru: tuple[list[list[Any]], list[str]] | None, seconds: float) -> str:
+def report(
+    femto: tuple[list[list[Any]], list[str]] | None,
+    cwru: tuple[list[list[Any]], list[str]] | None,
+    seconds: float,
+) -> str:
     date = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     parts = [
         f"Measured {date} by `make eval-real` (`.venv/bin/python benchmarks/eval_real.py --write-docs`) on the "
@@ -276,23 +310,57 @@ def report(femto: tuple[list[list[Any]], list[str]] | None, cwru: tuple[list[lis
     ]
     if femto is not None:
         rows, notes = femto
-        parts.append("**FEMTO, leave one bearing out, per held-out sensor** (lead: end of life minus the raise of "
-                     "the alarm still on at the end; false alarms: raises in the first half of life; AUROC against "
-                     f"remaining life <= {HORIZON_S:g} s):")
-        parts.append(md_table(["held-out bearing", "sensor", "model", "lead min", "lead % of life",
-                               "false alarms 1st half", "AUROC"], rows))
+        parts.append(
+            "**FEMTO, leave one bearing out, per held-out sensor** (lead: end of life minus the raise of "
+            "the alarm still on at the end; false alarms: raises in the first half of life; AUROC against "
+            f"remaining life <= {HORIZON_S:g} s):"
+        )
+        parts.append(
+            md_table(
+                [
+                    "held-out bearing",
+                    "sensor",
+                    "model",
+                    "lead min",
+                    "lead % of life",
+                    "false alarms 1st half",
+                    "AUROC",
+                ],
+                rows,
+            )
+        )
         parts.append("**FEMTO, all 8 held-out sensors** (median lead counts a missed sensor as 0):")
-        parts.append(md_table(["model", "sustained alarm before failure", "median lead % of life",
-                               "median lead min", "false alarms 1st half", "mean AUROC"], femto_summary(rows)))
+        parts.append(
+            md_table(
+                [
+                    "model",
+                    "sustained alarm before failure",
+                    "median lead % of life",
+                    "median lead min",
+                    "false alarms 1st half",
+                    "mean AUROC",
+                ],
+                femto_summary(rows),
+            )
+        )
         parts.append("\n".join(f"- {n}" for n in notes))
     if cwru is not None:
         rows, notes = cwru
-        parts.append("**CWRU** (window accuracy of the fault-type output; training: 12 kHz files of the training "
-                     "loads + the normal recording):")
-        parts.append(md_table(["split", "window accuracy", "windows", "windows left out"], [r[:4] for r in rows]))
+        parts.append(
+            "**CWRU** (window accuracy of the fault-type output; training: 12 kHz files of the training "
+            "loads + the normal recording):"
+        )
+        parts.append(
+            md_table(["split", "window accuracy", "windows", "windows left out"], [r[:4] for r in rows])
+        )
         for r in rows:
             parts.append(f"Confusion, {r[0]} (rows: true class, columns: predicted):")
-            parts.append(md_table(["true \\ predicted", *r[4]], [[c, *map(int, row)] for c, row in zip(r[4], r[5], strict=True)]))
+            parts.append(
+                md_table(
+                    ["true \\ predicted", *r[4]],
+                    [[c, *map(int, row)] for c, row in zip(r[4], r[5], strict=True)],
+                )
+            )
         if notes:
             parts.append("\n".join(f"- {n}" for n in notes))
     return "\n\n".join(parts)

@@ -64,8 +64,12 @@ def candidate_settings(candidate: str) -> dict[str, Any]:
 def fit_plan(runs: Sequence[Run], settings: dict[str, Any], val_fraction: float) -> tuple[Any, Any]:
     plan = plan_training(runs, val_fraction=val_fraction, seed=0)
     cfg = TrainConfig(progress=False, horizon_s=plan.horizon_s, **{**plan.settings, **settings})
-    tr = build_sequences(plan.train_runs, plan.spec, horizon_s=plan.horizon_s, classes=plan.classes, progress=False)
-    va = build_sequences(plan.val_runs, plan.spec, horizon_s=plan.horizon_s, classes=plan.classes, progress=False)
+    tr = build_sequences(
+        plan.train_runs, plan.spec, horizon_s=plan.horizon_s, classes=plan.classes, progress=False
+    )
+    va = build_sequences(
+        plan.val_runs, plan.spec, horizon_s=plan.horizon_s, classes=plan.classes, progress=False
+    )
     return plan, train(tr, va, cfg, classes=plan.classes)
 
 
@@ -93,7 +97,9 @@ def tune_femto(root: Path, candidates: Sequence[str]) -> None:
             for inner in rest:
                 fit_runs = [r for r in runs if r.machine in rest and r.machine != inner]
                 plan, result = fit_plan(fit_runs, candidate_settings(cand), 0.5)
-                seqs = build_sequences([r for r in runs if r.machine == inner], plan.spec, horizon_s=HORIZON_S, progress=False)
+                seqs = build_sequences(
+                    [r for r in runs if r.machine == inner], plan.spec, horizon_s=HORIZON_S, progress=False
+                )
                 for s, sc in zip(seqs, score_sequences(result.model, seqs), strict=True):
                     states = _alarm_states(sc[:, 0], result.thresholds)
                     on = states == 2
@@ -116,7 +122,11 @@ def tune_femto(root: Path, candidates: Sequence[str]) -> None:
 
 
 def tune_cwru(root: Path, candidates: Sequence[str]) -> None:
-    runs = [r for r in load_runs([root / "cwru"], progress=False) if r.meta["fs_original"] == 12000 or r.meta["class"] == "normal"]
+    runs = [
+        r
+        for r in load_runs([root / "cwru"], progress=False)
+        if r.meta["fs_original"] == 12000 or r.meta["class"] == "normal"
+    ]
     load0 = [r for r in runs if r.meta["load"] == 0]
     load1 = [r for r in runs if r.meta["load"] == 1]
     print(f"CWRU: train load 0 ({len(load0)} files), validate load 1 ({len(load1)} files); load 2 unused")
@@ -127,12 +137,17 @@ def tune_cwru(root: Path, candidates: Sequence[str]) -> None:
         scores = score_sequences(result.model, seqs)
         pred = np.concatenate([s[:, 1:].argmax(axis=1) for s in scores])
         true = np.concatenate([s.fault for s in seqs])
-        print(f"  {cand or '(kind defaults)'}: load-1 accuracy {np.mean(pred == true):.4f} ({time.perf_counter() - t0:.0f} s)", flush=True)
+        print(
+            f"  {cand or '(kind defaults)'}: load-1 accuracy {np.mean(pred == true):.4f} ({time.perf_counter() - t0:.0f} s)",
+            flush=True,
+        )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data-root", default=os.environ.get("GRUWATCH_REAL_DATA", str(REPO.parent / "shared" / "data")))
+    p.add_argument(
+        "--data-root", default=os.environ.get("GRUWATCH_REAL_DATA", str(REPO.parent / "shared" / "data"))
+    )
     p.add_argument("--only", choices=["cwru", "femto"], help="tune one protocol only")
     p.add_argument("--candidate", action="append", help="KEY=VALUE,... TrainConfig settings (repeatable)")
     args = p.parse_args(argv)

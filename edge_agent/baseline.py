@@ -57,11 +57,21 @@ class BaselineSpec:
     mean_ceiling: tuple[float, ...] | None = None  # per feature: cap on the baseline mean (None: none)
 
     def __post_init__(self) -> None:
-        if isinstance(self.skip_windows, bool) or not isinstance(self.skip_windows, int) or self.skip_windows < 0:
+        if (
+            isinstance(self.skip_windows, bool)
+            or not isinstance(self.skip_windows, int)
+            or self.skip_windows < 0
+        ):
             raise FeatureError(f"baseline skip_windows must be an integer >= 0, got {self.skip_windows!r}")
-        if isinstance(self.learn_windows, bool) or not isinstance(self.learn_windows, int) or self.learn_windows < 2:
+        if (
+            isinstance(self.learn_windows, bool)
+            or not isinstance(self.learn_windows, int)
+            or self.learn_windows < 2
+        ):
             raise FeatureError(f"baseline learn_windows must be an integer >= 2, got {self.learn_windows!r}")
-        if not (isinstance(self.std_floor, int | float) and math.isfinite(self.std_floor) and self.std_floor > 0):
+        if not (
+            isinstance(self.std_floor, int | float) and math.isfinite(self.std_floor) and self.std_floor > 0
+        ):
             raise FeatureError(f"baseline std_floor must be a finite number > 0, got {self.std_floor!r}")
         if self.mean_ceiling is not None:
             ceiling = tuple(float(v) for v in self.mean_ceiling)

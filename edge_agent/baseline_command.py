@@ -70,7 +70,11 @@ def sign_reset(
         "nonce": os.urandom(16).hex(),
     }
     signature = private_key.sign(canonical_json(body))
-    doc = {**body, "key_id": key_id(private_key.public_key()), "signature": base64.b64encode(signature).decode()}
+    doc = {
+        **body,
+        "key_id": key_id(private_key.public_key()),
+        "signature": base64.b64encode(signature).decode(),
+    }
     return json.dumps(doc, sort_keys=True).encode("utf-8")
 
 

@@ -248,7 +248,9 @@ class FeatureSpec:
                 kwargs["baseline"] = BaselineSpec.from_dict(params["baseline"])
             if "relative_bands" in params:
                 if not isinstance(params["relative_bands"], bool):
-                    raise FeatureError(f"relative_bands must be true or false, got {params['relative_bands']!r}")
+                    raise FeatureError(
+                        f"relative_bands must be true or false, got {params['relative_bands']!r}"
+                    )
                 kwargs["relative_bands"] = params["relative_bands"]
             spec = cls(**kwargs)
         except FeatureError:

@@ -34,7 +34,9 @@ def test_baseline_is_mean_and_std_of_the_windows_after_run_in() -> None:
 
 def test_output_is_zero_while_learning_then_the_log_deviation() -> None:
     spec = BaselineSpec(skip_windows=2, learn_windows=4, std_floor=1e-6)
-    x = np.array([[100.0], [100.0], [1.0], [2.0], [3.0], [4.0], [2.5], [2.5 + 6 * np.std([1, 2, 3, 4], ddof=1)]])
+    x = np.array(
+        [[100.0], [100.0], [1.0], [2.0], [3.0], [4.0], [2.5], [2.5 + 6 * np.std([1, 2, 3, 4], ddof=1)]]
+    )
     y = normalise_run(spec, x)
     assert y.dtype == np.float32
     np.testing.assert_array_equal(y[:5, 0], 0.0)  # run-in and the first learning windows
@@ -90,9 +92,10 @@ def test_spec_round_trip_and_refusals() -> None:
     spec = BaselineSpec(skip_windows=3, learn_windows=7, std_floor=0.05, mean_ceiling=(1.0, 2.0))
     assert BaselineSpec.from_dict(spec.to_dict()) == spec
     full = FeatureSpec.with_geometry(None, baseline=BaselineSpec())
-    assert full.version == 2 and FeatureSpec.from_dict(full.to_dict()) == full
+    assert full.version == 2
+    assert FeatureSpec.from_dict(full.to_dict()) == full
     for bad in ({"learn_windows": 1}, {"skip_windows": -1}, {"std_floor": 0}, {"what": 1}):
         with pytest.raises(FeatureError):
             BaselineSpec.from_dict(bad)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="baseline state must be"):
         step(spec, init_state(1, 3), np.zeros((1, 2)))

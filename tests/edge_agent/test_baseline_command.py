@@ -10,7 +10,7 @@ from edge_agent.baseline_command import CommandError, sign_reset, verify_reset
 from edge_agent.signing import generate_keypair, load_private_key, load_public_keys
 
 
-@pytest.fixture()
+@pytest.fixture
 def keys(tmp_path):  # type: ignore[no-untyped-def]
     priv, pub = generate_keypair(tmp_path / "trusted")
     other_priv, _ = generate_keypair(tmp_path / "other")
@@ -22,7 +22,8 @@ def test_a_signed_fresh_command_is_accepted_once(keys) -> None:  # type: ignore[
     payload = sign_reset("press7", "s0", priv, now=1000.0)
     seen: set[str] = set()
     cmd = verify_reset(payload, trusted, now=1010.0, seen_nonces=seen)
-    assert (cmd.machine, cmd.sensor) == ("press7", "s0") and cmd.key_id in trusted
+    assert (cmd.machine, cmd.sensor) == ("press7", "s0")
+    assert cmd.key_id in trusted
     with pytest.raises(CommandError) as err:
         verify_reset(payload, trusted, now=1020.0, seen_nonces=seen)
     assert err.value.reason == "replayed"

@@ -605,7 +605,8 @@ def test_relative_bands_are_the_band_powers_less_the_window_variance() -> None:
     rng = np.random.default_rng(3)
     x = rng.normal(size=(4, 2048)).astype(np.float32)
     rel = FeatureSpec.with_geometry(None, relative_bands=True)
-    assert rel.version == 2 and rel.names[5].startswith("rel_band_")
+    assert rel.version == 2
+    assert rel.names[5].startswith("rel_band_")
     assert FeatureSpec.from_dict(rel.to_dict()) == rel
     a = extract_batch(x, 12000.0, 0.0, DEFAULT_SPEC).astype(np.float64)
     b = extract_batch(x, 12000.0, 0.0, rel).astype(np.float64)

@@ -47,11 +47,19 @@ def test_defaults_on_run_to_failure_data_declare_a_baseline_the_scorer_applies(
     from trainer.cli import main
 
     out = tmp_path / "bundle"
-    assert main(["--data", str(femto_like), "--out", str(out), "--epochs", "2", "--hidden", "8", "--no-progress"]) == 0
+    assert (
+        main(
+            ["--data", str(femto_like), "--out", str(out), "--epochs", "2", "--hidden", "8", "--no-progress"]
+        )
+        == 0
+    )
     card = json.loads((out / "card.json").read_text())
     plan = card["training_data"]["plan"]
-    assert plan["kind"] == "run-to-failure" and plan["horizon_s"] > 0 and plan["horizon_reason"]
-    assert card["feature_spec"]["version"] == 2 and card["feature_spec"]["baseline"]["learn_windows"] == 60
+    assert plan["kind"] == "run-to-failure"
+    assert plan["horizon_s"] > 0
+    assert plan["horizon_reason"]
+    assert card["feature_spec"]["version"] == 2
+    assert card["feature_spec"]["baseline"]["learn_windows"] == 60
     assert card["feature_spec"]["band_edges_hz"][-1] == 12800.0
 
     bundle = load_bundle(out, allow_unsigned=True)
@@ -75,7 +83,8 @@ def test_defaults_on_run_to_failure_data_declare_a_baseline_the_scorer_applies(
     for k in range(100):
         first.score_features(["m/s"], raw[k : k + 1])
     saved = first.export_states()
-    assert saved["baseline"].shape == (1, 1 + 2 * spec.n_features) and saved["baseline"][0, 0] == 90
+    assert saved["baseline"].shape == (1, 1 + 2 * spec.n_features)
+    assert saved["baseline"][0, 0] == 90
     second = Scorer.from_loaded(bundle)
     second.import_states(saved)
     resumed = [second.score_features(["m/s"], raw[k : k + 1]).scores[0] for k in range(100, len(raw))]

@@ -21,12 +21,22 @@ from trainer.data.plan import (
 from trainer.data.runs import DataError, Run, RunLabels
 
 
-def _run(name: str, n: int, *, cls: str = "unknown", fails: bool = False, degraded: bool = False,
-         labelled: bool = True, fs: float = 25600.0, scale: float = 1.0, rng: np.random.Generator | None = None) -> Run:
+def _run(
+    name: str,
+    n: int,
+    *,
+    cls: str = "unknown",
+    fails: bool = False,
+    degraded: bool = False,
+    labelled: bool = True,
+    fs: float = 25600.0,
+    scale: float = 1.0,
+    rng: np.random.Generator | None = None,
+) -> Run:
     rng = rng or np.random.default_rng(abs(hash(name)) % 2**32)
     windows = (rng.normal(size=(n, 256)) * scale).astype(np.float32)
     if fails:  # the last fifth grows louder, as a bearing that fails
-        windows[int(0.8 * n):] *= np.linspace(1.0, 20.0, n - int(0.8 * n))[:, None].astype(np.float32)
+        windows[int(0.8 * n) :] *= np.linspace(1.0, 20.0, n - int(0.8 * n))[:, None].astype(np.float32)
     ts = np.arange(n) * 10.0
     labels = None
     if labelled:
@@ -37,12 +47,24 @@ def _run(name: str, n: int, *, cls: str = "unknown", fails: bool = False, degrad
             severity=None,
             failed_at_end=fails,
         )
-    return Run(run_id=name, machine=name.split("-")[0], sensor="s", source="sim", fs=fs, rpm=0.0,
-               windows=windows, ts=ts, geometry=None, labels=labels)
+    return Run(
+        run_id=name,
+        machine=name.split("-")[0],
+        sensor="s",
+        source="sim",
+        fs=fs,
+        rpm=0.0,
+        windows=windows,
+        ts=ts,
+        geometry=None,
+        labels=labels,
+    )
 
 
 def test_kinds_are_decided_from_labels() -> None:
-    classes = [_run(f"m{i}-a", 20, cls=c, degraded=c != "normal") for i, c in enumerate(["normal", "IR", "OR"])]
+    classes = [
+        _run(f"m{i}-a", 20, cls=c, degraded=c != "normal") for i, c in enumerate(["normal", "IR", "OR"])
+    ]
     assert data_kind(classes)[0] == FAULT_CLASSES
     femto = [_run(f"b{i}-h", 150, fails=True) for i in range(3)]
     assert data_kind(femto)[0] == RUN_TO_FAILURE
@@ -52,14 +74,17 @@ def test_kinds_are_decided_from_labels() -> None:
 
 
 def test_fault_classes_split_in_time_keeps_every_class_on_both_sides() -> None:
-    runs = [_run(f"m{i}-a", 59, cls=c, degraded=c != "normal") for i, c in enumerate(["normal", "IR007", "OR007"])]
+    runs = [
+        _run(f"m{i}-a", 59, cls=c, degraded=c != "normal") for i, c in enumerate(["normal", "IR007", "OR007"])
+    ]
     plan = plan_training(runs, val_fraction=0.2, seed=0)
     assert plan.kind == FAULT_CLASSES
     assert set(plan.classes) == {"normal", "IR007", "OR007"}
     for side in (plan.train_runs, plan.val_runs):
         assert {str(r.labels.fault[0]) for r in side if r.labels is not None} == set(plan.classes)
     for r, t, v in zip(runs, plan.train_runs, plan.val_runs, strict=True):
-        assert t.n_windows + v.n_windows == r.n_windows and v.n_windows == 12
+        assert t.n_windows + v.n_windows == r.n_windows
+        assert v.n_windows == 12
         assert t.ts[-1] < v.ts[0]  # validation is the later block of the same recording
 
 
@@ -74,10 +99,12 @@ def test_run_to_failure_gets_a_baseline_a_wider_band_and_a_horizon_from_the_data
     runs = [_run(f"b{i}-h", 200, fails=True) for i in range(3)]
     plan = plan_training(runs, val_fraction=0.34, seed=0)
     assert plan.kind == RUN_TO_FAILURE
-    assert plan.spec.baseline is not None and plan.spec.version == 2
+    assert plan.spec.baseline is not None
+    assert plan.spec.version == 2
     assert plan.spec.band_edges_hz[-1] == 12800.0
     life = 199 * 10.0
-    assert plan.horizon_s is not None and 0.1 * life <= plan.horizon_s <= 0.4 * life
+    assert plan.horizon_s is not None
+    assert 0.1 * life <= plan.horizon_s <= 0.4 * life
     assert "median" in plan.horizon_reason
     assert plan.describe()["kind"] == RUN_TO_FAILURE
     given = plan_training(runs, val_fraction=0.34, seed=0, horizon_s=300.0)
@@ -90,4 +117,6 @@ def test_kind_settings_never_override_an_option_the_user_gave() -> None:
     parser.add_argument("--epochs", type=int, default=30)
     args = parser.parse_args(["--hidden", "16"])
     applied = apply_kind_settings(args, {"hidden": 32, "epochs": 100}, parser)
-    assert args.hidden == 16 and args.epochs == 100 and applied == {"epochs": 100}
+    assert args.hidden == 16
+    assert args.epochs == 100
+    assert applied == {"epochs": 100}

@@ -131,11 +131,8 @@ def split_in_time(runs: Sequence[Run], val_fraction: float) -> tuple[list[Run], 
     train, val = [], []
     for r in runs:
         n = r.n_windows
-        k = int(round(n * val_fraction))
-        if val_fraction > 0 and n >= 2:
-            k = min(max(k, 1), n - 1)
-        else:
-            k = 0
+        k = round(n * val_fraction)
+        k = min(max(k, 1), n - 1) if val_fraction > 0 and n >= 2 else 0
         train.append(_slice(r, 0, n - k, ""))
         if k:
             val.append(_slice(r, n - k, n, "#val"))
@@ -199,8 +196,8 @@ def _interval_s(runs: Sequence[Run]) -> float:
 def baseline_for(runs: Sequence[Run], spec: FeatureSpec) -> tuple[BaselineSpec, list[np.ndarray]]:
     """Baseline parameters in windows for these runs' spacing, the level ceiling, and each run's features."""
     interval = _interval_s(runs)
-    skip = max(int(round(BASELINE_SKIP_S / interval)), 0)
-    learn = max(int(round(BASELINE_LEARN_S / interval)), 10)
+    skip = max(round(BASELINE_SKIP_S / interval), 0)
+    learn = max(round(BASELINE_LEARN_S / interval), 10)
     feats = [np.asarray(extract_batch(r.windows, r.fs, r.rpm, spec), np.float64) for r in runs]
     means = [f[skip : skip + learn].mean(axis=0) for f in feats if f.shape[0] >= skip + learn]
     ceiling = None
