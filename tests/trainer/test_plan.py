@@ -120,3 +120,14 @@ def test_kind_settings_never_override_an_option_the_user_gave() -> None:
     assert args.hidden == 16
     assert args.epochs == 100
     assert applied == {"epochs": 100}
+
+
+def test_a_class_only_validation_holds_moves_its_machine_to_training() -> None:
+    from trainer.data.plan import keep_classes_in_training
+
+    train = [_run("m1-a", 10, cls="healthy")]
+    val = [_run("m2-a", 10, cls="outer", degraded=True), _run("m3-a", 10, cls="healthy")]
+    tr, va, moved = keep_classes_in_training(train, val)
+    assert moved == [("m2", "outer")]
+    assert {r.machine for r in tr} == {"m1", "m2"}
+    assert [r.machine for r in va] == ["m3"]

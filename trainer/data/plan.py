@@ -153,6 +153,36 @@ def _slice(r: Run, a: int, b: int, suffix: str) -> Run:
     return replace(r, run_id=r.run_id + suffix, windows=r.windows[a:b], ts=r.ts[a:b], labels=labels)
 
 
+def _classes_of(runs: Sequence[Run]) -> set[str]:
+    out: set[str] = set()
+    for r in runs:
+        if r.labels is not None and r.n_windows:
+            out.update(map(str, np.unique(r.labels.fault.astype(str))))
+    return out - {"unknown", ""}
+
+
+def keep_classes_in_training(
+    train: Sequence[Run], val: Sequence[Run]
+) -> tuple[list[Run], list[Run], list[tuple[str, str]]]:
+    """Move whole validation machines to training until every labelled class has a training machine.
+
+    Returns (train, val, [(machine, class), ...] moved). Validation keeps at least one machine when it
+    can; a class only validation holds (and only on its last machine) is left for `check_classes`.
+    """
+    train, val = list(train), list(val)
+    moved: list[tuple[str, str]] = []
+    for cls in sorted(_classes_of(val) - _classes_of(train)):
+        holders = sorted({r.machine for r in val if cls in _classes_of([r])})
+        machines = {r.machine for r in val}
+        if not holders or len(machines) <= 1:
+            continue
+        m = holders[0]
+        train += [r for r in val if r.machine == m]
+        val = [r for r in val if r.machine != m]
+        moved.append((m, cls))
+    return train, val, moved
+
+
 def check_classes(classes: Sequence[str], train_runs: Sequence[Run], all_runs: Sequence[Run]) -> None:
     """DataError naming every labelled class without a training window."""
     have: set[str] = set()
@@ -278,14 +308,18 @@ def plan_training(
             ],
         )
     train_runs, val_runs = split_by_machine(runs, val_fraction=val_fraction, seed=seed)
+    train_runs, val_runs, moved = keep_classes_in_training(train_runs, val_runs)
     classes = fault_classes(train_runs)
     check_classes(classes, train_runs, runs)
+    notes = [f"machine {m} moved to training: its class {c} had no other training machine" for m, c in moved]
     if kind != RUN_TO_FAILURE or spec is not None:
-        return DataPlan(kind, reason, train_runs, val_runs, base_spec, classes=classes, horizon_s=horizon_s)
+        return DataPlan(
+            kind, reason, train_runs, val_runs, base_spec, classes=classes, horizon_s=horizon_s, notes=notes
+        )
     wide = FeatureSpec.with_geometry(base_spec.geometry, band_edges_hz=high_band_edges(runs))
     baseline, feats = baseline_for(train_runs, wide)
     full = FeatureSpec.with_geometry(base_spec.geometry, band_edges_hz=wide.band_edges_hz, baseline=baseline)
-    notes = [
+    notes += [
         f"bands up to {full.band_edges_hz[-1]:g} Hz; baseline: skip {baseline.skip_windows} run-in windows, "
         f"learn over the next {baseline.learn_windows}"
     ]
