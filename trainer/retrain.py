@@ -39,6 +39,7 @@ from typing import Any
 
 import numpy as np
 
+from edge_agent.baseline import BaselineSpec, normalise_run
 from edge_agent.errors import GruwatchError
 from trainer.data.agent import CollectedStream, is_agent_export, load_agent_features
 from trainer.data.events import LIFE_ENDING, MaintenanceEvent, label_from_events, load_events_csv
@@ -162,8 +163,13 @@ def label_streams(
     streams: Sequence[CollectedStream],
     events: Sequence[MaintenanceEvent] | None,
     horizon_s: float | None,
+    baseline: BaselineSpec | None = None,
 ) -> list[Labelled]:
-    """Targets (1 = a failure follows within horizon_s, 0 = healthy) and lives of every stream."""
+    """Targets (1 = a failure follows within horizon_s, 0 = healthy) and lives of every stream.
+
+    With the model's per-sensor `baseline`, the model's inputs are the stored (extracted) features
+    normalised as the agent does, a new baseline per life (a replacement resets it).
+    """
     out = []
     for s in streams:
         t_abs = s.ts_ns.astype(np.float64) / 1e9
@@ -177,12 +183,22 @@ def label_streams(
             run_id=f"collected-{s.agent_id or Path(s.export).name}-{s.machine}-{s.sensor}",
             machine=s.machine,
             source="agent",
-            features=s.features,
+            features=s.features if baseline is None else _per_life(baseline, s.features, _lives(t_abs, mine)),
             ts=(s.ts_ns - s.ts_ns[0]).astype(np.float64) / 1e9,
             target=target,
             fault=np.full(len(s), -1, np.int64),
+            raw=None if baseline is None else s.features,
         )
         out.append(Labelled(s, seq, _lives(t_abs, mine)))
+    return out
+
+
+def _per_life(
+    baseline: BaselineSpec, feats: np.ndarray, lives: Sequence[tuple[int, int, bool]]
+) -> np.ndarray:
+    out = np.zeros(feats.shape, np.float32)
+    for a, b, _ in lives:
+        out[a:b] = normalise_run(baseline, feats[a:b])
     return out
 
 
@@ -386,7 +402,7 @@ def retrain(opts: RetrainOptions) -> Outcome:
             f"none of the {len(streams)} collected sensors has stored features of width {width} (the current "
             "model's); they were scored by a model with another feature spec"
         )
-    items = label_streams(usable, events, horizon_s)
+    items = label_streams(usable, events, horizon_s, bundle.spec.baseline)
     failing_lives = sum(f for x in items for _, _, f in x.lives)
     if mode == "supervised" and failing_lives == 0:
         raise DataError(
