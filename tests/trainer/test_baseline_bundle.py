@@ -83,8 +83,9 @@ def test_defaults_on_run_to_failure_data_declare_a_baseline_the_scorer_applies(
     for k in range(100):
         first.score_features(["m/s"], raw[k : k + 1])
     saved = first.export_states()
-    assert saved["baseline"].shape == (1, 1 + 2 * spec.n_features)
-    assert saved["baseline"][0, 0] == 90
+    assert saved.baseline is not None
+    assert saved.baseline.shape == (1, 1 + 2 * spec.n_features)
+    assert saved.baseline[0, 0] == 90
     second = Scorer.from_loaded(bundle)
     second.import_states(saved)
     resumed = [second.score_features(["m/s"], raw[k : k + 1]).scores[0] for k in range(100, len(raw))]
