@@ -92,6 +92,8 @@ def _parser() -> argparse.ArgumentParser:
     dep.add_argument("--prefix", default="gruwatch", help="topic prefix (default gruwatch)")
     dep.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for the answer")
     dep.add_argument("--ca-file", help="CA bundle for mqtts://")
+    dep.add_argument("--cert-file", help="client certificate (PEM) for brokers that require one (mqtts://)")
+    dep.add_argument("--key-file", help="the client certificate's private key (PEM)")
     dep.add_argument(
         "--force",
         action="store_true",
@@ -179,6 +181,8 @@ def _deploy(args: argparse.Namespace) -> int:
             username=os.environ.get("GRUWATCH_MQTT_USERNAME"),
             password=os.environ.get("GRUWATCH_MQTT_PASSWORD"),
             ca_file=args.ca_file,
+            cert_file=args.cert_file,
+            key_file=args.key_file,
             force=args.force,
         )
     except BundleError as exc:

@@ -170,7 +170,7 @@ class Agent:
             self.storage.prepare()
             self._restore_states()
             self.metrics.set_model(self.model_version)
-            self.metrics.serve(s.metrics_port)
+            self.metrics.serve(s.metrics_port, s.metrics_addr)
             self.link.start()
             self.swapper.start()
             started = {

@@ -32,6 +32,7 @@ class Gauges:
         self._messages_seen = st.received
         m.sync_rejections(st.rejected)
         m.queue_depth.set(link.qsize())
+        m.connected.set(1 if st.connected else 0)
         m.tracked_sensors.set(scorer.n_tracked)
         m.store_bytes.set(store.size_bytes())
         m.outbox.set(store.outbox_count())

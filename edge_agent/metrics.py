@@ -18,6 +18,8 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
+from edge_agent.errors import SettingsError
+
 _LATENCY_BUCKETS = (
     0.0005,
     0.001,
@@ -96,6 +98,7 @@ class AgentMetrics:
         self.windows_not_stored = Counter(
             p + "windows_not_stored", "Windows scored and published but not stored (disk full).", registry=r
         )
+        self.connected = Gauge(p + "connected", "1 while connected and subscribed to the broker.", registry=r)
         self.storage_degraded = Gauge(
             p + "storage_degraded", "1 while the store cannot keep windows (disk full), else 0.", registry=r
         )
@@ -114,11 +117,17 @@ class AgentMetrics:
                 self.rejected.labels(reason=reason).inc(delta)
                 self._rejected_seen[reason] = total
 
-    def serve(self, port: int, addr: str = "0.0.0.0") -> None:
-        """Start the HTTP endpoint (a daemon thread) on `port`; 0 means off."""
+    def serve(self, port: int, addr: str = "127.0.0.1") -> None:
+        """Start the HTTP endpoint (a daemon thread) on `port`; 0 means off. SettingsError if it cannot."""
         if port == 0 or self._server is not None:
             return
-        server, _thread = start_http_server(port, addr=addr, registry=self.registry)
+        try:
+            server, _thread = start_http_server(port, addr=addr, registry=self.registry)
+        except OSError as exc:
+            raise SettingsError(
+                f"metrics_port {port} on {addr}: {exc}; pick a free port, or 0 to turn metrics off",
+                reason="metrics_port",
+            ) from exc
         self._server = server
 
     def close(self) -> None:

@@ -343,6 +343,8 @@ def deploy_bundle(
     password: str | None = None,
     ca_file: str | None = None,
     force: bool = False,
+    cert_file: str | None = None,
+    key_file: str | None = None,
 ) -> dict[str, Any]:
     """Publish a packed bundle to an agent's model topic and wait for its JSON answer on `.../model/result`.
 
@@ -364,6 +366,8 @@ def deploy_bundle(
             username=username,
             password=password,
             ca_file=ca_file,
+            cert_file=cert_file,
+            key_file=key_file,
             client_prefix="gruwatch-deploy",
         )
     except RequestError as exc:

@@ -31,6 +31,8 @@ def request_reply(
     username: str | None = None,
     password: str | None = None,
     ca_file: str | None = None,
+    cert_file: str | None = None,
+    key_file: str | None = None,
     client_prefix: str = "gruwatch-request",
 ) -> bytes:
     """Publish `payload` to `topic` (QoS 1) and return the first accepted message on `reply_topic`.
@@ -52,7 +54,7 @@ def request_reply(
     if username is not None:
         client.username_pw_set(username, password)
     if tls:
-        client.tls_set(ca_certs=ca_file, cert_reqs=ssl.CERT_REQUIRED)
+        client.tls_set(ca_certs=ca_file, certfile=cert_file, keyfile=key_file, cert_reqs=ssl.CERT_REQUIRED)
     try:
         client.connect(address.host, port, 30)
     except OSError as exc:

@@ -63,6 +63,9 @@ class AgentSettings(BaseSettings):
     allow_unsigned: bool = Field(default=False, description="Accept unsigned bundles (development only).")
     store: Path = Field(description="SQLite store path (WAL mode; -wal and -shm files appear beside it).")
     metrics_port: int = Field(default=9108, ge=0, le=65535, description="Prometheus port; 0 disables.")
+    metrics_addr: str = Field(
+        default="127.0.0.1", description="Address the metrics listen on (0.0.0.0: every interface, no auth)."
+    )
 
     # --- MQTT ------------------------------------------------------------------------------------
     mqtt_username: str | None = Field(default=None, description="Broker user name.")

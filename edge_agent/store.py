@@ -171,11 +171,8 @@ class Eviction:
 
 
 class Store:
-    """The agent's SQLite store. Make one with `Store.open(path, budget_bytes=...)`; close it when done.
-
-    Windows within `alarm_margin` sequence numbers of an alarm transition of the same sensor are
-    "alarm-adjacent" and evicted last.
-    """
+    """The agent's SQLite store: `Store.open(path, budget_bytes=...)`, then close it. Windows within
+    `alarm_margin` seqs of an alarm transition of their sensor are "alarm-adjacent", evicted last."""
 
     def __init__(self, conn: sqlite3.Connection, path: Path, *, budget_bytes: int, alarm_margin: int) -> None:
         self._conn = conn
@@ -200,15 +197,16 @@ class Store:
         synchronous: Literal["FULL", "NORMAL"] = "FULL",
     ) -> Store:
         """Open (creating if needed) the store at `path` in WAL mode; raises StoreError if unusable.
-
-        `synchronous="NORMAL"`: commits skip the fsync of the WAL; a committed transaction still
-        survives a crash of the process, but not a power loss or a kernel crash (see the module doc).
-        A schema-1 store is migrated in place (its states table gains the alarm-counter columns).
-        """
+        `synchronous="NORMAL"` skips the WAL's fsync (see the module doc); schema 1 is migrated in place."""
         if budget_bytes < 64 * 1024:
             raise ValueError("budget_bytes must be at least 64 KiB")
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreError(
+                f"cannot create {path.parent} for the store: {exc}", reason="cannot_open"
+            ) from exc
         try:
             conn = sqlite3.connect(path, isolation_level=None, timeout=10.0)
         except sqlite3.Error as exc:

@@ -583,3 +583,60 @@ def test_the_disk_budget_holds_at_every_commit(
     largest, budget = _budget_run(broker, topic_prefix, models, tmp_path, 600)  # 6 MB of raw samples
     print(f"\nFIGURE budget={budget} largest={largest} ratio={largest / budget:.2f}")
     assert largest <= 1.5 * budget, f"the store reached {largest} bytes on a {budget}-byte budget"
+
+
+# ----------------------------------------------------------- 11. no traceback, no silence at start
+
+
+def test_a_metrics_port_in_use_or_an_impossible_store_is_said_not_a_traceback(
+    models: Models, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import socket
+
+    from edge_agent.agent_cli import main
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        config = tmp_path / "a.toml"
+        config.write_text(
+            f'broker = "mqtt://127.0.0.1:1"\nagent_id = "a"\nmodel = "{models.v1}"\n'
+            f'trusted_keys = ["{models.pub}"]\nstore = "{tmp_path / "a.db"}"\nmetrics_port = {port}\n'
+        )
+        assert main(["run", "--config", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert f"metrics_port {port}" in err
+    assert "Traceback" not in err
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    config.write_text(
+        f'broker = "mqtt://127.0.0.1:1"\nagent_id = "a"\nmodel = "{models.v1}"\n'
+        f'trusted_keys = ["{models.pub}"]\nstore = "{blocker / "sub" / "a.db"}"\nmetrics_port = 0\n'
+    )
+    assert main(["run", "--config", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert "cannot create" in err
+    assert "Traceback" not in err
+
+
+def test_metrics_listen_on_localhost_by_default_and_say_connected(
+    broker: Broker, topic_prefix: str, models: Models, tmp_path: Path
+) -> None:
+    import socket
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    settings = agent_settings(broker, topic_prefix, models, tmp_path / "a.db", metrics_port=port)
+    assert settings.metrics_addr == "127.0.0.1"
+    with running(settings) as agent:
+        deadline = time.monotonic() + 10
+        while agent.metrics.value("gruwatch_agent_connected") != 1 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+        server = agent.metrics._server
+        assert server is not None
+        assert server.server_address[0] == "127.0.0.1"
+    assert "gruwatch_agent_connected 1.0" in body
