@@ -159,7 +159,9 @@ def _timestamp_ns(payload: bytes) -> int:
 class Listener:
     """Counts messages on a topic filter (QoS 1) and keeps arrival times; health payloads give latencies."""
 
-    def __init__(self, port: int, topic: str, *, latency: bool = False) -> None:
+    def __init__(self, port: int, topic: str, *, latency: bool = False, batched: bool = False) -> None:
+        self.batched = batched  # health_batch: each message holds many windows' health
+        self.messages = 0
         self.count = 0
         self.first = 0.0
         self.last = 0.0
@@ -182,6 +184,14 @@ class Listener:
         if self.count == 0:
             self.first = now
         self.last = now
+        self.messages += 1
+        if self.batched:
+            items = json.loads(msg.payload)["health"]
+            self.count += len(items)
+            if self.latency:
+                now_ns = time.time_ns()
+                self.latencies.extend((now_ns - int(h["ts"])) / 1e6 for h in items)
+            return
         self.count += 1
         if self.latency:
             self.latencies.append((time.time_ns() - _timestamp_ns(msg.payload)) / 1e6)
@@ -388,16 +398,16 @@ STAGES: list[tuple[str, str, str]] = [
     ("  waiting for windows (get_batch)", "edge_agent/mqtt_link.py", "get_batch"),
     ("  one batch (process)", "edge_agent/daemon.py", "process"),
     ("    sequence checks", "edge_agent/sequencing.py", "check"),
-    ("    features (features_of)", "edge_agent/scorer.py", "features_of"),
+    ("    features (usable_features)", "edge_agent/scorer.py", "usable_features"),
     ("    model step + alarms (score_features)", "edge_agent/scorer.py", "score_features"),
     ("      onnxruntime run", "onnxruntime/capi/onnxruntime_inference_collection.py", "run"),
     ("    results, messages, store (_record_and_publish)", "edge_agent/daemon.py", "_record_and_publish"),
-    ("      health JSON (HealthEncoder.encode)", "edge_agent/protocol.py", "encode"),
+    ("      health JSON (HealthEncoder.encode)", "edge_agent/messages.py", "encode"),
     ("      store commit (record_batch)", "edge_agent/store.py", "record_batch"),
-    ("      states for the commit", "edge_agent/daemon.py", "_sensor_states"),
-    ("      hand to paho (_publish_new)", "edge_agent/daemon.py", "_publish_new"),
+    ("      states for the commit", "edge_agent/saved_states.py", "batch_states"),
+    ("      hand to paho (OutboxPump.publish_new)", "edge_agent/outbox.py", "publish_new"),
     ("    acks (MqttLink.ack_many)", "edge_agent/mqtt_link.py", "ack_many"),
-    ("  outbox bookkeeping (_collect_published)", "edge_agent/daemon.py", "_collect_published"),
+    ("  outbox bookkeeping (OutboxPump.collect)", "edge_agent/outbox.py", "collect"),
     ("network thread, total (paho loop_forever)", "paho/mqtt/client.py", "loop_forever"),
     ("  window decode + enqueue (_on_message)", "edge_agent/mqtt_link.py", "_on_message"),
     ("  decode_vibration", "edge_agent/protocol.py", "decode_vibration"),
@@ -436,6 +446,13 @@ def print_profile(profile_dir: Path) -> None:
 Row = tuple[str, str, str, str]
 
 
+def health_listener(port: int, prefix: str, args: argparse.Namespace, *, latency: bool = False) -> Listener:
+    """Listens to an agent's health messages: per sensor, or its batch topic with health_batch."""
+    if _agent_settings(args).get("health_batch"):
+        return Listener(port, f"{prefix}/_agents/{prefix}/health", latency=latency, batched=True)
+    return Listener(port, f"{prefix}/+/+/health", latency=latency)
+
+
 def throughput(tmp: Path, port: int, bundle: Path, args: argparse.Namespace) -> list[Row]:
     rows: list[Row] = []
     n = args.sensors * args.windows
@@ -457,7 +474,7 @@ def throughput(tmp: Path, port: int, bundle: Path, args: argparse.Namespace) -> 
         **_agent_settings(args),
     )
     wait_online(port, "tput")
-    health = Listener(port, "tput/+/+/health")
+    health = health_listener(port, "tput", args)
     pub = publish(port, "tput", args.sensors, args.windows)
     pub.communicate()
     done = health.wait(n, 300)
@@ -488,7 +505,7 @@ def latency(tmp: Path, port: int, bundle: Path, args: argparse.Namespace) -> lis
     # 2. latency at a paced rate
     agent = AgentProcess(tmp, port, "lat", bundle, **_agent_settings(args))
     wait_online(port, "lat")
-    lat = Listener(port, "lat/+/+/health", latency=True)
+    lat = health_listener(port, "lat", args, latency=True)
     per_sensor = max(1, round(args.rate * args.latency_s / args.sensors))
     pub = publish(port, "lat", args.sensors, per_sensor, rate=args.rate)
     pub.communicate()
@@ -539,7 +556,7 @@ def memory(tmp: Path, port: int, bundle: Path, args: argparse.Namespace) -> list
     )
     wait_online(port, "mem")
     idle_mb = agent.rss_mb()
-    mem = Listener(port, "mem/+/+/health")
+    mem = health_listener(port, "mem", args)
     publish(port, "mem", args.tracked, 1, rate=MEMORY_RATE).communicate()
     mem.wait(args.tracked, 300)
     time.sleep(1.0)

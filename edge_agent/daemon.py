@@ -29,6 +29,7 @@ from edge_agent.messages import (
     HealthEncoder,
     SensorTopics,
     alert_message,
+    health_batch_message,
     health_extra,
     health_message,
     log_transition,
@@ -52,6 +53,7 @@ from edge_agent.sequencing import Accepted, PendingResets, SequenceTracker, spli
 from edge_agent.settings import AgentSettings
 from edge_agent.storage_guard import CHECK_EVERY_S, StorageGuard
 from edge_agent.store import OutboxMessage, Store, Transition, WindowRow
+from edge_agent.topics import agent_health_topic
 
 log = structlog.get_logger("edge_agent.daemon")
 
@@ -95,6 +97,7 @@ class Agent:
         self._held_at: int | None = None  # link cycles when a commit failed: hold until it reconnects
         self._gauges = Gauges(metrics)
         self._topics = SensorTopics(settings.prefix, settings.max_tracked_sensors)
+        self._health_batch_topic = agent_health_topic(settings.prefix, settings.agent_id)
         self._encoder: HealthEncoder | None = None
         self._rejection_log = RejectionLog()
         self.storage = StorageGuard(settings.store, metrics, link, settings.store_budget_bytes)
@@ -332,6 +335,7 @@ class Agent:
         steps_all = result.steps.tolist()
         extras = result.scores[:, 1:].astype(np.float64).tolist() if len(outputs) > 1 else None
         encoder = self._health_encoder()
+        health_qos = self.settings.health_qos
         raw = self.raw.batch()
         kept: list[int] = []
         alerts: list[OutboxMessage] = []
@@ -355,7 +359,9 @@ class Agent:
             )
             self._nonfinite(it.key, w.seq, result.nonfinite[i])
             topics = self._topics.of(it.key, it.machine, it.sensor)
-            healths.append(health_message(topics, encoder, w.seq, w.ts_ns, health, state, extra))
+            healths.append(
+                health_message(topics, encoder, w.seq, w.ts_ns, health, state, extra, qos=health_qos)
+            )
             raw.add(it.key, w.seq, state, tr is not None, np.asarray(w.samples, dtype=np.float32))
             if tr is not None:
                 tr = Transition(it.key, w.seq, w.ts_ns, tr.previous_state, tr.state, health, model, tr.reason)
@@ -364,6 +370,12 @@ class Agent:
                 self._log_transition(it, tr)
         rows = [_window_row(chunk[i].item, feats[i], health_all[i], result.states[i], model, raw.raw[j])
                 for j, i in enumerate(kept)]  # fmt: skip
+        if self.settings.health_batch and healths:
+            healths = [
+                health_batch_message(
+                    self._health_batch_topic, self.settings.agent_id, healths, qos=health_qos
+                )
+            ]
         outbox = alerts + healths
         ids = self.storage.commit(
             self.store,

@@ -92,10 +92,23 @@ def health_message(
     health: float,
     state: str,
     extra: dict[str, Any],
+    *,
+    qos: int = 1,
 ) -> OutboxMessage:
-    """The health message of one window (QoS 1, not retained)."""
+    """The health message of one window (QoS 1 unless the `health_qos` setting says 0; not retained)."""
     payload = topics[2] + encoder.encode(seq, ts_ns, health, state, extra)
-    return OutboxMessage(topics[0], payload, qos=1, retain=False, priority=PRIORITY_HEALTH)
+    return OutboxMessage(topics[0], payload, qos=qos, retain=False, priority=PRIORITY_HEALTH)
+
+
+def health_batch_message(
+    topic: str, agent_id: str, healths: Sequence[OutboxMessage], *, qos: int = 1
+) -> OutboxMessage:
+    """The batch's health messages as one (the `health_batch` setting): `{"agent": id, "health": [...]}`
+    with each element byte for byte the per-window message (`protocol.decode_health_batch` reads it)."""
+    payload = b"".join(
+        (b'{"agent":"', agent_id.encode(), b'","health":[', b",".join(m.payload for m in healths), b"]}")
+    )
+    return OutboxMessage(topic, payload, qos=qos, retain=False, priority=PRIORITY_HEALTH)
 
 
 def alert_message(topic: str, machine: str, sensor: str, tr: Transition) -> OutboxMessage:

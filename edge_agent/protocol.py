@@ -52,6 +52,7 @@ from edge_agent.topics import (
     ID_PATTERN,
     KINDS,
     SensorTopic,
+    agent_health_topic,
     agent_status_topic,
     alert_topic,
     health_topic,
@@ -85,10 +86,12 @@ __all__ = [
     "SensorTopic",
     "State",
     "Window",
+    "agent_health_topic",
     "agent_status_topic",
     "alert_topic",
     "decode_alert",
     "decode_health",
+    "decode_health_batch",
     "decode_status",
     "decode_vibration",
     "encode_alert",
@@ -470,7 +473,26 @@ def encode_health(h: Health) -> bytes:
 
 def decode_health(b: bytes | bytearray | memoryview) -> Health:
     """Decode a health message; unknown fields land in `extra`. Raises only ProtocolError."""
+    return _health_of(load_json_object(_as_bytes(b), MAX_MESSAGE_BYTES))
+
+
+def decode_health_batch(b: bytes | bytearray | memoryview) -> tuple[str, list[Health]]:
+    """Decode a batch of health messages (the agent's `health_batch` option, on
+    `{prefix}/_agents/{agent}/health`): `{"agent": id, "health": [health object, ...]}` ->
+    (agent id, [Health, ...]) in the order the windows were scored. Raises only ProtocolError.
+
+    >>> decode_health_batch(b'{"agent":"a1","health":[' + encode_health(Health("m1", "s0", 4, 99, 0.25, "ok", "v3")) + b']}')
+    ('a1', [Health(machine='m1', sensor='s0', seq=4, ts_ns=99, score=0.25, state='ok', model='v3', extra={})])
+    """
     doc = load_json_object(_as_bytes(b), MAX_MESSAGE_BYTES)
+    require_fields(doc, ("agent", "health"), "health batch")
+    items = doc["health"]
+    if not isinstance(items, list) or not all(isinstance(d, dict) for d in items):
+        raise ProtocolError("bad_field", "a health batch's `health` must be a list of objects")
+    return _id_field(doc["agent"]), [_health_of(d) for d in items]
+
+
+def _health_of(doc: dict[str, Any]) -> Health:
     require_fields(doc, HEALTH_FIELDS, "health message")
     return Health(
         machine=_id_field(doc["machine"]),

@@ -85,6 +85,22 @@ class AgentSettings(BaseSettings):
         default=None, description="Stable MQTT client id; default gruwatch-agent-{agent_id}."
     )
     mqtt_qos: Literal[0, 1] = Field(default=1, description="QoS of the vibration subscription.")
+    health_qos: Literal[0, 1] = Field(
+        default=1,
+        description=(
+            "QoS of health messages. 1: at least once, one PUBACK round trip each. 0: at most once, "
+            "no PUBACK (a health message in flight when the connection breaks is lost; the next "
+            "window's replaces it). Alerts are always QoS 1 and retained."
+        ),
+    )
+    health_batch: bool = Field(
+        default=False,
+        description=(
+            "One health message per scored batch on {prefix}/_agents/{agent_id}/health (a JSON "
+            "array of the per-window health objects) instead of one per window on each sensor's "
+            "health topic: one PUBACK per batch. Only for consumers that read that topic."
+        ),
+    )
     mqtt_reconnect_min_s: int = Field(default=1, ge=1, description="First reconnect delay.")
     mqtt_reconnect_max_s: int = Field(default=60, ge=1, description="Reconnect delay cap (doubling).")
 

@@ -88,6 +88,11 @@ def agent_status_topic(prefix: str, agent: str) -> str:
     return f"{_check_prefix(prefix)}/{AGENTS_LEVEL}/{validate_id(agent)}/status"
 
 
+def agent_health_topic(prefix: str, agent: str) -> str:
+    """`{prefix}/_agents/{agent}/health` (agent →: a batch of health messages, with `health_batch`)."""
+    return f"{_check_prefix(prefix)}/{AGENTS_LEVEL}/{validate_id(agent)}/health"
+
+
 def model_topic(prefix: str, agent: str) -> str:
     """`{prefix}/_agents/{agent}/model` (deployer → agent: a signed bundle)."""
     return f"{_check_prefix(prefix)}/{AGENTS_LEVEL}/{validate_id(agent)}/model"
