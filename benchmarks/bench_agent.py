@@ -39,6 +39,7 @@ import os
 import shutil
 import signal
 import socket
+import statistics
 import struct
 import subprocess
 import sys
@@ -277,6 +278,11 @@ class AgentProcess:
             cmd = [sys.executable, "-c", PROFILED_RUN, str(profile_dir), str(path)]
         self.proc = subprocess.Popen(cmd, cwd=REPO, env=env, stderr=subprocess.PIPE, text=True)
 
+    def cpu_s(self) -> float:
+        """CPU seconds (user + system) the agent process has used so far."""
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def rss_mb(self) -> float:
         for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
             if line.startswith("VmRSS:"):
@@ -318,8 +324,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--latency-s", type=float, default=10.0, help="seconds of paced publishing")
     p.add_argument("--tracked", type=int, default=10_000, help="sensors for the memory run")
     p.add_argument(
-        "--only", choices=["throughput", "latency", "memory"], action="append", help="run only these parts"
+        "--only",
+        choices=["throughput", "latency", "memory", "compare"],
+        action="append",
+        help="run only these parts (compare: only with --variant)",
     )
+    p.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        metavar="NAME:KEY=JSON,...",
+        help="compare agent settings with the defaults in interleaved rounds, e.g. "
+        "--variant batch:health_batch=true,mqtt_protocol=3.1.1 (runs only the comparison)",
+    )
+    p.add_argument("--rounds", type=int, default=3, help="rounds of the --variant comparison (default 3)")
     p.add_argument("--batch-wait-ms", type=int, default=BATCH_WAIT_MS, help="the agent's batch_max_wait_ms")
     p.add_argument(
         "--store-synchronous", choices=["FULL", "NORMAL"], default=None, help="the agent's store_synchronous"
@@ -353,7 +371,9 @@ def main(argv: list[str] | None = None) -> int:
         bundle, _ = build_bundle(tmp / "bundle", hidden=64, outputs=2)
         broker, port = start_broker(tmp)
         try:
-            parts = set(args.only or ["throughput", "latency", "memory"])
+            parts = set(args.only or (["compare"] if args.variant else ["throughput", "latency", "memory"]))
+            if "compare" in parts:
+                rows += compare(tmp, port, bundle, args)
             if "throughput" in parts:
                 rows += throughput(tmp, port, bundle, args)
             if "latency" in parts:
@@ -462,50 +482,115 @@ def health_listener(port: int, prefix: str, args: argparse.Namespace, *, latency
     return Listener(port, f"{prefix}/+/+/health", latency=latency)
 
 
+def bare_run(port: int, prefix: str, sensors: int, windows: int) -> tuple[float, float]:
+    """The bare paho subscriber: (messages/s, CPU ms per message of this process while it received)."""
+    n = sensors * windows
+    bare = Listener(port, f"{prefix}/+/+/vibration")
+    cpu0 = time.process_time()
+    publish(port, prefix, sensors, windows).communicate()
+    bare.wait(n, 120)
+    cpu = time.process_time() - cpu0
+    bare.close()
+    return bare.rate(), cpu / max(bare.count, 1) * 1e3
+
+
+def agent_run(
+    tmp: Path, port: int, bundle: Path, args: argparse.Namespace, prefix: str, settings: dict[str, Any]
+) -> tuple[float, float, int]:
+    """One agent process fed sensors × windows as fast as possible: (windows/s, agent CPU ms per
+    window, windows scored)."""
+    n = args.sensors * args.windows
+    profile_dir = args.profile_dir if args.profile else None
+    agent = AgentProcess(tmp, port, prefix, bundle, profile_dir=profile_dir, **settings)
+    wait_online(port, prefix)
+    batched = bool(settings.get("health_batch"))
+    topic = f"{prefix}/_agents/{prefix}/health" if batched else f"{prefix}/+/+/health"
+    health = Listener(port, topic, batched=batched)
+    cpu0 = agent.cpu_s()
+    publish(port, prefix, args.sensors, args.windows).communicate()
+    health.wait(n, 300)
+    cpu = agent.cpu_s() - cpu0
+    health.close()
+    agent.stop()
+    return health.rate(), cpu / max(health.count, 1) * 1e3, health.count
+
+
 def throughput(tmp: Path, port: int, bundle: Path, args: argparse.Namespace) -> list[Row]:
     rows: list[Row] = []
     n = args.sensors * args.windows
-    # 1a. bare paho subscriber
-    bare = Listener(port, "bare/+/+/vibration")
-    pub = publish(port, "bare", args.sensors, args.windows)
-    pub.communicate()
-    bare.wait(n, 120)
-    bare_rate = bare.rate()
-    bare.close()
-    # 1b. the agent
     args.profile_dir = tmp / "profile"
-    agent = AgentProcess(
-        tmp,
-        port,
-        "tput",
-        bundle,
-        profile_dir=args.profile_dir if args.profile else None,
-        **_agent_settings(args),
+    bare_rate, bare_cpu = bare_run(port, "bare", args.sensors, args.windows)
+    agent_rate, agent_cpu, scored = agent_run(tmp, port, bundle, args, "tput", _agent_settings(args))
+    rows.append(
+        (
+            "bare paho subscriber (reference)",
+            f"{bare_rate:,.0f} msg/s",
+            f"{n:,} msgs",
+            f"{bare_cpu:.3f} CPU ms/msg",
+        )
     )
-    wait_online(port, "tput")
-    health = health_listener(port, "tput", args)
-    pub = publish(port, "tput", args.sensors, args.windows)
-    pub.communicate()
-    done = health.wait(n, 300)
-    agent_rate = health.rate()
-    health.close()
-    agent.stop()
-    rows.append(("bare paho subscriber (reference)", f"{bare_rate:,.0f} msg/s", f"{n:,} msgs", ""))
     rows.append(
         (
             "agent (health out)",
             f"{agent_rate:,.0f} win/s",
-            f"{health.count:,}/{n:,} scored" + ("" if done else " (TIMEOUT)"),
-            f"{agent_rate / bare_rate:.0%} of bare (goal >= 100% and >= 10,000 win/s)",
+            f"{scored:,}/{n:,} scored" + ("" if scored >= n else " (TIMEOUT)"),
+            f"{agent_rate / bare_rate:.0%} of bare (goal >= 100% and >= 10,000 win/s); "
+            f"{agent_cpu:.3f} CPU ms/win = {agent_cpu / bare_cpu:.1f}x bare",
         )
     )
     args.figures.update(
         windows_per_s=round(agent_rate, 1),
         paho_ceiling_per_s=round(bare_rate, 1),
         ratio_to_ceiling=round(agent_rate / bare_rate, 4),
-        scored=health.count,
+        agent_cpu_ms_per_window=round(agent_cpu, 4),
+        bare_cpu_ms_per_message=round(bare_cpu, 4),
+        scored=scored,
         published=n,
     )
+    return rows
+
+
+def compare(tmp: Path, port: int, bundle: Path, args: argparse.Namespace) -> list[Row]:
+    """Agent variants (--variant NAME:KEY=VALUE,...) against the defaults and the bare subscriber, in
+    interleaved rounds so every variant sees the same conditions; medians over the rounds."""
+    variants: list[tuple[str, dict[str, Any]]] = [("defaults", {})]
+    for spec in args.variant:
+        name, _, items = spec.partition(":")
+        over: dict[str, Any] = {}
+        for item in filter(None, items.split(",")):
+            key, _, value = item.partition("=")
+            try:
+                over[key] = json.loads(value)
+            except ValueError:
+                over[key] = value
+        variants.append((name, over))
+    args.profile = False
+    results: dict[str, list[tuple[float, float, float]]] = {name: [] for name, _ in variants}
+    bare: list[tuple[float, float]] = []
+    for r in range(args.rounds):
+        bare.append(bare_run(port, f"bare{r}", args.sensors, args.windows))
+        for i, (name, over) in enumerate(variants):
+            settings = {**_agent_settings(args), **over}
+            rate, cpu, _ = agent_run(tmp, port, bundle, args, f"v{r}x{i}", settings)
+            results[name].append((rate, cpu, rate / bare[-1][0]))
+        print(f"round {r + 1}/{args.rounds} done", flush=True)
+    med = statistics.median
+    bare_rate, bare_cpu = med(b[0] for b in bare), med(b[1] for b in bare)
+    rows: list[Row] = [
+        ("bare paho subscriber (reference)", f"{bare_rate:,.0f} msg/s", f"{bare_cpu:.3f} CPU ms/msg", "")
+    ]
+    base_cpu = med(x[1] for x in results["defaults"])
+    for name, over in variants:
+        rs = results[name]
+        cpu = med(x[1] for x in rs)
+        rows.append(
+            (
+                f"agent, {name}" + (f" ({', '.join(f'{k}={v}' for k, v in over.items())})" if over else ""),
+                f"{med(x[0] for x in rs):,.0f} win/s",
+                f"{med(x[2] for x in rs):.0%} of bare",
+                f"{cpu:.3f} CPU ms/win = {cpu / bare_cpu:.1f}x bare; defaults/this {base_cpu / cpu:.2f}",
+            )
+        )
     return rows
 
 
