@@ -337,6 +337,9 @@ def main(argv: list[str] | None = None) -> int:
         help="compare agent settings with the defaults in interleaved rounds, e.g. "
         "--variant batch:health_batch=true,mqtt_protocol=3.1.1 (runs only the comparison)",
     )
+    p.add_argument(
+        "--no-burst", action="store_true", help="memory: skip the second, unpaced window per sensor"
+    )
     p.add_argument("--rounds", type=int, default=3, help="rounds of the --variant comparison (default 3)")
     p.add_argument("--batch-wait-ms", type=int, default=BATCH_WAIT_MS, help="the agent's batch_max_wait_ms")
     p.add_argument(
@@ -663,11 +666,13 @@ def memory(tmp: Path, port: int, bundle: Path, args: argparse.Namespace) -> list
     # The marginal cost of a sensor: the second half's growth (fixed costs such as the raw-sample
     # ring, the SQLite cache and allocator pools are already paid by the first half).
     marginal_kb = (steady_mb - half_mb) * 1024 / max(1, args.tracked - half)
-    publish(port, "mem", args.tracked, 1, first_seq=1).communicate()
-    mem.wait(2 * args.tracked, 300)
+    burst_mb = float("nan")
+    if not args.no_burst:
+        publish(port, "mem", args.tracked, 1, first_seq=1).communicate()
+        mem.wait(2 * args.tracked, 300)
+        time.sleep(1.0)
+        burst_mb = agent.rss_mb()
     mem.close()
-    time.sleep(1.0)
-    burst_mb = agent.rss_mb()
     agent.stop()
     per_sensor_kb = (steady_mb - idle_mb) * 1024 / args.tracked
     rows.append(("RSS, idle agent (reference)", f"{idle_mb:.0f} MB", "", ""))
