@@ -692,7 +692,7 @@ def memory(tmp: Path, port: int, bundle: Path, args: argparse.Namespace) -> list
             "rss_mb_idle": round(idle_mb, 1),
             "kb_per_sensor_beyond_idle": round(per_sensor_kb, 3),
             "kb_per_sensor_marginal": round(marginal_kb, 3),
-            "rss_mb_after_burst": round(burst_mb, 1),
+            "rss_mb_after_burst": None if args.no_burst else round(burst_mb, 1),
         }
     )
     return rows
