@@ -38,8 +38,14 @@ class OutboxPump:
         self._next_collect = 0.0
 
     def publish_new(self, msgs: Sequence[OutboxMessage], ids: Sequence[int]) -> None:
-        """Hand a batch's messages to the MQTT client, unless older ones are still waiting."""
-        if self.backlog or not self.link.connected:
+        """Hand a batch's messages to the MQTT client, unless older ones are still waiting or
+        OUTBOX_MAX_IN_FLIGHT are unacknowledged: then `pump` sends them from the store as acks come
+        (paho would queue them in memory without bound, about 2.5 KB a message)."""
+        if (
+            self.backlog
+            or not self.link.connected
+            or self.link.in_flight_count() + len(msgs) > OUTBOX_MAX_IN_FLIGHT
+        ):
             self.backlog = True
             return
         try:
