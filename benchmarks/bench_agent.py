@@ -276,7 +276,10 @@ class AgentProcess:
         if profile_dir is not None:
             profile_dir.mkdir(parents=True, exist_ok=True)
             cmd = [sys.executable, "-c", PROFILED_RUN, str(profile_dir), str(path)]
-        self.proc = subprocess.Popen(cmd, cwd=REPO, env=env, stderr=subprocess.PIPE, text=True)
+        # stderr to a file, not a pipe: a pipe nobody reads blocks the agent once 64 KB of logs wait
+        self.stderr_path = tmp / f"{prefix}.stderr"
+        self._stderr = self.stderr_path.open("w")
+        self.proc = subprocess.Popen(cmd, cwd=REPO, env=env, stderr=self._stderr, text=True)
 
     def cpu_s(self) -> float:
         """CPU seconds (user + system) the agent process has used so far."""
@@ -292,11 +295,12 @@ class AgentProcess:
     def stop(self) -> str:
         self.proc.send_signal(signal.SIGTERM)
         try:
-            _, err = self.proc.communicate(timeout=15)
+            self.proc.wait(timeout=15)
         except subprocess.TimeoutExpired:
             self.proc.kill()
-            _, err = self.proc.communicate()
-        return err
+            self.proc.wait()
+        self._stderr.close()
+        return self.stderr_path.read_text()
 
 
 def wait_online(port: int, prefix: str) -> None:
@@ -644,6 +648,16 @@ def latency(tmp: Path, port: int, bundle: Path, args: argparse.Namespace) -> lis
     return rows
 
 
+def paced_first_windows(port: int, health: Listener, first: int, stop: int, chunk: int = 2000) -> None:
+    """One window each for sensors first..stop-1 at MEMORY_RATE, in chunks, never more than one chunk
+    ahead of the agent's health messages (a busy machine must not turn this into a queue overflow)."""
+    for start in range(first, stop, chunk):
+        n = min(chunk, stop - start)
+        health.wait(start - chunk, 600)
+        publish(port, "mem", n, 1, rate=MEMORY_RATE, first_sensor=start).communicate()
+    health.wait(stop, 600)
+
+
 def memory(tmp: Path, port: int, bundle: Path, args: argparse.Namespace) -> list[Row]:
     rows: list[Row] = []
     # 3. memory with many tracked sensors: one window each, paced below the agent's capacity
@@ -655,12 +669,10 @@ def memory(tmp: Path, port: int, bundle: Path, args: argparse.Namespace) -> list
     idle_mb = agent.rss_mb()
     mem = health_listener(port, "mem", args)
     half = args.tracked // 2
-    publish(port, "mem", half, 1, rate=MEMORY_RATE).communicate()
-    mem.wait(half, 300)
+    paced_first_windows(port, mem, 0, half)
     time.sleep(1.0)
     half_mb = agent.rss_mb()
-    publish(port, "mem", args.tracked - half, 1, rate=MEMORY_RATE, first_sensor=half).communicate()
-    mem.wait(args.tracked, 300)
+    paced_first_windows(port, mem, half, args.tracked)
     time.sleep(1.0)
     steady_mb = agent.rss_mb()
     # The marginal cost of a sensor: the second half's growth (fixed costs such as the raw-sample
