@@ -533,11 +533,6 @@ class MqttLink:
             out, self._published_outbox = self._published_outbox, []
         return out
 
-    def in_flight_count(self) -> int:
-        """Messages handed to paho and not yet acknowledged (QoS 0: not yet written)."""
-        with self._lock:
-            return len(self._handles)
-
     def in_flight_outbox_ids(self) -> set[int]:
         """Outbox ids handed to paho and not yet acknowledged (skip them in `outbox_pending`)."""
         with self._lock:

@@ -44,7 +44,7 @@ class OutboxPump:
         if (
             self.backlog
             or not self.link.connected
-            or self.link.in_flight_count() + len(msgs) > OUTBOX_MAX_IN_FLIGHT
+            or len(self.link.in_flight_outbox_ids()) + len(msgs) > OUTBOX_MAX_IN_FLIGHT
         ):
             self.backlog = True
             return

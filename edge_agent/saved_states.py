@@ -9,9 +9,10 @@ in one snapshot blob in `meta` (`STATES_META_KEY`, moved into the table on first
 
 from __future__ import annotations
 
+import itertools
 import json
 import sqlite3
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, Final
 
 import numpy as np
@@ -195,6 +196,16 @@ def all_states(scorer: Scorer, tracker: SequenceTracker) -> dict[str, SensorStat
 
 #: Sensors composed and written per step of `save_all` (memory stays flat however many are tracked).
 SAVE_CHUNK: Final = 4096
+
+
+def chunk_params(
+    states: Mapping[str, SensorState] | Iterable[Mapping[str, SensorState]],
+    to_params: Callable[[Mapping[str, SensorState]], list[tuple[Any, ...]]],
+) -> Iterable[tuple[Any, ...]]:
+    """`UPSERT` parameters of `states`, or of each chunk in turn, lazily (for `Store.save_states`)."""
+    if isinstance(states, Mapping):
+        return to_params(states)
+    return itertools.chain.from_iterable(to_params(chunk) for chunk in states)
 
 
 def state_chunks(

@@ -421,15 +421,11 @@ class Store:
             return c.total_changes - before
 
     def save_states(self, states: Mapping[str, SensorState] | Iterable[Mapping[str, SensorState]]) -> None:
-        """Replace all saved states with `states` (least recently used first), in one transaction.
-
-        `states` may also be an iterable of such mappings (chunks, composed while they are written)."""
-        chunks: Iterable[Mapping[str, SensorState]] = [states] if isinstance(states, Mapping) else states
-        self._touched += 1
+        """Replace all saved states with `states` (LRU first; or chunks of them), in one transaction."""
+        params = saved_states.chunk_params(states, self._state_params)
         with self._tx() as c:
             c.execute("DELETE FROM states")
-            for chunk in chunks:
-                c.executemany(saved_states.UPSERT, saved_states.row_params(chunk, self._touched))
+            c.executemany(saved_states.UPSERT, params)
 
     def load_states(self) -> dict[str, SensorState]:
         """The saved states, least recently used first (empty on a fresh store)."""
