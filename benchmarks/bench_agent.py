@@ -39,7 +39,6 @@ import os
 import shutil
 import signal
 import socket
-import statistics
 import struct
 import subprocess
 import sys
@@ -59,6 +58,10 @@ import paho.mqtt.client as paho  # noqa: E402
 from paho.mqtt.enums import CallbackAPIVersion  # noqa: E402
 
 from gruwatch.bench import describe, write_json  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from agent_compare import compare  # noqa: E402
+from agent_profile import PROFILED_RUN, print_profile  # noqa: E402
 
 WINDOW = 2560
 FS = 25600.0
@@ -220,31 +223,6 @@ class Listener:
         self.client.loop_stop()
 
 
-PROFILED_RUN = r"""
-import cProfile, sys, threading
-from edge_agent.agent_cli import main
-out, config = sys.argv[1], sys.argv[2]
-profiles = []
-def _per_thread(*args):
-    sys.setprofile(None)
-    p = cProfile.Profile()
-    profiles.append((threading.current_thread().name, p))
-    p.enable()
-threading.setprofile(_per_thread)
-main_profile = cProfile.Profile()
-main_profile.enable()
-try:
-    rc = main(["run", "--config", config, "--log-level", "warning"])
-finally:
-    main_profile.disable()
-    threading.setprofile(None)
-    main_profile.dump_stats(f"{out}/main.prof")
-    for i, (name, p) in enumerate(profiles):
-        p.dump_stats(f"{out}/thread-{i}-{name.replace('/', '_')}.prof")
-raise SystemExit(rc)
-"""
-
-
 class AgentProcess:
     def __init__(
         self,
@@ -380,7 +358,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             parts = set(args.only or (["compare"] if args.variant else ["throughput", "latency", "memory"]))
             if "compare" in parts:
-                rows += compare(tmp, port, bundle, args)
+                rows += compare(tmp, port, bundle, args, bare_run, agent_run, _agent_settings)
             if "throughput" in parts:
                 rows += throughput(tmp, port, bundle, args)
             if "latency" in parts:
@@ -426,57 +404,6 @@ def _agent_settings(args: argparse.Namespace) -> dict[str, Any]:
         except ValueError:
             out[key] = value
     return out
-
-
-#: Stages of the agent's work: (label, how to find it in the profile: file suffix, function name).
-STAGES: list[tuple[str, str, str]] = [
-    ("scoring loop, total (main thread)", "edge_agent/daemon.py", "_loop"),
-    ("  waiting for windows (get_batch)", "edge_agent/mqtt_link.py", "get_batch"),
-    ("  one batch (process)", "edge_agent/daemon.py", "process"),
-    ("    sequence checks", "edge_agent/sequencing.py", "check"),
-    ("    features (usable_features)", "edge_agent/scorer.py", "usable_features"),
-    ("    model step + alarms (score_features)", "edge_agent/scorer.py", "score_features"),
-    ("      onnxruntime run", "onnxruntime/capi/onnxruntime_inference_collection.py", "run"),
-    ("    results, messages, store (_record_and_publish)", "edge_agent/daemon.py", "_record_and_publish"),
-    ("      health JSON (HealthEncoder.encode)", "edge_agent/messages.py", "encode"),
-    ("      store commit (record_batch)", "edge_agent/store.py", "record_batch"),
-    ("      states for the commit", "edge_agent/saved_states.py", "batch_states"),
-    ("      hand to paho (OutboxPump.publish_new)", "edge_agent/outbox.py", "publish_new"),
-    ("    acks (MqttLink.ack_many)", "edge_agent/mqtt_link.py", "ack_many"),
-    ("  outbox bookkeeping (OutboxPump.collect)", "edge_agent/outbox.py", "collect"),
-    ("network thread, total (paho loop_forever)", "paho/mqtt/client.py", "loop_forever"),
-    ("  window decode + enqueue (_on_message)", "edge_agent/mqtt_link.py", "_on_message"),
-    ("  decode_vibration", "edge_agent/protocol.py", "decode_vibration"),
-    ("  publish acks (_on_publish)", "edge_agent/mqtt_link.py", "_on_publish"),
-]
-
-
-def print_profile(profile_dir: Path) -> None:
-    """Where the profiled agent's time went: by stage, then the top functions by own time."""
-    import pstats
-
-    files = sorted(profile_dir.glob("*.prof"))
-    if not files:
-        print("no profile written (did the agent stop cleanly?)")
-        return
-    stats = pstats.Stats(*[str(f) for f in files])
-    table: dict[tuple[str, int, str], Any] = stats.stats  # type: ignore[attr-defined]
-    loop_total = next(
-        (v[3] for k, v in table.items() if k[0].endswith("edge_agent/daemon.py") and k[2] == "_loop"), 0.0
-    )
-    print(
-        f"\nprofile of the throughput agent ({len(files)} threads; cumulative seconds, share of the scoring loop)"
-    )
-    for label, suffix, func in STAGES:
-        cum = sum(v[3] for k, v in table.items() if k[0].endswith(suffix) and k[2] == func)
-        calls = sum(v[1] for k, v in table.items() if k[0].endswith(suffix) and k[2] == func)
-        share = f"{cum / loop_total:6.1%}" if loop_total else ""
-        print(f"  {label:<52} {cum:8.2f} s  {share:>7}  {calls:>9,} calls")
-    print("\ntop 15 functions by own time (all threads)")
-    top = sorted(table.items(), key=lambda kv: kv[1][2], reverse=True)[:15]
-    for (file, line, func), (_, ncalls, tottime, cumtime, _) in top:
-        where = f"{Path(file).name}:{line}" if line else file
-        print(f"  {tottime:8.2f} s own  {cumtime:8.2f} s cum  {ncalls:>9,}  {func}  ({where})")
 
 
 Row = tuple[str, str, str, str]
@@ -554,50 +481,6 @@ def throughput(tmp: Path, port: int, bundle: Path, args: argparse.Namespace) -> 
         scored=scored,
         published=n,
     )
-    return rows
-
-
-def compare(tmp: Path, port: int, bundle: Path, args: argparse.Namespace) -> list[Row]:
-    """Agent variants (--variant NAME:KEY=VALUE,...) against the defaults and the bare subscriber, in
-    interleaved rounds so every variant sees the same conditions; medians over the rounds."""
-    variants: list[tuple[str, dict[str, Any]]] = [("defaults", {})]
-    for spec in args.variant:
-        name, _, items = spec.partition(":")
-        over: dict[str, Any] = {}
-        for item in filter(None, items.split(",")):
-            key, _, value = item.partition("=")
-            try:
-                over[key] = json.loads(value)
-            except ValueError:
-                over[key] = value
-        variants.append((name, over))
-    args.profile = False
-    results: dict[str, list[tuple[float, float, float]]] = {name: [] for name, _ in variants}
-    bare: list[tuple[float, float]] = []
-    for r in range(args.rounds):
-        bare.append(bare_run(port, f"bare{r}", args.sensors, args.windows))
-        for i, (name, over) in enumerate(variants):
-            settings = {**_agent_settings(args), **over}
-            rate, cpu, _ = agent_run(tmp, port, bundle, args, f"v{r}x{i}", settings)
-            results[name].append((rate, cpu, rate / bare[-1][0]))
-        print(f"round {r + 1}/{args.rounds} done", flush=True)
-    med = statistics.median
-    bare_rate, bare_cpu = med(b[0] for b in bare), med(b[1] for b in bare)
-    rows: list[Row] = [
-        ("bare paho subscriber (reference)", f"{bare_rate:,.0f} msg/s", f"{bare_cpu:.3f} CPU ms/msg", "")
-    ]
-    base_cpu = med(x[1] for x in results["defaults"])
-    for name, over in variants:
-        rs = results[name]
-        cpu = med(x[1] for x in rs)
-        rows.append(
-            (
-                f"agent, {name}" + (f" ({', '.join(f'{k}={v}' for k, v in over.items())})" if over else ""),
-                f"{med(x[0] for x in rs):,.0f} win/s",
-                f"{med(x[2] for x in rs):.0%} of bare",
-                f"{cpu:.3f} CPU ms/win = {cpu / bare_cpu:.1f}x bare; defaults/this {base_cpu / cpu:.2f}",
-            )
-        )
     return rows
 
 
