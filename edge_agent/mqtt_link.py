@@ -51,6 +51,7 @@ __all__ = [
 
 QUEUE_FULL = "queue_full"
 _RELEASE_CYCLE_S = 5.0  # windows given back (store failing) are asked for again this often at most
+_EARLY_S = 5.0  # an ack waits this long for its handle; older ones are strays (paho's ids wrap)
 _STOP_POLL_S = 0.05  # a full queue is retried this often, so stop() never waits on the network thread
 _TOPIC_CACHE_MAX = 100_000  # validated vibration topics remembered (parsing one costs a regex match)
 
@@ -93,7 +94,7 @@ class MqttLink:
         self._connected = threading.Event()  # online and the broker acknowledged our subscription
         self._sub_mid: int | None = None
         self._handles: dict[int, PublishHandle] = {}
-        self._early: set[int] = set()
+        self._early: dict[int, float] = {}  # mid -> when an ack came before its handle existed
         self._published_outbox: list[int] = []
         self._client: paho.Client | None = None
         self._stopping = False
@@ -105,12 +106,8 @@ class MqttLink:
     # --- control topics --------------------------------------------------------------------------
 
     def add_subscription(self, topic: str, callback: Callable[[bytes], None], *, qos: int = 1) -> None:
-        """Also subscribe to `topic` (exact, no wildcards) on every connect; payloads go to `callback`.
-
-        The callback runs on paho's network thread and must not block (hand the work to a queue);
-        the message is acked once it returns, even if it raises (the error is logged). Call before
-        `start()`, or after it to subscribe at once when connected.
-        """
+        """Also subscribe to `topic` (exact) on every connect; payloads go to `callback` on paho's thread
+        (it must not block), acked once it returns, even if it raises (logged)."""
         if "+" in topic or "#" in topic:
             raise ValueError(f"add_subscription takes an exact topic, got the filter {topic!r}")
         self._extra[topic] = (callback, qos)
@@ -199,9 +196,7 @@ class MqttLink:
             return
         self._stopping = True
         if self._online.is_set():
-            info = client.publish(self.status_topic, self._status_payload("offline"), qos=1, retain=True)
-            with contextlib.suppress(RuntimeError, ValueError):
-                info.wait_for_publish(timeout)
+            self._publish_status("offline").wait(timeout)
         client.disconnect()
         client.loop_stop()
         client._reset_sockets(sockpair_only=True)
@@ -217,7 +212,7 @@ class MqttLink:
             return
         client.will_set(self.status_topic, self._status_payload("offline"), qos=1, retain=True)
         if self._online.is_set():
-            client.publish(self.status_topic, self._status_payload("online"), qos=1, retain=True)
+            self._publish_status("online")
 
     @property
     def cycles(self) -> int:
@@ -227,9 +222,16 @@ class MqttLink:
     def set_storage(self, storage: str | None) -> None:
         """Say `storage` ("degraded") on the status topic, or nothing once it is fine again (None)."""
         self._storage = storage
-        client = self._client
-        if client is not None and self._online.is_set():
-            client.publish(self.status_topic, self._status_payload("online"), qos=1, retain=True)
+        if self._client is not None and self._online.is_set():
+            self._publish_status("online")
+
+    def _publish_status(self, state: str) -> PublishHandle:
+        """The retained status, through the handle table like every publish (never a stray ack)."""
+        try:
+            return self.publish(self.status_topic, self._status_payload(state), qos=1, retain=True)
+        except LinkError as exc:
+            log.warning("mqtt_status_not_sent", state=state, reason=exc.reason)
+            return PublishHandle(mid=-1, outbox_id=None)
 
     def release(self, items: Sequence[Inbound]) -> None:
         """Give windows back unacked (their results could not be committed): the broker redelivers them
@@ -295,7 +297,7 @@ class MqttLink:
             session_present=bool(flags.session_present),
             connects=n,
         )
-        client.publish(self.status_topic, self._status_payload("online"), qos=1, retain=True)
+        self._publish_status("online")
         _, mid = client.subscribe(self.subscription, qos=self.settings.mqtt_qos)
         with self._lock:
             self._sub_mid = mid
@@ -426,8 +428,11 @@ class MqttLink:
     ) -> None:
         with self._lock:
             handle = self._handles.pop(mid, None)
-            if handle is None:
-                self._early.add(mid)
+            if handle is None:  # acked before publish() registered it (or a stray: forgotten after 5 s)
+                now = time.monotonic()
+                if len(self._early) > 1000:
+                    self._early = {m: t for m, t in self._early.items() if now - t < _EARLY_S}
+                self._early[mid] = now
                 return
             self._complete(handle)
 
@@ -448,13 +453,9 @@ class MqttLink:
             return None
 
     def get_batch(self, max_items: int, max_wait_s: float) -> list[Inbound]:
-        """Up to `max_items` windows: waits up to `max_wait_s` for the first, then takes whatever else
-        is waiting, without waiting for more (under load the queue fills the batch by itself; when
-        it is quiet a window is scored at once instead of waiting for company).
-
-        When windows were dropped unacked (queue full) and the queue has drained since, this first
-        reconnects so the broker redelivers them (call it after acking the previous batch).
-        """
+        """Up to `max_items` windows: waits up to `max_wait_s` for the first, then takes what else waits.
+        Windows dropped or given back unacked: once the queue has drained, it first reconnects so the
+        broker redelivers them (call it after acking the previous batch)."""
         with self._lock:
             dropped = self._dropped_unacked
         if dropped and self._queue.empty() and time.monotonic() >= self._next_cycle:
@@ -508,10 +509,7 @@ class MqttLink:
         outbox_id: int | None = None,
     ) -> PublishHandle:
         """Hand a message to paho (queued while disconnected); the handle completes on the broker's ack.
-
-        Completed `outbox_id`s are collected for `take_published()`, so the daemon's thread can
-        `store.mark_sent` them (the store is not touched from the network thread).
-        """
+        Completed `outbox_id`s are collected for `take_published()` (the daemon's thread marks them sent)."""
         client = self._client
         if client is None:
             raise LinkError("MqttLink.publish() before start()", reason="mqtt_not_started")
@@ -520,8 +518,8 @@ class MqttLink:
             raise link_error(info.rc, f"publish to {topic!r}")
         handle = PublishHandle(mid=info.mid, outbox_id=outbox_id)
         with self._lock:
-            if info.mid in self._early:
-                self._early.discard(info.mid)
+            early = self._early.pop(info.mid, None)
+            if early is not None and time.monotonic() - early < _EARLY_S:
                 self._complete(handle)
             else:
                 self._handles[info.mid] = handle

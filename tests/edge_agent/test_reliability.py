@@ -640,3 +640,45 @@ def test_metrics_listen_on_localhost_by_default_and_say_connected(
         assert server is not None
         assert server.server_address[0] == "127.0.0.1"
     assert "gruwatch_agent_connected 1.0" in body
+
+
+# ------------------------------------------------------- 10. delivered only on the broker's own ack
+
+
+def test_no_message_is_marked_delivered_without_a_broker_ack(
+    topic_prefix: str, models: Models, tmp_path: Path
+) -> None:
+    """Status publishes go through the handle table (their acks never linger), and a stale early ack
+    (paho's message ids wrap) no longer completes a later message with the same id."""
+    pb = PrivateBroker(tmp_path / "broker")
+    pb.start()
+    settings = load_settings(
+        None, broker=pb.broker.url, prefix=topic_prefix, agent_id="gw", model=models.v1,
+        trusted_keys=[models.pub], store=tmp_path / "a.db", mqtt_reconnect_min_s=1, mqtt_reconnect_max_s=1,
+    )  # fmt: skip
+    link = MqttLink(settings)
+    link.start()
+    try:
+        assert link.wait_connected(10)
+        first = link.publish(f"{topic_prefix}/x", b"1", qos=1)
+        assert first.wait(10)
+        link.set_storage("degraded")  # a status publish, acked by the broker
+        deadline = time.monotonic() + 5
+        while link._handles and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert link._early == {}, "a status ack landed outside the handle table"
+        pb.stop()
+        deadline = time.monotonic() + 10
+        while link.connected and time.monotonic() < deadline:
+            time.sleep(0.01)
+        nxt = max(first.mid, *[h.mid for h in link._handles.values()], 0) + 2
+        for mid in range(first.mid + 1, nxt + 5):
+            link._early[mid] = time.monotonic() - 60  # stray acks from long ago with the next ids
+        late = link.publish(f"{topic_prefix}/x", b"2", qos=1)  # the broker is down: no ack can come
+        time.sleep(0.2)
+        assert not late.is_done(), "completed without any ack from the broker"
+        pb.start()
+        assert late.wait(20), "the broker's real ack never completed it"
+    finally:
+        link.stop(timeout=1.0)
+        pb.stop()
