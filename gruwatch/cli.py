@@ -2,12 +2,16 @@
 
 Each subcommand lives in its package as a function `f(argv: list[str]) -> int`; this file only
 knows their names, so `gruwatch agent run` on a gateway never imports the trainer and starts fast.
-A subcommand whose optional dependencies are missing says which extra to install.
+A subcommand whose optional dependencies are missing says which extra to install; a mistyped one
+gets the closest name. No traceback reaches the user: a `GruwatchError` is printed as
+`error: <what happened and what to do>` (exit 1), anything unexpected as one line with the way to
+see the traceback (`gruwatch --debug ...` or GRUWATCH_DEBUG=1), Ctrl-C as `interrupted` (exit 130).
 """
 
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 from collections.abc import Callable, Sequence
 from typing import NamedTuple
@@ -61,7 +65,8 @@ live sensor streams on an edge gateway.
 commands:
 {commands}
 
-Run `gruwatch <command> --help` for a command's options.
+Run `gruwatch <command> --help` for a command's options. `gruwatch --debug <command> ...` (or
+GRUWATCH_DEBUG=1) shows the full traceback of an unexpected error.
 """
 
 
@@ -90,6 +95,9 @@ def _load(cmd: Command) -> Callable[[list[str]], int]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
+    debug = os.environ.get("GRUWATCH_DEBUG", "") not in ("", "0")
+    if args[:1] == ["--debug"]:
+        debug, args = True, args[1:]
     if not args or args[0] in {"-h", "--help", "help"}:
         sys.stdout.write(_usage())
         return 0
@@ -101,6 +109,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     name, rest = args[0], args[1:]
     cmd = COMMANDS.get(name)
     if cmd is None:
-        sys.stderr.write(f"gruwatch: unknown command '{name}'.\n\n{_usage()}")
+        from gruwatch.options import suggestion
+
+        sys.stderr.write(f"gruwatch: unknown command '{name}'{suggestion(name, COMMANDS)}.\n\n{_usage()}")
         return 2
-    return _load(cmd)(rest)
+    return run_guarded(lambda: _load(cmd)(rest), f"gruwatch {name}", debug=debug)
+
+
+def run_guarded(run: Callable[[], int], prog: str, *, debug: bool = False) -> int:
+    """`run()`'s exit status; errors become one message on stderr instead of a traceback."""
+    from edge_agent.errors import GruwatchError
+
+    try:
+        return int(run())
+    except GruwatchError as exc:
+        sys.stderr.write(f"{prog}: error: {exc}\n")
+        return 1
+    except KeyboardInterrupt:
+        sys.stderr.write(f"{prog}: interrupted\n")
+        return 130
+    except Exception as exc:  # the last line of defence: no traceback unless asked for
+        if debug:
+            raise
+        sys.stderr.write(
+            f"{prog}: unexpected error: {type(exc).__name__}: {exc}\n"
+            f"This is a bug in gruwatch; rerun with `gruwatch --debug ...` (or GRUWATCH_DEBUG=1) to see "
+            "the traceback, and report it with that output.\n"
+        )
+        return 1

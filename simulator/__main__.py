@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from simulator.cli import main
+import sys
+
+from gruwatch.cli import main
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(main(["simulate", *sys.argv[1:]]))

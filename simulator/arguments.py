@@ -7,6 +7,8 @@ import argparse
 import math
 from datetime import UTC, datetime
 
+from gruwatch.options import DURATION_HELP, parse_duration
+
 DEFAULT_START = "2026-01-01T00:00:00Z"
 
 
@@ -49,22 +51,6 @@ def speedup(text: str) -> float:
         raise argparse.ArgumentTypeError(f"speedup {text!r}: give a number > 0 or 'max'") from None
     if not (value > 0 and math.isfinite(value)):
         raise argparse.ArgumentTypeError(f"speedup {text!r}: give a number > 0 or 'max'")
-    return value
-
-
-def parse_duration(text: str) -> float:
-    """Seconds from '3600', '90s', '30m', '3h' or '2d'."""
-    text = text.strip().lower()
-    units = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
-    scale = 1.0
-    if text and text[-1] in units:
-        scale, text = units[text[-1]], text[:-1]
-    try:
-        value = float(text) * scale
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a duration: {text!r} (use e.g. 3600, 90s, 30m, 3h)") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError("a duration must be positive")
     return value
 
 
@@ -140,7 +126,7 @@ def add_fleet_model_arguments(parser: argparse.ArgumentParser) -> None:
         default=DEFAULT_HORIZON_S,
         metavar="DURATION",
         help="simulated time per run; lives fall in 0.3–1× of it, healthy runs last all of it "
-        "(e.g. 3600, 90m, 3h; default: 3h, FEMTO-like accelerated lives)",
+        f"({DURATION_HELP}; default: 3h, FEMTO-like accelerated lives)",
     )
     g.add_argument(
         "--speed-variation",
@@ -158,8 +144,8 @@ def add_fleet_model_arguments(parser: argparse.ArgumentParser) -> None:
     )
     s.add_argument(
         "--interval",
-        type=positive_float,
+        type=parse_duration,
         default=10.0,
-        metavar="S",
-        help="seconds between windows (default: 10)",
+        metavar="DURATION",
+        help="time between windows (e.g. 10, 10s, 1m; default: 10 s)",
     )

@@ -13,6 +13,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from gruwatch.options import Parser, add_progress_option, progress_enabled
 from simulator.arguments import DEFAULT_START, add_fleet_model_arguments, parse_start
 
 PROG = "gruwatch simulate"
@@ -77,7 +78,8 @@ def _dataset(args: argparse.Namespace) -> int:
         "start": args.start_text,
     }
     windows = sum(r.n_windows for r in runs)
-    if not args.quiet:
+    progress = progress_enabled(args)
+    if progress:
         sys.stderr.write(
             f"{len(runs)} runs, {windows} windows of {args.window} samples "
             f"(~{windows * args.window * 4 * 0.4 / 1e6:.0f} MB) -> {args.out}\n"
@@ -90,18 +92,17 @@ def _dataset(args: argparse.Namespace) -> int:
             start_ns=args.start,
             settings=settings,
             overwrite=args.overwrite,
-            progress=not args.quiet,
+            progress=progress,
         )
     except FileExistsError as exc:
         sys.stderr.write(f"{PROG} dataset: error: {exc}\n")
         return 1
-    if not args.quiet:
-        failing = sum(1 for r in runs if r.failure_s is not None)
-        size = sum(p.stat().st_size for p in manifest.parent.glob("*.parquet"))
-        sys.stderr.write(
-            f"wrote {len(runs)} runs ({failing} fail within the horizon), {size / 1e6:.1f} MB, "
-            f"in {time.perf_counter() - began:.1f} s; manifest: {manifest}\n"
-        )
+    failing = sum(1 for r in runs if r.failure_s is not None)
+    size = sum(p.stat().st_size for p in manifest.parent.glob("*.parquet"))
+    sys.stderr.write(
+        f"wrote {len(runs)} runs ({failing} fail within the horizon), {size / 1e6:.1f} MB, "
+        f"in {time.perf_counter() - began:.1f} s; manifest: {manifest}\n"
+    )
     return 0
 
 
@@ -117,9 +118,7 @@ def _run_fleet(args: argparse.Namespace) -> int:
 
 
 def build_parser(*, with_fleet: bool = True) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog=PROG, description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = Parser(prog=PROG, description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", metavar="{dataset,fleet}")
     ds = sub.add_parser(
         "dataset",
@@ -137,7 +136,7 @@ def build_parser(*, with_fleet: bool = True) -> argparse.ArgumentParser:
         help=f"install time of every run, ISO-8601 (UTC unless given) or ns since epoch (default: {DEFAULT_START})",
     )
     ds.add_argument("--overwrite", action="store_true", help="replace a dataset already in --out")
-    ds.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary")
+    add_progress_option(ds)
     ds.set_defaults(func=_dataset)
     fl = sub.add_parser(
         "fleet",

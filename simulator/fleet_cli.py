@@ -27,10 +27,10 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any, Literal, TextIO
 
+from gruwatch.options import DURATION_HELP, add_progress_option, parse_duration, progress_enabled
 from simulator.arguments import (
     add_fleet_model_arguments,
     parse_start,
-    positive_float,
     positive_int,
     rate,
     speedup,
@@ -105,10 +105,10 @@ def add_fleet_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--duration",
-        type=positive_float,
+        type=parse_duration,
         default=None,
-        metavar="SECONDS",
-        help="stop after this many WALL-clock seconds",
+        metavar="DURATION",
+        help=f"stop after this much WALL-clock time ({DURATION_HELP})",
     )
     parser.add_argument(
         "--windows",
@@ -155,9 +155,9 @@ def add_fleet_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--connect-timeout",
-        type=positive_float,
+        type=parse_duration,
         default=10.0,
-        metavar="SECONDS",
+        metavar="DURATION",
         help="give up if the broker does not accept the first connection in time (default: %(default)s)",
     )
     parser.add_argument(
@@ -166,11 +166,7 @@ def add_fleet_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--client-id", default=None, metavar="ID", help="MQTT client id (default: a unique one)"
     )
-    parser.add_argument(
-        "--progress",
-        action="store_true",
-        help="show the live progress line even when stderr is not a terminal",
-    )
+    add_progress_option(parser)
     parser.add_argument(
         "--summary-json",
         type=Path,
@@ -214,9 +210,9 @@ def add_fleet_arguments(parser: argparse.ArgumentParser) -> None:
     )
     faults.add_argument(
         "--clock-skew-max",
-        type=float,
+        type=parse_duration,
         default=30.0,
-        metavar="SECONDS",
+        metavar="DURATION",
         help="largest clock skew (default: %(default)s)",
     )
     faults.add_argument(
@@ -602,7 +598,7 @@ def run_fleet(args: argparse.Namespace) -> int:
         sys.stderr.write(f"gruwatch simulate fleet: {exc}\n")
         return 2
     stop = threading.Event()
-    progress = sys.stderr if (args.progress or sys.stderr.isatty()) else None
+    progress = sys.stderr if progress_enabled(args) else None
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
         if stop.is_set():  # second Ctrl-C: give up on the clean stop

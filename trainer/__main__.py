@@ -2,6 +2,6 @@
 
 import sys
 
-from trainer.cli import main
+from gruwatch.cli import main
 
-sys.exit(main())
+sys.exit(main(["train", *sys.argv[1:]]))

@@ -17,6 +17,17 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from edge_agent.errors import GruwatchError
+from gruwatch.options import (
+    DURATION_HELP,
+    Parser,
+    add_progress_option,
+    check_output_dir,
+    check_output_file,
+    check_signing_key,
+    hidden_alias,
+    parse_duration,
+    progress_enabled,
+)
 
 if TYPE_CHECKING:
     from trainer.distributed import ProcessContext
@@ -28,7 +39,7 @@ The model reads one window's features at a time and carries a hidden state per s
 model.onnx is that single step, checked against torch over 1,000 held-out windows before it is
 written. Two modes:
 
-  supervised  labelled data: the simulator's fault onset, run-to-failure data with --horizon-s
+  supervised  labelled data: the simulator's fault onset, run-to-failure data with --horizon
               (degraded := remaining life <= horizon), or failures from --events CSV. The score is
               the probability that the bearing is degraded; with fault labels, fault probabilities
               follow as extra outputs.
@@ -49,7 +60,7 @@ EPILOG = """\
 examples:
   gruwatch simulate dataset --out sim/ --machines 50 --seed 1
   gruwatch train --data sim/ --out bundles/v1 --signing-key keys/signing.key
-  gruwatch train --data femto/Learning_set --horizon-s 3600 --out bundles/femto --epochs 40
+  gruwatch train --data femto/Learning_set --horizon 1h --out bundles/femto --epochs 40
   gruwatch train --data collected/ --mode forecast --out bundles/healthy --parent bundles/v1
   torchrun --nproc-per-node 2 -m trainer --data sim/ --out bundles/v2 --device cpu
   # two machines x 4 GPUs: on machine `head` --node-rank 0 (writes the bundle), on the other 1
@@ -59,7 +70,7 @@ examples:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = Parser(
         prog="gruwatch train",
         description=DESCRIPTION,
         epilog=EPILOG,
@@ -74,12 +85,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="simulator dataset folders, FEMTO bearing folders, CWRU .mat folders (several allowed)",
     )
     io.add_argument(
-        "--out", required=True, metavar="BUNDLE_DIR", help="folder to write the bundle into (fresh)"
+        "--out", required=True, metavar="BUNDLE_DIR", help="folder to write the bundle into (new or empty)"
     )
     io.add_argument(
         "--signing-key",
         metavar="KEY",
-        help="Ed25519 private key (PEM) to sign the bundle with (agents need it)",
+        help="Ed25519 private key (PEM, from `gruwatch keys new`) to sign the bundle with (agents need it)",
     )
     io.add_argument(
         "--events",
@@ -94,12 +105,20 @@ def build_parser() -> argparse.ArgumentParser:
     io.add_argument("--target-fs", type=float, help="resample every run to this rate (Hz)")
 
     m = p.add_argument_group("model and training")
-    m.add_argument("--mode", choices=["auto", "supervised", "forecast"], default="auto")
     m.add_argument(
-        "--horizon-s",
-        type=float,
-        help="degraded := remaining life <= this many seconds (run-to-failure data)",
+        "--mode",
+        choices=["auto", "supervised", "forecast"],
+        default="auto",
+        help="supervised (labelled degraded windows), forecast (healthy-only data) or auto (default: "
+        "supervised when degraded windows are labelled)",
     )
+    m.add_argument(
+        "--horizon",
+        type=parse_duration,
+        metavar="DURATION",
+        help=f"run-to-failure data: degraded := remaining life <= this ({DURATION_HELP})",
+    )
+    hidden_alias(m, "--horizon-s", dest="horizon", type=parse_duration)
     m.add_argument("--hidden", type=int, default=64, help="GRU hidden size (default 64)")
     m.add_argument("--layers", type=int, default=1, help="GRU layers (default 1)")
     m.add_argument("--epochs", type=int, default=30, help="passes over the training runs (default 30)")
@@ -170,7 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="score margin: validation must stay free of false alarms with every score this much "
         "higher (default 0.05)",
     )
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_progress_option(p)
     return p
 
 
@@ -188,6 +207,19 @@ def _parent_version(path: str | None) -> str | None:
     if not isinstance(version, str):
         raise GruwatchError(f"--parent {path}: card.json has no model_version")
     return version
+
+
+def _output_problem(args: argparse.Namespace) -> str:
+    """Why the bundle, its signature or the checkpoint could not be written ("" when they can)."""
+    try:
+        check_output_dir(args.out, fresh=True)
+        if args.signing_key:
+            check_signing_key(args.signing_key)
+        if args.checkpoint:
+            check_output_file(args.checkpoint, "--checkpoint")
+    except GruwatchError as exc:
+        return str(exc)
+    return ""
 
 
 def run_training(args: argparse.Namespace) -> dict[str, Any]:
@@ -222,24 +254,23 @@ def _train_and_export(args: argparse.Namespace, device: str, dist: ProcessContex
     from trainer.train import TrainConfig, set_seeds, train
 
     is_main = dist.is_main
-    progress = not args.no_progress and is_main
+    progress = progress_enabled(args) and is_main
     device = dist.device or device
     set_seeds(args.seed, args.threads)
     parent = _parent_version(args.parent)
     out = Path(args.out)
-    # only rank 0 writes: its answer counts, and every process stops with it
-    out_taken = dist.main_decides(is_main and out.exists() and any(out.iterdir()))
-    if out_taken:
-        raise GruwatchError(f"--out {out} is not empty; write each bundle into a fresh folder")
+    # Everything that would fail after training is checked now. Only rank 0 writes: its answer
+    # counts, and every process stops with it.
+    problem = _output_problem(args) if is_main else ""
+    if dist.main_decides(bool(problem)):
+        raise GruwatchError(problem or "rank 0 refused the options (see its message)")
+    if args.events and args.horizon is None:
+        raise DataError("--events needs --horizon: how long before a failure a window counts as degraded")
 
     t0 = time.perf_counter()
     runs = load_runs(args.data, window=args.window, target_fs=args.target_fs, progress=progress)
     if args.events:
-        if args.horizon_s is None:
-            raise DataError(
-                "--events needs --horizon-s: how long before a failure a window counts as degraded"
-            )
-        runs = apply_events(runs, load_events_csv(args.events), horizon_s=args.horizon_s)
+        runs = apply_events(runs, load_events_csv(args.events), horizon_s=args.horizon)
     if not runs:
         raise DataError(f"no runs found under {', '.join(args.data)}")
     t_load = time.perf_counter() - t0
@@ -273,11 +304,9 @@ def _train_and_export(args: argparse.Namespace, device: str, dist: ProcessContex
         ]
         del runs
     t1 = time.perf_counter()
-    train_seqs = build_sequences(
-        train_runs, spec, horizon_s=args.horizon_s, classes=classes, progress=progress
-    )
+    train_seqs = build_sequences(train_runs, spec, horizon_s=args.horizon, classes=classes, progress=progress)
     val_seqs = build_sequences(
-        val_runs, spec, horizon_s=args.horizon_s, classes=classes, progress=progress, desc="features (val)"
+        val_runs, spec, horizon_s=args.horizon, classes=classes, progress=progress, desc="features (val)"
     )
     t_features = time.perf_counter() - t1
 
@@ -292,7 +321,7 @@ def _train_and_export(args: argparse.Namespace, device: str, dist: ProcessContex
         seed=args.seed,
         device=device,
         threads=args.threads,
-        horizon_s=args.horizon_s,
+        horizon_s=args.horizon,
         val_fraction=args.val_fraction,
         target_false_alarms_per_day=args.target_false_alarms_per_day,
         weight_decay=args.weight_decay,
@@ -355,7 +384,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         summary = run_training(args)
     except GruwatchError as exc:
-        sys.stderr.write(f"gruwatch train: {exc}\n")
+        sys.stderr.write(f"gruwatch train: error: {exc}\n")
         return 1
     if summary.get("bundle") is not None:  # under torchrun only rank 0 has a bundle to report
         sys.stdout.write(json.dumps(summary, indent=2, default=str) + "\n")

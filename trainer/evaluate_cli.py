@@ -14,6 +14,15 @@ from pathlib import Path
 from typing import Any
 
 from edge_agent.errors import GruwatchError
+from gruwatch.options import (
+    DURATION_HELP,
+    Parser,
+    add_progress_option,
+    check_output_dir,
+    hidden_alias,
+    parse_duration,
+    progress_enabled,
+)
 
 DESCRIPTION = """\
 Evaluate a model bundle in maintenance terms, scoring every run window by window through the
@@ -30,7 +39,7 @@ are inline SVG). Metrics:
   fault-type accuracy   argmax of the p_<class> outputs vs the labelled class (if the bundle has them)
 
 Degraded := the data's own label (simulator onset, CWRU fault files) OR remaining life <=
---horizon-s (default: the horizon the bundle was trained with, if any).
+--horizon (default: the horizon the bundle was trained with, if any).
 
 With --trusted-keys the bundle's Ed25519 signature is verified first and a bad or untrusted one is
 refused; without, the signature is NOT verified: this is said on stderr and recorded in metrics.json.
@@ -45,13 +54,13 @@ EPILOG = """\
 examples:
   gruwatch evaluate --model bundles/v1 --data sim-test/ --out eval/v1 --trusted-keys keys/signing.pub
   gruwatch evaluate --model bundles/v1 --data sim/ --held-out --baselines --out eval/v1-vs-baselines
-  gruwatch evaluate --model bundles/femto --data femto/Learning_set/Bearing2_1 --horizon-s 3600 \\
+  gruwatch evaluate --model bundles/femto --data femto/Learning_set/Bearing2_1 --horizon 1h \\
       --baselines --train-data femto/Learning_set/Bearing1_2 --out eval/femto
 """
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = Parser(
         prog="gruwatch evaluate",
         description=DESCRIPTION,
         epilog=EPILOG,
@@ -80,10 +89,12 @@ def build_parser() -> argparse.ArgumentParser:
         "epoch and alarm thresholds on them: a quick check, not a clean test set)",
     )
     p.add_argument(
-        "--horizon-s",
-        type=float,
-        help="degraded := remaining life <= this many seconds (default: the bundle's training horizon)",
+        "--horizon",
+        type=parse_duration,
+        metavar="DURATION",
+        help=f"degraded := remaining life <= this ({DURATION_HELP}; default: the bundle's training horizon)",
     )
+    hidden_alias(p, "--horizon-s", dest="horizon", type=parse_duration)
     p.add_argument("--window", type=int, help="window length when framing continuous recordings (CWRU)")
     p.add_argument("--target-fs", type=float, help="resample every run to this rate (Hz)")
     b = p.add_argument_group("baselines")
@@ -99,7 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--lstm-epochs", type=int, help="epochs for the LSTM baseline (default: the bundle's training epochs)"
     )
     b.add_argument("--seed", type=int, default=0, help="seed for the baselines (default 0)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_progress_option(p)
     return p
 
 
@@ -134,11 +145,12 @@ def run_evaluation(args: argparse.Namespace) -> dict[str, Any]:
     from trainer.data.runs import DataError
     from trainer.evaluate import evaluate_bundle
 
-    progress = not args.no_progress
+    progress = progress_enabled(args)
+    check_output_dir(args.out)
     bundle, signature = load_checked_bundle(args.model, args.trusted_keys)
     card = bundle.card
     training = card.get("training") or {}
-    horizon = args.horizon_s if args.horizon_s is not None else training.get("horizon_s")
+    horizon = args.horizon if args.horizon is not None else training.get("horizon_s")
 
     runs = load_runs(args.data, window=args.window, target_fs=args.target_fs, progress=progress)
     if not runs:
@@ -234,7 +246,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         metrics = run_evaluation(args)
     except GruwatchError as exc:
-        sys.stderr.write(f"gruwatch evaluate: {exc}\n")
+        sys.stderr.write(f"gruwatch evaluate: error: {exc}\n")
         return 1
     sys.stdout.write(_summary(metrics, args.out))
     return 0

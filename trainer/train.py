@@ -129,7 +129,7 @@ def choose_mode(
         if requested == "supervised" and not both:
             raise DataError(
                 "supervised training needs windows labelled degraded and healthy; for run-to-failure data "
-                "pass --horizon-s (degraded := remaining life <= horizon), or use --mode forecast "
+                "pass --horizon (degraded := remaining life <= horizon), or use --mode forecast "
                 "(healthy-only data)"
             )
         return requested

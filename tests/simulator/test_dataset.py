@@ -17,7 +17,7 @@ from edge_agent.bearing import BearingGeometry
 from simulator.cli import main, parse_start
 from simulator.fleet_model import build_fleet
 
-ARGS = ["--machines", "4", "--seed", "11", "--horizon", "15m", "--window", "512", "--fs", "12800", "-q"]
+ARGS = ["--machines", "4", "--seed", "11", "--horizon", "15m", "--window", "512", "--fs", "12800", "--no-progress"]
 START_NS = parse_start("2026-01-01T00:00:00Z")
 
 
@@ -167,7 +167,7 @@ def test_options_shape_the_dataset(tmp_path: Path) -> None:
             "0.05",
             "--start",
             "2025-06-01T12:00:00+02:00",
-            "-q",
+            "--no-progress",
         ]
     )
     assert code == 0
@@ -202,7 +202,7 @@ def test_options_shape_the_dataset(tmp_path: Path) -> None:
 )
 def test_bad_options_exit_with_usage_errors(tmp_path: Path, bad: list[str]) -> None:
     try:
-        code = main(["dataset", "--out", str(tmp_path / "x"), "-q", *bad])
+        code = main(["dataset", "--out", str(tmp_path / "x"), "--no-progress", *bad])
     except SystemExit as exc:  # argparse's own usage errors
         code = int(exc.code or 0)
     assert code == 2

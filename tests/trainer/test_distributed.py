@@ -129,7 +129,7 @@ def tiny_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     out = tmp_path_factory.mktemp("ddp") / "dataset"
     args = ["dataset", "--out", str(out), "--machines", "10", "--seed", "3", "--horizon", "900"]
-    args += ["--fs", "12800", "--window", "1024", "--interval", "10", "-q"]
+    args += ["--fs", "12800", "--window", "1024", "--interval", "10", "--no-progress"]
     assert simulate(args) == 0
     return out
 

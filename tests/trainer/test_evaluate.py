@@ -131,7 +131,7 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> Tiny:
     root = tmp_path_factory.mktemp("evaluate")
     data = root / "sim"
     args = ["dataset", "--out", str(data), "--machines", "6", "--seed", "3", "--horizon", "900"]
-    args += ["--fs", "12800", "--window", "1024", "--interval", "10", "-q"]
+    args += ["--fs", "12800", "--window", "1024", "--interval", "10", "--no-progress"]
     assert simulate(args) == 0
     priv, pub = generate_keypair(root / "keys")
     _, other_pub = generate_keypair(root / "other")

@@ -599,7 +599,7 @@ def test_round_trip_through_the_simulator_dataset_writer(tmp_path: Path) -> None
         "--speed-variation",
         "0.05",
     ]
-    assert simulate(["dataset", "--out", str(tmp_path / "ds"), "--quiet", *args]) == 0
+    assert simulate(["dataset", "--out", str(tmp_path / "ds"), "--no-progress", *args]) == 0
     runs = load_runs([tmp_path / "ds"], progress=False)
     fleet_truth = build_fleet(4, 3, window=256, horizon_s=600.0, speed_variation=0.05)
     assert [(r.machine, r.sensor) for r in runs] == [(s.machine, s.sensor) for s in fleet_truth]

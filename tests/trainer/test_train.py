@@ -253,7 +253,7 @@ def sim_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     out = tmp_path_factory.mktemp("sim") / "dataset"
     args = ["dataset", "--out", str(out), "--machines", "10", "--seed", "3", "--horizon", "900"]
-    args += ["--fs", "12800", "--window", "1024", "--interval", "10", "-q"]
+    args += ["--fs", "12800", "--window", "1024", "--interval", "10", "--no-progress"]
     assert simulate(args) == 0
     return out
 
@@ -345,5 +345,5 @@ def test_supervised_mode_without_degraded_labels_says_what_to_do(
     ]
     assert choose_mode("auto", healthy) == "forecast"
     assert choose_mode("auto", train_seqs) == "supervised"
-    with pytest.raises(DataError, match="--horizon-s"):
+    with pytest.raises(DataError, match="--horizon "):
         choose_mode("supervised", healthy)
