@@ -17,7 +17,19 @@ from edge_agent.bearing import BearingGeometry
 from simulator.cli import main, parse_start
 from simulator.fleet_model import build_fleet
 
-ARGS = ["--machines", "4", "--seed", "11", "--horizon", "15m", "--window", "512", "--fs", "12800", "--no-progress"]
+ARGS = [
+    "--machines",
+    "4",
+    "--seed",
+    "11",
+    "--horizon",
+    "15m",
+    "--window",
+    "512",
+    "--fs",
+    "12800",
+    "--no-progress",
+]
 START_NS = parse_start("2026-01-01T00:00:00Z")
 
 

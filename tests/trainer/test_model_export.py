@@ -163,3 +163,66 @@ def test_write_model_bundle_files(tmp_path: pytest.TempPathFactory) -> None:
     assert card["model_version"].endswith(card["files"]["model.onnx"][:8])
     tv = json.loads((out / "test_vectors.json").read_text())
     assert replay_test_vectors(make_session((out / "model.onnx").read_bytes()), tv, F, (1, 8), 3) == 48
+
+
+# --------------------------------------------------------------------------- parity over many models
+def _carrying(proto: onnx.ModelProto, exported: HealthModel, model: HealthModel) -> bytes:
+    """The graph exported from `exported`, with `model`'s weights (same architecture) in its
+    initializers: one export serves many models (an export takes seconds)."""
+    base = {k: v.numpy() for k, v in exported.state_dict().items()}
+    new = {k: v.numpy() for k, v in model.state_dict().items()}
+    out = onnx.ModelProto()
+    out.CopyFrom(proto)
+    replaced = 0
+    for init in out.graph.initializer:
+        arr = numpy_helper.to_array(init)
+        for name, value in base.items():
+            if value.shape == arr.shape and np.array_equal(value, arr):
+                init.CopyFrom(numpy_helper.from_array(new[name].astype(arr.dtype), init.name))
+            elif value.ndim == 2 and value.T.shape == arr.shape and np.array_equal(value.T, arr):
+                init.CopyFrom(numpy_helper.from_array(np.ascontiguousarray(new[name].T), init.name))
+            else:
+                continue
+            replaced += 1
+            break
+    assert replaced == len(base) - (2 if model.mode == "forecast" else 0)
+    return out.SerializeToString()
+
+
+@pytest.mark.parametrize("cell", ["gru", "lstm"])
+def test_parity_holds_over_many_seeds_and_recurrent_gains(cell: str) -> None:
+    """Issue 9: retrained bundles failed an absolute 1e-5 on the carried state (4.3e-5) although the
+    graph was right: float32 rounding accumulates through the recurrence by an amount the weights
+    decide. The check now compares one step from the exact state (tight) and the carried state
+    against torch's own float32 drift; it must pass for every healthy model, however its dynamics
+    amplify rounding, and still refuse a wrong graph."""
+    layers, hidden = 2, 16
+    torch.manual_seed(0)
+    exported = HealthModel(F, cell=cell, hidden=hidden, layers=layers, fault_classes=("a", "b"))
+    exported.set_scaler(np.arange(F) * 0.1, np.linspace(0.5, 2.0, F))
+    proto = onnx.load_from_string(export_onnx(exported.eval()))
+    held_out = [_feats(700, 1), _feats(400, 2)]
+    drifts = []
+    for seed in range(5):
+        for gain in (1.0, 6.0, 12.0):  # recurrent weights scaled up amplify rounding
+            torch.manual_seed(100 + seed)
+            model = HealthModel(F, cell=cell, hidden=hidden, layers=layers, fault_classes=("a", "b"))
+            model.set_scaler(np.random.default_rng(seed).normal(size=F), np.linspace(0.5, 2.0, F))
+            with torch.no_grad():
+                for layer in range(layers):
+                    getattr(model.rnn, f"weight_hh_l{layer}").mul_(gain)
+            report = check_parity(model.eval(), _carrying(proto, exported, model), held_out)
+            assert report["step_error"] <= 1e-5, (seed, gain, report)
+            drifts.append(max(report["max_abs_score"], report["max_abs_state"]))
+    # The sweep reaches the models an absolute 1e-5 on the carried state refused, and tame ones.
+    assert max(drifts) > 1e-5
+    assert min(drifts) < 1e-6
+    # A wrong graph is still refused: one recurrent weight off by 1e-3.
+    torch.manual_seed(100)
+    model = HealthModel(F, cell=cell, hidden=hidden, layers=layers, fault_classes=("a", "b")).eval()
+    model.set_scaler(np.zeros(F), np.ones(F))
+    wrong = HealthModel.from_checkpoint(model.checkpoint()).eval()
+    with torch.no_grad():
+        wrong.rnn.weight_hh_l0[0, 0] += 1e-3
+    with pytest.raises(ExportError, match="one step from the same state"):
+        check_parity(model, _carrying(proto, exported, wrong), held_out)
