@@ -231,7 +231,7 @@ def test_dataset_command_needs_no_mqtt(tmp_path: Path) -> None:
     code = (
         "import sys; from gruwatch.cli import main; "
         f"rc = main(['simulate', 'dataset', '--out', {str(tmp_path / 'd')!r}, '--machines', '1', "
-        "'--horizon', '60', '--window', '256', '-q']); "
+        "'--horizon', '60', '--window', '256', '--no-progress']); "
         "assert rc == 0, rc; "
         "assert 'paho' not in sys.modules and 'simulator.fleet_cli' not in sys.modules, 'imported the publisher'"
     )
