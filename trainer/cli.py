@@ -275,12 +275,12 @@ def _train_and_export(args: argparse.Namespace, device: str, dist: ProcessContex
         raise DataError(f"no runs found under {', '.join(args.data)}")
     t_load = time.perf_counter() - t0
 
-    plan = plan_training(runs, val_fraction=args.val_fraction, seed=args.seed, horizon_s=args.horizon_s)
+    plan = plan_training(runs, val_fraction=args.val_fraction, seed=args.seed, horizon_s=args.horizon)
     kept = apply_kind_settings(args, plan.settings, build_parser())
     if is_main:
         print(describe_plan(plan, kept), file=sys.stderr)
     train_runs, val_runs, spec, classes = plan.train_runs, plan.val_runs, plan.spec, plan.classes
-    args.horizon_s = plan.horizon_s
+    args.horizon = plan.horizon_s
     training_data = {
         "plan": plan.describe(),
         "fingerprint": fingerprint(runs) if is_main else "",

@@ -327,7 +327,7 @@ def plan_training(
         normalised = [normalise_run(baseline, f) for f in feats]
         horizon_s, how = choose_horizon(train_runs, normalised, baseline)
     else:
-        how = "given with --horizon-s"
+        how = "given with --horizon"
     if horizon_s is None:
         raise DataError(f"run-to-failure data, but {how}; pass --horizon-s")
     return DataPlan(
