@@ -45,7 +45,8 @@ CREATE TABLE IF NOT EXISTS states (
     below_ok INTEGER NOT NULL DEFAULT 0,
     below_warning INTEGER NOT NULL DEFAULT 0,
     steps INTEGER NOT NULL DEFAULT 0,
-    touched INTEGER NOT NULL DEFAULT 0
+    touched INTEGER NOT NULL DEFAULT 0,
+    baseline BLOB NOT NULL DEFAULT x''
 );
 """
 
@@ -62,11 +63,12 @@ _V2_COLUMNS: Final = (
 
 UPSERT: Final = (
     "INSERT OR REPLACE INTO states (sensor, h, shape, model, last_seq, last_ts_ns, alarm, above_warning,"
-    " above_alarm, below_ok, below_warning, steps, touched) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    " above_alarm, below_ok, below_warning, steps, touched, baseline)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 _SELECT: Final = (
     "SELECT sensor, h, shape, model, last_seq, last_ts_ns, alarm, above_warning, above_alarm,"
-    " below_ok, below_warning, steps FROM states ORDER BY touched, rowid"
+    " below_ok, below_warning, steps, baseline FROM states ORDER BY touched, rowid"
 )
 
 
@@ -95,6 +97,7 @@ def row_params(states: Mapping[str, SensorState], touched: int) -> list[tuple[An
                 *c,
                 int(s.steps),
                 touched,
+                b"" if s.baseline is None else np.ascontiguousarray(s.baseline, dtype="<f8").tobytes(),
             )
         )
     return out
@@ -116,7 +119,7 @@ def read_rows(
 
 def _state_of(row: tuple[Any, ...]) -> SensorState:
     """One row of the states table as a SensorState (ValueError when it is not a possible one)."""
-    sensor, blob, shape, model, last_seq, last_ts, alarm, aw, aa, bo, bw, steps = row
+    sensor, blob, shape, model, last_seq, last_ts, alarm, aw, aa, bo, bw, steps, base_blob = row
     if not isinstance(sensor, str) or not isinstance(model, str):
         raise ValueError("sensor or model is not text")
     ints = (last_seq, last_ts, alarm, aw, aa, bo, bw, steps)
@@ -136,7 +139,30 @@ def _state_of(row: tuple[Any, ...]) -> SensorState:
         h = np.frombuffer(blob, dtype="<f4").astype(np.float32).reshape(dims)
         if not np.isfinite(h).all():
             raise ValueError("non-finite hidden state")
-    return SensorState(h, model, last_seq, last_ts, alarm=alarm, above=(aw, aa), below=(bo, bw), steps=steps)
+    baseline = None
+    if base_blob:  # the sensor's healthy baseline (edge_agent.baseline), float64
+        if not isinstance(base_blob, bytes) or len(base_blob) % 8:
+            raise ValueError("bad baseline blob")
+        baseline = np.frombuffer(base_blob, dtype="<f8").astype(np.float64)
+        if not np.isfinite(baseline).all():
+            raise ValueError("non-finite baseline")
+    return SensorState(
+        h,
+        model,
+        last_seq,
+        last_ts,
+        alarm=alarm,
+        above=(aw, aa),
+        below=(bo, bw),
+        steps=steps,
+        baseline=baseline,
+    )
+
+
+def add_baseline_column(conn: sqlite3.Connection) -> None:
+    """Stores written before the per-sensor baseline gain its column (empty = none); idempotent."""
+    if "baseline" not in {r[1] for r in conn.execute("PRAGMA table_info(states)")}:
+        conn.execute("ALTER TABLE states ADD COLUMN baseline BLOB NOT NULL DEFAULT x''")
 
 
 def migrate_1_to_2(conn: sqlite3.Connection, schema_version: int) -> None:
@@ -171,7 +197,7 @@ def batch_states(scorer: Scorer, last: Mapping[str, tuple[int, int]]) -> dict[st
         above, below = data["above"][r].tolist(), data["below"][r].tolist()
         out[key] = SensorState(
             data["h"][r], model, seq, ts, int(data["alarm"][r]), (above[0], above[1]), (below[0], below[1]),
-            int(data["steps"][r]),
+            int(data["steps"][r]), data["baseline"][r].copy() if table.baseline_width else None,
         )  # fmt: skip
     return out
 

@@ -67,6 +67,7 @@ class SensorState:
     above: tuple[int, int] = (0, 0)
     below: tuple[int, int] = (0, 0)
     steps: int = 0
+    baseline: npt.NDArray[np.float64] | None = None  # [1 + 2F] healthy baseline (edge_agent.baseline)
 
 
 @dataclass(slots=True)
@@ -101,6 +102,10 @@ class StateColumns:
         h = np.zeros((n, *state_shape), np.float32)
         for i, k in enumerate(keys):
             h[i] = np.asarray(states[k].h, dtype=np.float32)
+        widths = {None if states[k].baseline is None else len(states[k].baseline) for k in keys}  # type: ignore[arg-type]
+        baseline = None
+        if n and len(widths) == 1 and None not in widths:  # every sensor saved with a baseline of one width
+            baseline = np.stack([np.asarray(states[k].baseline, np.float64) for k in keys])
         return cls(
             model_version,
             (int(state_shape[0]), int(state_shape[1])),
@@ -110,6 +115,7 @@ class StateColumns:
             np.array([states[k].above for k in keys], np.int32).reshape(n, 2),
             np.array([states[k].below for k in keys], np.int32).reshape(n, 2),
             np.array([states[k].steps for k in keys], np.int64),
+            baseline,
         )
 
     def row(self, i: int, *, last_seq: int, last_ts_ns: int) -> SensorState:
@@ -124,6 +130,7 @@ class StateColumns:
             above=(above[0], above[1]),
             below=(below[0], below[1]),
             steps=int(self.steps[i]),
+            baseline=None if self.baseline is None else self.baseline[i],
         )
 
     def with_model(self, model_version: str) -> StateColumns:
@@ -304,6 +311,8 @@ class StateTable:
             state.below,
             state.steps,
         )
+        if self.baseline_width and state.baseline is not None and len(state.baseline) == self.baseline_width:
+            d["baseline"][r] = state.baseline
 
     def discard(self, sensor_id: str) -> bool:
         """Forget a sensor (its next window starts from a fresh state). True if it was tracked."""

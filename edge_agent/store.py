@@ -239,6 +239,7 @@ class Store:
                     "export it with the agent that wrote it, then move it aside",
                     reason="bad_schema",
                 )
+            saved_states.add_baseline_column(conn)  # additive: older agents ignore the column
         except sqlite3.Error as exc:
             conn.close()
             raise store_error(exc, f"store {path}") from exc

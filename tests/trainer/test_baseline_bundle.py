@@ -97,3 +97,39 @@ def test_defaults_on_run_to_failure_data_declare_a_baseline_the_scorer_applies(
     after = [second.score_features(["m/s"], raw[k : k + 1]).scores[0] for k in range(95)]
     again = [fresh.score_features(["m/s"], raw[k : k + 1]).scores[0] for k in range(95)]
     np.testing.assert_allclose(np.array(after), np.array(again), atol=1e-7)
+
+
+def test_the_agent_store_keeps_the_baseline_over_a_restart(femto_like: Path, tmp_path: Path) -> None:
+    """The daemon's saved states (SQLite) carry each sensor's baseline; a restart resumes it."""
+    from edge_agent import saved_states
+    from edge_agent.sequencing import SequenceTracker
+    from edge_agent.store import Store
+    from trainer.cli import main
+
+    out = tmp_path / "bundle"
+    assert (
+        main(
+            ["--data", str(femto_like), "--out", str(out), "--epochs", "1", "--hidden", "8", "--no-progress"]
+        )
+        == 0
+    )
+    bundle = load_bundle(out, allow_unsigned=True)
+    run = load_runs([femto_like / "Bearing1_2"], progress=False)[0]
+    raw = extract_batch(run.windows, run.fs, run.rpm, bundle.spec)
+    live = Scorer.from_loaded(bundle)
+    tracker = SequenceTracker(gap_reset_s=3600.0, max_sensors=10)
+    for k in range(100):
+        live.score_features(["m/s"], raw[k : k + 1])
+    tracker.put("m/s", 100, 100 * 10**10)
+    with Store.open(tmp_path / "agent.db", budget_bytes=1 << 28) as store:
+        saved_states.save_all(store, live, tracker)
+    restarted, tracker2 = Scorer.from_loaded(bundle), SequenceTracker(gap_reset_s=3600.0, max_sensors=10)
+    with Store.open(tmp_path / "agent.db", budget_bytes=1 << 28) as store:
+        saved_states.restore(store, restarted, tracker2)
+    before = live.table.data["baseline"][live.table.row("m/s")]
+    after = restarted.table.data["baseline"][restarted.table.row("m/s")]
+    np.testing.assert_array_equal(after, before)
+    assert after[0] == 90  # complete: 30 run-in + 60 learned windows
+    want = [live.score_features(["m/s"], raw[k : k + 1]).scores[0] for k in range(100, 110)]
+    got = [restarted.score_features(["m/s"], raw[k : k + 1]).scores[0] for k in range(100, 110)]
+    np.testing.assert_allclose(got, want, atol=1e-6)
