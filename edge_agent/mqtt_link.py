@@ -98,6 +98,7 @@ class MqttLink:
         self._published_outbox: list[int] = []
         self._client: paho.Client | None = None
         self._stopping = False
+        self._cycling = False  # a deliberate reconnect is under way: the network thread must not wait
         self._last_error: str | None = None
         self._extra: dict[str, tuple[Callable[[bytes], None], int]] = {}  # topic -> (callback, qos)
         self._topics: dict[str, tuple[str, str]] = {}  # vibration topic -> (machine, sensor), validated
@@ -187,10 +188,8 @@ class MqttLink:
         return self._connected.is_set()
 
     def stop(self, *, timeout: float = 5.0) -> None:
-        """Publish status "offline" (retained), disconnect cleanly and stop the network thread.
-
-        Unacknowledged windows stay with the broker's session and are redelivered next start.
-        """
+        """Publish status "offline" (retained), disconnect cleanly and stop the network thread;
+        unacknowledged windows stay with the broker's session and are redelivered next start."""
         client = self._client
         if client is None:
             return
@@ -258,8 +257,11 @@ class MqttLink:
             self._cycles += 1
             dropped, self._dropped_unacked = self._dropped_unacked, 0
         log.warning("mqtt_cycling", reason="redeliver windows dropped unacked", dropped=dropped)
+        # loop_stop() joins paho's thread: while cycling, _enqueue never waits on our full queue.
+        self._cycling = True
         client.disconnect()
         client.loop_stop()
+        self._cycling = False
         # paho's loop_start makes a new wake-up socket pair without closing the old one: close it here.
         client._reset_sockets(sockpair_only=True)
         self._connect_async()
@@ -382,11 +384,11 @@ class MqttLink:
             received_ns=time.time_ns(),
         )
         if not self._enqueue(item):
-            if self._stopping:
-                return  # not acked: the broker redelivers it to the next session
+            if self._stopping or (self._cycling and item.qos):
+                return  # not acked: the broker redelivers it to the next connection
             with self._lock:
                 self._rejected[QUEUE_FULL] += 1
-                self._dropped_unacked += 1
+                self._dropped_unacked += item.qos != 0  # QoS 0: nothing to redeliver
             log.warning(
                 "mqtt_queue_full", sensor=item.key, seq=window.seq, action="dropped unacked for redelivery"
             )
@@ -394,13 +396,14 @@ class MqttLink:
         self._accepted += 1
 
     def _enqueue(self, item: Inbound) -> bool:
-        """Queue a window, blocking at most `queue_block_s` while full, and never once `stop()` began."""
-        deadline = time.monotonic() + self.settings.queue_block_s
+        """Queue a window, blocking at most `queue_block_s` while full; never while stop() or _cycle()
+        waits for this thread (paho reads up to one packet per message in flight before it stops)."""
+        deadline = time.monotonic() + (0.0 if self._cycling else self.settings.queue_block_s)
         while not self._stopping:
             try:
                 self._queue.put(item, timeout=min(_STOP_POLL_S, max(0.0, deadline - time.monotonic())))
             except queue.Full:
-                if time.monotonic() >= deadline:
+                if time.monotonic() >= deadline or self._cycling:
                     return False
             else:
                 return True
@@ -475,7 +478,6 @@ class MqttLink:
 
     def ack(self, item: Inbound) -> bool:
         """Acknowledge a window to the broker (call after its results are committed to the store).
-
         Returns False when the connection it arrived on is gone: the broker will redeliver it, and the
         daemon drops the duplicate by sequence number (and acks that one).
         """
