@@ -41,6 +41,7 @@ STAGES: list[tuple[str, str, str]] = [
     ("    model step + alarms (score_features)", "edge_agent/scorer.py", "score_features"),
     ("      onnxruntime run", "onnxruntime/capi/onnxruntime_inference_collection.py", "run"),
     ("    results, messages, store (_record_and_publish)", "edge_agent/daemon.py", "_record_and_publish"),
+    ("      rows and messages (scored_chunk.compose)", "edge_agent/scored_chunk.py", "compose"),
     ("      health JSON (HealthEncoder.encode)", "edge_agent/messages.py", "encode"),
     ("      store commit (record_batch)", "edge_agent/store.py", "record_batch"),
     ("      states for the commit", "edge_agent/saved_states.py", "batch_states"),

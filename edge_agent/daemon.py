@@ -1,8 +1,8 @@
 """The edge agent daemon: MQTT windows in, scores, alarms and collected data out, acked only once stored.
 
 One loop in one thread (`Agent.run`): take a batch from the link → sequence checks → features and
-one GRU step per window (`Scorer`) → compose messages (`messages`) and pick raw samples
-(`raw_ring.RawRetention`) → commit windows, transitions, outbox and sensor states in ONE
+one GRU step per window (`Scorer`) → rows and messages (`scored_chunk.compose`, with `messages`
+and the raw-sample policy `raw_ring.RawRetention`) → commit windows, transitions, outbox and sensor states in ONE
 transaction (`Store.record_batch`) → ack → publish (`outbox.OutboxPump`). Between batches: model
 swaps, state compaction (`saved_states`), the disk budget and the gauges. docs/agent.md ("Daemon")
 describes the pipeline and its crash-resume guarantee.
@@ -25,15 +25,7 @@ from edge_agent import saved_states
 from edge_agent.bundle import Bundle
 from edge_agent.errors import StoreError
 from edge_agent.housekeeping import Gauges, RejectionLog, enforce_budget, trim_memory
-from edge_agent.messages import (
-    HealthEncoder,
-    SensorTopics,
-    alert_message,
-    health_batch_message,
-    health_extra,
-    health_message,
-    log_transition,
-)
+from edge_agent.messages import HealthEncoder, SensorTopics, log_transition
 from edge_agent.metrics import AgentMetrics
 from edge_agent.model_swap import (
     DEPLOYED_META_KEY,
@@ -48,11 +40,12 @@ from edge_agent.model_swap import (
 from edge_agent.mqtt_link import Inbound
 from edge_agent.outbox import OutboxPump
 from edge_agent.raw_ring import RawRetention, RawRing
+from edge_agent.scored_chunk import Wiring, compose
 from edge_agent.scorer import ScoreBatch, Scorer
 from edge_agent.sequencing import Accepted, PendingResets, SequenceTracker, split_at_resets, start_afresh
 from edge_agent.settings import AgentSettings
 from edge_agent.storage_guard import CHECK_EVERY_S, StorageGuard
-from edge_agent.store import OutboxMessage, Store, Transition, WindowRow
+from edge_agent.store import Store
 from edge_agent.topics import agent_health_topic
 
 log = structlog.get_logger("edge_agent.daemon")
@@ -327,84 +320,43 @@ class Agent:
         result: ScoreBatch,
         last: dict[str, tuple[int, int]],
     ) -> None:
-        """Compose each window's row and messages, commit them with the sensors' states, publish."""
-        model = self.scorer.model_version
-        outputs = self.scorer.outputs
-        finite = np.asarray(np.isfinite(result.scores).all(axis=1), dtype=bool)
-        health_all = np.clip(result.health.astype(np.float64), 0.0, 1.0).tolist()
-        steps_all = result.steps.tolist()
-        extras = result.scores[:, 1:].astype(np.float64).tolist() if len(outputs) > 1 else None
-        encoder = self._health_encoder()
-        health_qos = self.settings.health_qos
-        raw = self.raw.batch()
-        kept: list[int] = []
-        alerts: list[OutboxMessage] = []
-        healths: list[OutboxMessage] = []
-        transitions: list[Transition] = []
-        for i, p in enumerate(chunk):
-            it, w = p.item, p.item.window
-            if not finite[i]:
-                self._drop("bad_score")
-                self._nonfinite(it.key, w.seq, result.nonfinite[i])
-                continue
-            kept.append(i)
-            health, state, tr = health_all[i], result.states[i], result.transitions.get(i)
-            extra = health_extra(
-                outputs,
-                extras[i] if extras is not None else None,
-                step=steps_all[i],
-                reset_cause=self._pending.cause_of(p),
-                gap_s=p.verdict.gap_s,
-                missed=p.verdict.missed,
-            )
-            self._nonfinite(it.key, w.seq, result.nonfinite[i])
-            topics = self._topics.of(it.key, it.machine, it.sensor)
-            healths.append(
-                health_message(topics, encoder, w.seq, w.ts_ns, health, state, extra, qos=health_qos)
-            )
-            raw.add(it.key, w.seq, state, tr is not None, np.asarray(w.samples, dtype=np.float32))
-            if tr is not None:
-                tr = Transition(it.key, w.seq, w.ts_ns, tr.previous_state, tr.state, health, model, tr.reason)
-                alerts.append(alert_message(topics[1], it.machine, it.sensor, tr))
-                transitions.append(tr)
-                self._log_transition(it, tr)
-        rows = [_window_row(chunk[i].item, feats[i], health_all[i], result.states[i], model, raw.raw[j])
-                for j, i in enumerate(kept)]  # fmt: skip
-        if self.settings.health_batch and healths:
-            healths = [
-                health_batch_message(
-                    self._health_batch_topic, self.settings.agent_id, healths, qos=health_qos
-                )
-            ]
-        outbox = alerts + healths
+        """Compose the chunk's rows and messages (scored_chunk), commit them with the sensors' states, publish."""
+        s, raw = self.settings, self.raw.batch()
+        wiring = Wiring(
+            model=self.scorer.model_version,
+            outputs=tuple(self.scorer.outputs),
+            encoder=self._health_encoder(),
+            topics=self._topics,
+            health_qos=s.health_qos,
+            batch_topic=self._health_batch_topic if s.health_batch else None,
+            agent_id=s.agent_id,
+        )
+        c = compose(chunk, feats, result, wiring, raw, self._pending)
+        self._drop("bad_score", c.bad_scores)
+        for key, seq in c.nonfinite:
+            self.resets["nonfinite"] += 1
+            self.metrics.resets.labels(cause="nonfinite").inc()
+            log.warning("state_reset", sensor=key, seq=seq, cause="nonfinite", model=wiring.model)
+        for (machine, sensor), tr in zip(c.names, c.transitions, strict=True):
+            self.transitions_total += 1
+            self.metrics.alarms.labels(state=tr.state).inc()
+            log_transition(machine, sensor, tr)
+        states = saved_states.batch_states(self.scorer, last)
         ids = self.storage.commit(
             self.store,
-            rows,
-            transitions=transitions,
-            outbox=outbox,
-            states=saved_states.batch_states(self.scorer, last),
+            c.rows,
+            transitions=c.transitions,
+            outbox=c.outbox,
+            states=states,
             attach_raw=raw.attach,
         )
         raw.committed(self.store.last_window_ids)
-        self.windows_scored += len(rows)
-        self.metrics.windows_scored.inc(len(rows))
-        self.outbox.publish_new(outbox, ids)
+        self.windows_scored += len(c.rows)
+        self.metrics.windows_scored.inc(len(c.rows))
+        self.outbox.publish_new(c.outbox, ids)
         now_ns = time.time_ns()
         for p in chunk:
             self.metrics.end_to_end_seconds.observe(max(0, now_ns - p.item.received_ns) / 1e9)
-
-    def _nonfinite(self, key: str, seq: int, reset: bool) -> None:
-        """The scorer reset a sensor after a non-finite output: count it; its next window says so."""
-        if reset:
-            self._pending.mark([key], "nonfinite")
-            self.resets["nonfinite"] += 1
-            self.metrics.resets.labels(cause="nonfinite").inc()
-            log.warning("state_reset", sensor=key, seq=seq, cause="nonfinite", model=self.model_version)
-
-    def _log_transition(self, it: Inbound, tr: Transition) -> None:
-        self.transitions_total += 1
-        self.metrics.alarms.labels(state=tr.state).inc()
-        log_transition(it.machine, it.sensor, tr)
 
     def _health_encoder(self) -> HealthEncoder:
         if self._encoder is None or self._encoder.model != self.scorer.model_version:
@@ -485,24 +437,6 @@ class Agent:
 
     def _log_rejections(self) -> None:
         self._rejection_log.log(self.rejections())
-
-
-# ------------------------------------------------------------------------------------------- helpers
-
-
-def _window_row(
-    item: Inbound,
-    features: npt.NDArray[np.float32],
-    score: float,
-    state: str,
-    model: str,
-    raw: npt.NDArray[np.float32] | None,
-) -> WindowRow:
-    w = item.window
-    return WindowRow(
-        sensor=item.key, seq=w.seq, ts_ns=w.ts_ns, features=features, score=score, state=state,
-        model=model, fs=w.fs, rpm=w.rpm, raw=raw,
-    )  # fmt: skip
 
 
 def _open_store(settings: AgentSettings) -> Store:
