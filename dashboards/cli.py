@@ -12,6 +12,7 @@ from pathlib import Path
 from types import FrameType
 
 from edge_agent.broker_url import parse_broker_url
+from gruwatch.options import Parser
 
 DESCRIPTION = """\
 Serve a live view of a sensor fleet in the browser: one tile per sensor coloured ok / warning /
@@ -34,7 +35,7 @@ examples:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = Parser(
         prog="gruwatch dashboard",
         description=DESCRIPTION,
         epilog=EPILOG,

@@ -57,7 +57,9 @@ GRUWATCH_MQTT_PASSWORD (user: GRUWATCH_MQTT_USERNAME), never from the command li
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    from gruwatch.options import DURATION_HELP, Parser, parse_duration
+
+    p = Parser(
         prog="gruwatch agent", description=MAIN_HELP, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     sub = p.add_subparsers(dest="command", metavar="{run,export,deploy}")
@@ -68,7 +70,12 @@ def _parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     run.add_argument("--config", type=Path, help="TOML settings file (see examples/agent.toml)")
-    run.add_argument("--log-level", choices=["debug", "info", "warning", "error"], default="info")
+    run.add_argument(
+        "--log-level",
+        choices=["debug", "info", "warning", "error"],
+        default="info",
+        help="least severe log events written to stderr (default info)",
+    )
     run.add_argument(
         "--log-format", choices=["auto", "json", "console"], default="auto", help="auto: JSON unless a TTY"
     )
@@ -90,7 +97,12 @@ def _parser() -> argparse.ArgumentParser:
     dep.add_argument("--broker", required=True, help="mqtt://host[:port] or mqtts://host[:port]")
     dep.add_argument("--agent", required=True, help="the agent's agent_id")
     dep.add_argument("--prefix", default="gruwatch", help="topic prefix (default gruwatch)")
-    dep.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for the answer")
+    dep.add_argument(
+        "--timeout",
+        type=parse_duration,
+        default=60.0,
+        help=f"how long to wait for the answer (default 60 s; {DURATION_HELP})",
+    )
     dep.add_argument("--ca-file", help="CA bundle for mqtts://")
     dep.add_argument("--cert-file", help="client certificate (PEM) for brokers that require one (mqtts://)")
     dep.add_argument("--key-file", help="the client certificate's private key (PEM)")

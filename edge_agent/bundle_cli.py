@@ -13,6 +13,7 @@ import onnxruntime  # noqa: F401  (the 'agent' extra; load_bundle needs it)
 from edge_agent import bundle as b
 from edge_agent.errors import BundleError
 from edge_agent.signing import generate_keypair, key_id, load_private_key
+from gruwatch.options import Parser
 
 KEYS_HELP = """\
 Make an Ed25519 key pair for signing model bundles.
@@ -38,7 +39,7 @@ feature spec, model shapes, test-vector replay) and exits 1 with the reason when
 
 
 def keys_main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="gruwatch keys", description=KEYS_HELP, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     sub = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -59,15 +60,15 @@ def keys_main(argv: list[str]) -> int:
 
 
 def bundle_main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="gruwatch bundle", description=BUNDLE_HELP, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     sub = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
     sign = sub.add_parser("sign", help="validate a bundle and write its signature.json")
-    sign.add_argument("bundle", type=Path)
+    sign.add_argument("bundle", type=Path, help="bundle folder written by `gruwatch train`")
     sign.add_argument("--key", type=Path, required=True, help="private key from `gruwatch keys new`")
     verify = sub.add_parser("verify", help="run the agent's checks on a bundle")
-    verify.add_argument("bundle", type=Path)
+    verify.add_argument("bundle", type=Path, help="bundle folder to check")
     verify.add_argument(
         "--trusted-keys", type=Path, nargs="+", default=[], help="public key files or folders of *.pub"
     )
@@ -75,11 +76,11 @@ def bundle_main(argv: list[str]) -> int:
         "--allow-unsigned", action="store_true", help="accept a bundle without a trusted signature"
     )
     pack = sub.add_parser("pack", help="one deterministic tar of a bundle folder, for transport")
-    pack.add_argument("bundle", type=Path)
-    pack.add_argument("--out", type=Path, required=True)
+    pack.add_argument("bundle", type=Path, help="bundle folder to pack")
+    pack.add_argument("--out", type=Path, required=True, help="the archive file to write (e.g. model.tar)")
     unpack = sub.add_parser("unpack", help="a packed bundle back into a new folder (then verify it)")
-    unpack.add_argument("archive", type=Path)
-    unpack.add_argument("--out", type=Path, required=True)
+    unpack.add_argument("archive", type=Path, help="an archive written by `gruwatch bundle pack`")
+    unpack.add_argument("--out", type=Path, required=True, help="folder for the bundle (missing or empty)")
     args = parser.parse_args(argv)
 
     try:

@@ -27,6 +27,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from gruwatch.options import DURATION_HELP, Parser, hidden_alias, parse_duration
+
 BENCH_DIR = Path(__file__).resolve().parent.parent / "benchmarks"
 
 #: Share of the suite's budget each benchmark gets (the rest split evenly among the others).
@@ -153,13 +155,13 @@ def _stop_group(proc: subprocess.Popen[bytes]) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     benches = available()
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="gruwatch bench",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description=(
             "Run gruwatch's benchmarks and print their tables: every figure beside its reference "
             "measured in the same run, and the machine (CPU, cores, load, library versions).\n"
-            "Without names, runs them all in their short form within --budget-s seconds."
+            "Without names, runs them all in their short form within --budget."
         ),
         epilog=(
             "examples:\n"
@@ -177,11 +179,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="with one NAME that supports it (agent): also write its figures and the machine to FILE",
     )
     parser.add_argument(
-        "--budget-s",
-        type=float,
+        "--budget",
+        type=parse_duration,
         default=600.0,
-        help="time budget of the whole suite in seconds (default 600); each benchmark gets a share",
+        metavar="DURATION",
+        help=f"time budget of the whole suite (default 10m; {DURATION_HELP}); each benchmark gets a share",
     )
+    hidden_alias(parser, "--budget-s", dest="budget", type=parse_duration)
     parser.add_argument(
         "--full", action="store_true", help="run each benchmark in its long form (no --quick; no budget)"
     )
@@ -221,7 +225,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     suite = not args.names
     sys.stdout.write(describe() + "\n")
     if suite and not args.full:
-        sys.stdout.write(f"suite: short form of each benchmark, {args.budget_s:.0f} s budget in all\n")
+        sys.stdout.write(f"suite: short form of each benchmark, {args.budget:.0f} s budget in all\n")
     sys.stdout.flush()
     others = [n for n in names if n not in SHARES]
     spare = max(0.0, 1.0 - sum(SHARES.get(n, 0.0) for n in names))
@@ -235,7 +239,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 cmd.append("--quick")
             else:
                 cmd += SHORT_ARGS.get(name, [])
-            budget = args.budget_s * (SHARES.get(name) or spare / max(1, len(others)))
+            budget = args.budget * (SHARES.get(name) or spare / max(1, len(others)))
         if args.json:
             cmd += ["--json", str(Path(args.json).resolve())]
         cmd += extra

@@ -28,6 +28,7 @@ from typing import Any
 
 from edge_agent.errors import GruwatchError
 from gruwatch.demo_watch import Summary, Truth, Watcher, summarize
+from gruwatch.options import DURATION_HELP, Parser, parse_duration
 
 DEFAULT_MACHINES = 20
 DEFAULT_SEED = 4  # 20 machines, 4 of whose bearings fail within the 3 simulated hours
@@ -46,7 +47,7 @@ what you see:
 
 examples:
   gruwatch demo                                 # embedded broker, shipped model, ~90 s
-  gruwatch demo --duration 30 --json out.json   # shorter; the summary also as JSON
+  gruwatch demo --duration 30s --json out.json  # shorter; the summary also as JSON
   gruwatch demo --broker mqtt://127.0.0.1:1883  # a running Mosquitto instead
   gruwatch demo --train                         # train the first model now (needs the train extra)
   gruwatch demo --workdir demo/ && gruwatch agent export --store demo/agent.sqlite --out collected/
@@ -54,7 +55,7 @@ examples:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = Parser(
         prog="gruwatch demo",
         description=(
             "The whole loop on one machine: an MQTT broker (embedded unless --broker), a signed model, "
@@ -67,10 +68,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--broker", default=None, metavar="URL", help="use this broker (default: embedded)")
     p.add_argument(
         "--duration",
-        type=float,
+        type=parse_duration,
         default=DEFAULT_DURATION_S,
-        metavar="S",
-        help="wall-clock seconds for the live fleet (default: %(default)s)",
+        metavar="DURATION",
+        help=f"wall-clock time of the live fleet (default: %(default)s s; {DURATION_HELP})",
     )
     p.add_argument(
         "--speedup",
@@ -359,9 +360,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         path = build_bundle(args.build_bundle, progress=sys.stderr.isatty())
         sys.stdout.write(f"gruwatch demo: wrote the demo bundle to {path}\n")
         return 0
-    if args.duration <= 0:
-        sys.stderr.write("gruwatch demo: --duration must be > 0 seconds\n")
-        return 2
     if args.workdir is not None and args.workdir.exists() and any(args.workdir.iterdir()):
         sys.stderr.write(f"gruwatch demo: --workdir {args.workdir} is not empty; give a fresh folder\n")
         return 2

@@ -151,7 +151,7 @@ def test_collect_export_retrain_deploy_swap(broker: Broker, topic_prefix: str, t
             retrain_argv = [
                 "--collected", str(collected), "--events", str(events), "--current", str(v1),
                 "--out", str(out), "--signing-key", str(key), "--trusted-keys", str(pub),
-                "--horizon-s", "1800", "--epochs", "4", "--no-progress",
+                "--horizon", "30m", "--epochs", "4", "--no-progress",
                 # Promote whatever comes out (the comparison is still computed and recorded): this
                 # test is about the loop, not about which model wins on a small fleet.
                 "--min-improvement", "-1", "--allow-more-false-alarms",

@@ -41,6 +41,7 @@ import numpy as np
 
 from edge_agent.baseline import BaselineSpec, normalise_run
 from edge_agent.errors import GruwatchError
+from gruwatch.options import check_output_dir, check_signing_key
 from trainer.data.agent import CollectedStream, is_agent_export, load_agent_features
 from trainer.data.events import LIFE_ENDING, MaintenanceEvent, label_from_events, load_events_csv
 from trainer.data.runs import DataError
@@ -112,14 +113,13 @@ def _check_options(opts: RetrainOptions) -> tuple[Any, list[MaintenanceEvent] | 
         raise GruwatchError(f"--metric {opts.metric!r}: choose one of {', '.join(METRICS)}")
     if not 0.0 < opts.holdout_fraction < 1.0:
         raise GruwatchError("--holdout-fraction must be within (0, 1)")
-    out = Path(opts.out)
-    if out.exists() and any(out.iterdir()):
-        raise GruwatchError(f"--out {out} is not empty; write each retraining into a fresh folder")
-    if opts.signing_key is None or not Path(opts.signing_key).is_file():
+    check_output_dir(opts.out, fresh=True)
+    if opts.signing_key is None:
         raise GruwatchError(
-            f"--signing-key {opts.signing_key}: not a file; agents accept only signed bundles "
-            "(create a pair with `gruwatch keys --out keys/`)"
+            "--signing-key is needed: agents accept only signed bundles "
+            "(create a pair with `gruwatch keys new --out keys/`)"
         )
+    check_signing_key(opts.signing_key)
     for path in opts.collected:
         if not is_agent_export(Path(path)):
             raise GruwatchError(
@@ -137,7 +137,7 @@ def _check_options(opts: RetrainOptions) -> tuple[Any, list[MaintenanceEvent] | 
 def _horizon(opts: RetrainOptions, card: dict[str, Any]) -> float | None:
     if opts.horizon_s is not None:
         if not opts.horizon_s > 0:
-            raise GruwatchError("--horizon-s must be > 0 seconds")
+            raise GruwatchError("--horizon must be a positive duration")
         return float(opts.horizon_s)
     h = (card.get("training") or {}).get("horizon_s")
     return float(h) if isinstance(h, int | float) and h > 0 else None
@@ -383,8 +383,8 @@ def retrain(opts: RetrainOptions) -> Outcome:
     horizon_s = _horizon(opts, card)
     if mode == "supervised" and horizon_s is None:
         raise GruwatchError(
-            f"the current model ({bundle.model_version}) was not trained with a horizon: pass --horizon-s "
-            "(how long before a failure a window counts as degraded, e.g. 3600)"
+            f"the current model ({bundle.model_version}) was not trained with a horizon: pass --horizon "
+            "(how long before a failure a window counts as degraded, e.g. 1h)"
         )
     if mode == "supervised" and not events:
         raise GruwatchError(

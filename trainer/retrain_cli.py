@@ -17,6 +17,14 @@ from pathlib import Path
 from typing import Any
 
 from edge_agent.errors import GruwatchError
+from gruwatch.options import (
+    DURATION_HELP,
+    Parser,
+    add_progress_option,
+    hidden_alias,
+    parse_duration,
+    progress_enabled,
+)
 
 DESCRIPTION = """\
 Retrain the model your agents run from the data they collected, and promote it only if it is better.
@@ -26,7 +34,7 @@ Retrain the model your agents run from the data they collected, and promote it o
      cadence (one GRU step per window); raw samples are not needed.
   2. --events: the plant's maintenance log, CSV `machine,sensor,ts,event` with event one of
      failure, replacement, repair, inspection, inspection_ok. A window is "degraded" when a failure of
-     its bearing follows within --horizon-s (default: the current model's training horizon).
+     its bearing follows within --horizon (default: the current model's training horizon).
   3. Machines are split: --holdout-fraction of them are held out; the challenger (the current model
      fine-tuned, or a fresh one with --from-scratch) trains on the others.
   4. Champion and challenger are scored step by step on the same held-out windows, as the agent
@@ -48,7 +56,7 @@ examples:
 def build_parser() -> argparse.ArgumentParser:
     from trainer.retrain import METRICS
 
-    p = argparse.ArgumentParser(
+    p = Parser(
         prog="gruwatch retrain",
         description=DESCRIPTION,
         epilog=EPILOG,
@@ -69,7 +77,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     t = p.add_argument_group("training")
     t.add_argument("--from-scratch", action="store_true", help="train a fresh model instead of fine-tuning")
-    t.add_argument("--horizon-s", type=float, help="degraded := a failure follows within this many seconds")
+    t.add_argument(
+        "--horizon",
+        type=parse_duration,
+        metavar="DURATION",
+        help=f"degraded := a failure follows within this time ({DURATION_HELP}; default: the current "
+        "model's training horizon)",
+    )
+    hidden_alias(t, "--horizon-s", dest="horizon", type=parse_duration)
     t.add_argument("--epochs", type=int, help="epochs (default: 15 fine-tuning, 30 from scratch)")
     t.add_argument(
         "--lr", type=float, help="learning rate (default: 1e-3 fine-tuning, the card's from scratch)"
@@ -95,9 +110,14 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--broker", metavar="URL", help="mqtt://host:port or mqtts://host:port")
     d.add_argument("--agent", action="append", default=[], metavar="ID", help="agent id (repeat for several)")
     d.add_argument("--prefix", default="gruwatch", help="topic prefix (default gruwatch)")
-    d.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for each agent (default 60)")
+    d.add_argument(
+        "--timeout",
+        type=parse_duration,
+        default=60.0,
+        help=f"how long to wait for each agent's answer (default 60 s; {DURATION_HELP})",
+    )
     d.add_argument("--ca-file", metavar="PEM", help="CA for mqtts://")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_progress_option(p)
     return p
 
 
@@ -144,7 +164,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         events=args.events,
         trusted_keys=args.trusted_keys,
         from_scratch=args.from_scratch,
-        horizon_s=args.horizon_s,
+        horizon_s=args.horizon,
         metric=args.metric,
         min_improvement=args.min_improvement,
         allow_more_false_alarms=args.allow_more_false_alarms,
@@ -152,7 +172,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         epochs=args.epochs,
         lr=args.lr,
         seed=args.seed,
-        progress=not args.no_progress and sys.stderr.isatty(),
+        progress=progress_enabled(args),
     )
     try:
         with warnings.catch_warnings():

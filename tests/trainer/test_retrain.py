@@ -160,16 +160,21 @@ def test_retrain_checks_its_inputs_before_long_work(
     (tmp_path / "busy").mkdir()
     (tmp_path / "busy" / "x").write_text("x")
     assert "is not empty" in run("--out", str(tmp_path / "busy"))
-    assert "--events CSV is needed" in run("--out", str(tmp_path / "o1"), "--horizon-s", "3600")
+    assert "--events CSV is needed" in run("--out", str(tmp_path / "o1"), "--horizon", "1h")
     assert "not trained with a horizon" in run("--out", str(tmp_path / "o2"))
     events = tmp_path / "events.csv"
     events.write_text("machine,sensor,ts,event\nm1,s0,2026-01-01T00:10:00Z,broken\n")
-    assert "broken" in run("--out", str(tmp_path / "o3"), "--events", str(events), "--horizon-s", "60")
+    assert "broken" in run("--out", str(tmp_path / "o3"), "--events", str(events), "--horizon", "60s")
     events.write_text("machine,sensor,ts,event\nm9,s0,2026-01-01T00:10:00Z,failure\n")
-    err = run("--out", str(tmp_path / "o4"), "--events", str(events), "--horizon-s", "60")
+    err = run("--out", str(tmp_path / "o4"), "--events", str(events), "--horizon-s", "60")  # older spelling
     assert "no failure in the events falls within the collected data" in err
     assert "Traceback" not in err
     assert "not an agent export" in run("--out", str(tmp_path / "o5"), "--collected", str(tmp_path))
+    assert "is a public key" in run(
+        "--out", str(tmp_path / "o6"), "--signing-key", str(key.with_suffix(".pub"))
+    )
+    (tmp_path / "file").write_text("x")
+    assert "is a file" in run("--out", str(tmp_path / "file" / "under"))
 
 
 def test_fleet_events_are_what_a_plant_records(tmp_path: Path) -> None:
