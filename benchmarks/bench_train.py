@@ -18,7 +18,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 from tqdm.auto import tqdm
 
@@ -26,7 +25,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from simulator.fleet_model import build_fleet  # noqa: E402
-from trainer.data.runs import Run, RunLabels, fingerprint, split_by_machine  # noqa: E402
+from trainer.data.runs import Run, fingerprint, split_by_machine  # noqa: E402
+from trainer.data.sim import run_from_sensor  # noqa: E402
 from trainer.export import write_model_bundle  # noqa: E402
 from trainer.sequences import build_sequences, fault_classes, spec_for_runs  # noqa: E402
 from trainer.train import TrainConfig, train  # noqa: E402
@@ -34,29 +34,11 @@ from trainer.train import TrainConfig, train  # noqa: E402
 
 def fleet_runs(machines: int, seed: int, horizon_s: float) -> list[Run]:
     """The simulator's fleet as Runs (what `load_runs` returns for a dataset folder)."""
-    runs = []
-    for sr in tqdm(build_fleet(machines, seed, horizon_s=horizon_s), desc="simulate", unit="run"):
-        windows = np.empty((sr.n_windows, sr.window_length), np.float32)
-        rul, sev, fault = np.empty(sr.n_windows), np.empty(sr.n_windows), []
-        for k in range(sr.n_windows):
-            windows[k], lab = sr.window(k)
-            rul[k], sev[k] = lab.rul_s, lab.severity
-            fault.append(lab.fault)
-        runs.append(
-            Run(
-                run_id=f"bench-{sr.machine}-{sr.sensor}",
-                machine=sr.machine,
-                sensor=sr.sensor,
-                source="sim",
-                fs=sr.fs,
-                rpm=sr.rpm,
-                windows=windows,
-                ts=np.arange(sr.n_windows) * sr.interval_s,
-                geometry=sr.geometry,
-                labels=RunLabels(rul, sev > 0, np.array(fault, object), sev, sr.failure_s is not None),
-            )
-        )
-    return runs
+    fleet = build_fleet(machines, seed, horizon_s=horizon_s)
+    return [
+        run_from_sensor(sr, f"bench-{sr.machine}-{sr.sensor}")
+        for sr in tqdm(fleet, desc="simulate", unit="run")
+    ]
 
 
 def main() -> int:

@@ -42,37 +42,11 @@ def shipped_bundle_missing() -> list[str]:
 
 def history_runs(machines: int = HISTORY_MACHINES, seed: int = HISTORY_SEED) -> list[Any]:
     """Labelled trainer Runs of a simulated fleet's whole lives (the simulator's ground truth)."""
-    import numpy as np
-
     from simulator.fleet_model import build_fleet
-    from trainer.data.runs import Run, RunLabels
+    from trainer.data.sim import run_from_sensor
 
-    runs = []
-    for r in build_fleet(machines, seed, healthy_fraction=HISTORY_HEALTHY_FRACTION, **FLEET):
-        labels = [r.labels(k) for k in range(r.n_windows)]
-        severity = np.array([lb.severity for lb in labels])
-        runs.append(
-            Run(
-                run_id=f"demo-history-{r.machine}-{r.sensor}",
-                machine=r.machine,
-                sensor=r.sensor,
-                source="sim",
-                fs=r.fs,
-                rpm=r.rpm,
-                windows=np.stack([r.window(k)[0] for k in range(r.n_windows)]),
-                ts=np.array([r.t(k) for k in range(r.n_windows)]),
-                geometry=r.geometry,
-                labels=RunLabels(
-                    rul_s=np.array([lb.rul_s for lb in labels]),
-                    degraded=severity > 0,
-                    fault=np.array([lb.fault for lb in labels], dtype=object),
-                    severity=severity,
-                    failed_at_end=r.failure_s is not None,
-                ),
-                meta={"rpm_windows": np.array([r.rpm_at(k) for k in range(r.n_windows)])},
-            )
-        )
-    return runs
+    fleet = build_fleet(machines, seed, healthy_fraction=HISTORY_HEALTHY_FRACTION, **FLEET)
+    return [run_from_sensor(r, f"demo-history-{r.machine}-{r.sensor}") for r in fleet]
 
 
 def build_bundle(out: Path, *, seed: int = 0, progress: bool = False) -> Path:

@@ -71,37 +71,15 @@ def trained(models: Models, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A signed bundle trained by the trainer on 32 simulated machines (about 5 s)."""
     import torch
 
-    from trainer.data.runs import Run, RunLabels, split_by_machine
+    from trainer.data.runs import split_by_machine
+    from trainer.data.sim import run_from_sensor
     from trainer.export import write_model_bundle
     from trainer.sequences import build_sequences, fault_classes, spec_for_runs
     from trainer.train import TrainConfig, train
 
     torch.set_num_threads(1)
-    runs = []
-    for r in build_fleet(32, 11, horizon_s=400.0, interval_s=10.0, faults=("outer",), healthy_fraction=0.4):
-        labels = [r.labels(k) for k in range(r.n_windows)]
-        severity = np.array([lb.severity for lb in labels])
-        runs.append(
-            Run(
-                run_id=f"{r.machine}-{r.sensor}",
-                machine=r.machine,
-                sensor=r.sensor,
-                source="sim",
-                fs=r.fs,
-                rpm=r.rpm,
-                windows=np.stack([r.window(k)[0] for k in range(r.n_windows)]),
-                ts=np.array([r.t(k) for k in range(r.n_windows)]),
-                geometry=r.geometry,
-                labels=RunLabels(
-                    rul_s=np.array([lb.rul_s for lb in labels]),
-                    degraded=severity > 0,
-                    fault=np.array([lb.fault for lb in labels], dtype=object),
-                    severity=severity,
-                    failed_at_end=r.failure_s is not None,
-                ),
-                meta={},
-            )
-        )
+    fleet = build_fleet(32, 11, horizon_s=400.0, interval_s=10.0, faults=("outer",), healthy_fraction=0.4)
+    runs = [run_from_sensor(r, f"{r.machine}-{r.sensor}") for r in fleet]
     tr, va = split_by_machine(runs, val_fraction=0.25, seed=0)
     spec = spec_for_runs(runs)
     classes = fault_classes(tr)

@@ -15,12 +15,15 @@ import json
 import math
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from edge_agent.bearing import BearingGeometry
 from trainer.data.runs import DataError, Run, RunLabels
+
+if TYPE_CHECKING:
+    from simulator.fleet_model import SensorRun
 
 MANIFEST = "manifest.json"
 COLUMNS: tuple[str, ...] = (
@@ -145,6 +148,31 @@ def load_sim_run(path: Path, entry: dict[str, Any]) -> Run:
             failed_at_end=failure_s is not None and math.isfinite(failure_s),
         ),
         meta=meta,
+    )
+
+
+def run_from_sensor(r: SensorRun, run_id: str) -> Run:
+    """A simulated sensor's whole life as a Run, straight from the simulator (no dataset folder)."""
+    labels = [r.labels(k) for k in range(r.n_windows)]
+    severity = np.array([lb.severity for lb in labels])
+    return Run(
+        run_id=run_id,
+        machine=r.machine,
+        sensor=r.sensor,
+        source="sim",
+        fs=r.fs,
+        rpm=r.rpm,
+        windows=np.stack([r.window(k)[0] for k in range(r.n_windows)]),
+        ts=np.array([r.t(k) for k in range(r.n_windows)]),
+        geometry=r.geometry,
+        labels=RunLabels(
+            rul_s=np.array([lb.rul_s for lb in labels]),
+            degraded=severity > 0,
+            fault=np.array([lb.fault for lb in labels], dtype=object),
+            severity=severity,
+            failed_at_end=r.failure_s is not None,
+        ),
+        meta={"rpm_windows": np.array([r.rpm_at(k) for k in range(r.n_windows)])},
     )
 
 
