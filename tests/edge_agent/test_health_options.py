@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +16,6 @@ import numpy as np
 import paho.mqtt.client as paho
 import pytest
 
-from edge_agent.daemon import Agent
 from edge_agent.errors import ProtocolError
 from edge_agent.protocol import (
     Health,
@@ -31,9 +28,8 @@ from edge_agent.protocol import (
     vibration_topic,
 )
 from edge_agent.scorer import Scorer
-from edge_agent.settings import load_settings
 from tests.conftest import Broker
-from tests.edge_agent.agent_testing import Models, close_client, mqtt_client, publish
+from tests.edge_agent.agent_testing import Models, agent_settings, close_client, mqtt_client, publish, running
 
 T0_NS = 1_700_000_000_000_000_000
 
@@ -50,32 +46,6 @@ def _windows(n: int, seed: int) -> list[Window]:
         )
         for k in range(n)
     ]
-
-
-@contextmanager
-def _agent(broker: Broker, prefix: str, models: Models, store: Path, **over: Any) -> Iterator[Agent]:
-    settings = load_settings(
-        None,
-        broker=broker.url,
-        prefix=prefix,
-        agent_id=f"agent-{prefix[-12:]}",
-        model=models.v1,
-        trusted_keys=[models.pub],
-        store=store,
-        metrics_port=0,
-        batch_max_wait_ms=20,
-        **over,
-    )
-    agent = Agent.from_settings(settings)
-    thread = threading.Thread(target=agent.run, name="agent-under-test")
-    thread.start()
-    try:
-        assert agent.link.wait_connected(10), "the agent did not connect to the test broker"
-        yield agent
-    finally:
-        agent.stop()
-        thread.join(10)
-        assert not thread.is_alive(), "the agent did not stop"
 
 
 class _Collector:
@@ -112,9 +82,10 @@ def test_batched_health_holds_every_window_once_and_nothing_goes_per_sensor(
     seen = _Collector(broker, [f"{topic_prefix}/+/+/health", batch_topic])
     pub = mqtt_client(broker)
     try:
-        with _agent(
+        settings = agent_settings(
             broker, topic_prefix, models, tmp_path / "a.db", health_batch=True, health_qos=0
-        ) as agent:
+        )
+        with running(settings) as agent:
             for k in range(6):
                 for (machine, sensor), ws in sensors.items():
                     publish(pub, vibration_topic(topic_prefix, machine, sensor), encode_binary(ws[k]))
@@ -148,7 +119,7 @@ def test_health_qos_0_keeps_one_message_per_window_on_its_sensor_topic(
     seen = _Collector(broker, [f"{topic_prefix}/+/+/health"])
     pub = mqtt_client(broker)
     try:
-        with _agent(broker, topic_prefix, models, tmp_path / "b.db", health_qos=0):
+        with running(agent_settings(broker, topic_prefix, models, tmp_path / "b.db", health_qos=0)):
             for w in ws:
                 publish(pub, vibration_topic(topic_prefix, "m1", "s0"), encode_binary(w))
             assert seen.wait(lambda m: len(m) >= 4)
