@@ -121,7 +121,8 @@ class Agent:
         )
         swapper.serving_created = bundle.card["created"]
         link = ModelLink(settings, on_model=swapper.offer_archive, model_version=bundle.model_version)
-        tracker = SequenceTracker(gap_reset_s=settings.gap_reset_s, max_sensors=settings.max_tracked_sensors)
+        tracker = SequenceTracker.from_settings(settings)
+        link.rules.use_spec(scorer.spec, scorer.model_version)  # windows the model was made for
         return cls(
             settings, scorer=scorer, link=link, swapper=swapper, metrics=AgentMetrics(), tracker=tracker
         )
@@ -260,7 +261,7 @@ class Agent:
             verdict = self.tracker.check(item.key, item.window.seq, item.window.ts_ns)
             if not verdict.accept:
                 self._drop(verdict.outcome)
-                log.debug("window_dropped", sensor=item.key, seq=item.window.seq, reason=verdict.outcome)
+                self.link.rules.log.dropped(item.key, item.window.seq, verdict.outcome)  # rate-limited
                 continue
             pending.append(Accepted(item, verdict))
             if verdict.missed:
@@ -420,6 +421,7 @@ class Agent:
         self.scorer = new
         self.swapper.serving_created = bundle.card["created"]
         self.link.set_model_version(new.model_version)
+        self.link.rules.use_spec(new.spec, new.model_version)
         self.metrics.set_model(new.model_version)
         log.info("model_swapped", previous=old.model_version, model=new.model_version, states=states)
         return states

@@ -34,6 +34,9 @@ PROTOCOL_REASONS: frozenset[str] = frozenset(
         "bad_field",  # a field missing, of the wrong type, or out of range
         "bad_id",  # machine / sensor / agent id does not match [A-Za-z0-9_-]{1,64}
         "bad_topic",  # topic not of a known shape under the prefix
+        "too_short",  # fewer samples than the agent's min_samples
+        "implausible",  # fs, rpm or a sample beyond what a vibration sensor gives (agent settings)
+        "model_mismatch",  # sampled too slowly for the served model's features
     }
 )
 

@@ -28,14 +28,15 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from edge_agent.errors import LinkError, ProtocolError
+from edge_agent.link_diagnostics import ConnectFailures
 from edge_agent.link_records import Inbound, LinkStats, PublishHandle
 from edge_agent.protocol import (
     agent_status_topic,
-    decode_vibration,
     parse_sensor_topic,
     vibration_subscription,
 )
 from edge_agent.settings import AgentSettings
+from edge_agent.window_rules import WindowRules
 
 log = structlog.get_logger("edge_agent.mqtt")
 
@@ -103,6 +104,7 @@ class MqttLink:
         self._extra: dict[str, tuple[Callable[[bytes], None], int]] = {}  # topic -> (callback, qos)
         self._topics: dict[str, tuple[str, str]] = {}  # vibration topic -> (machine, sensor), validated
         self._extra_received: Counter[str] = Counter()
+        self.rules, self.connect_failures = WindowRules.from_settings(settings), ConnectFailures(self)
 
     # --- control topics --------------------------------------------------------------------------
 
@@ -157,7 +159,7 @@ class MqttLink:
         client.will_set(self.status_topic, self._status_payload("offline"), qos=1, retain=True)
         client.reconnect_delay_set(s.mqtt_reconnect_min_s, s.mqtt_reconnect_max_s)
         client.max_inflight_messages_set(max(20, s.batch_max_size))
-        client.on_connect = self._on_connect
+        client.on_connect, client.on_connect_fail = self._on_connect, self.connect_failures
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
         client.on_publish = self._on_publish
@@ -366,11 +368,11 @@ class MqttLink:
                 if len(self._topics) >= _TOPIC_CACHE_MAX:
                     self._topics.clear()
                 self._topics[msg.topic] = ids
-            window = decode_vibration(msg.payload)
+            window = self.rules.window(msg.payload, msg.topic)
         except ProtocolError as exc:
             with self._lock:  # stats() copies the Counter: not while it changes
                 self._rejected[exc.reason] += 1
-            log.debug("mqtt_message_rejected", topic=msg.topic[:200], reason=exc.reason, detail=exc.detail)
+            self.rules.log.rejected(msg.topic, exc)  # one line per reason every 10 s at most
             client.ack(msg.mid, msg.qos)  # a malformed message stays malformed: do not have it redelivered
             return
         item = Inbound(

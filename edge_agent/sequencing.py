@@ -1,40 +1,59 @@
-"""Per-sensor sequence tracking: drop duplicates and stale windows, reset on long gaps, bounded in count.
+"""Per-sensor sequence tracking: order by `seq`, drop duplicates and replays, tell sensor reboots and long
+silences apart from clock steps, bounded in count.
 
 Every vibration window carries a u32 sequence number and the sensor's own timestamp. The agent
-advances a sensor's hidden state exactly once per window, in sequence order, so before scoring each
-window passes `SequenceTracker.check`:
+advances a sensor's hidden state exactly once per window, in `seq` order, so before scoring each
+window passes `SequenceTracker.check`. Order is decided by `seq` alone (u32 serial-number arithmetic,
+so 0 follows 4294967295); the sensor's clock only tells a reboot from a replay and measures silences
+(docs/protocol.md, "Order, reboots and clocks"):
 
-- same seq as the last accepted window of that sensor → ``duplicate`` (dropped; a broker
-  redelivery or a sensor that sent twice);
-- an older seq (u32 serial-number arithmetic, so 0 follows 4294967295) with a timestamp not after
-  the last accepted one → ``stale`` (dropped; a reordered or replayed window);
-- an older seq with a LATER timestamp → accepted with reset ``restart`` (the sensor rebooted and
-  counts from 0 again);
-- a newer seq whose timestamp is more than `gap_reset_s` after the last accepted one → accepted
-  with reset ``gap`` (the hidden state describes a machine we have not heard from for too long);
+- same seq as the last accepted window → ``duplicate`` (dropped; a broker redelivery);
+- a newer seq → accepted (``ok``); skipped numbers are windows that never arrived (`Verdict.missed`,
+  metric `windows_missed_total`, health field `missed`). It resets with ``gap`` only when the
+  sensor's clock says more than `gap_reset_s` passed AND the silence is real: windows were missed,
+  or the agent itself waited that long for this sensor (or cannot know: the first window after the
+  agent restarted). A clock step (NTP) with no window missed never resets;
+- an older seq is a replay (``stale``, dropped) only when it could be one. It is a reboot (accepted
+  with reset ``restart``) when it is more than `replay_window` behind; or its timestamp is after
+  everything accepted since the sensor's last reset (the clock was right); or, for a run the
+  tracker saw begin, it is seq 0 unlike the run's own seq 0 (a sensor counts from 0 after a reboot;
+  the same seq 0 again is a redelivery), or its timestamp is more than `gap_reset_s` before the
+  run's earliest (the clock was fast and the reboot corrected it);
 - a sensor never seen (or forgotten) → accepted with reset ``new``.
 
-A newer seq that skips numbers says how many windows never arrived (`Verdict.missed`): the agent
-counts them (metric `windows_missed_total`) and says so in that window's health message (`missed`).
+After an agent restart the run is known only by its last accepted timestamp (the store keeps that
+one), so until the sensor's next reset an older seq within `replay_window` and not later than that
+timestamp counts as stale (a crash's redeliveries are exactly that).
 
 At most `max_sensors` sensors are tracked; the least recently accepted one is forgotten first.
 
->>> t = SequenceTracker(gap_reset_s=60.0, max_sensors=2)
+>>> now = [0]
+>>> t = SequenceTracker(gap_reset_s=60.0, max_sensors=2, clock=lambda: now[0])
 >>> [t.check("m/s", seq, seq * 10**10).outcome for seq in (1, 2, 2, 1, 3)]
 ['new', 'ok', 'duplicate', 'stale', 'ok']
->>> t.check("m/s", 4, 3 * 10**10 + 61 * 10**9).outcome
+>>> t.check("m/s", 4, 3 * 10**10 + 61 * 10**9).outcome  # the clock stepped: nothing missed, no wait
+'ok'
+>>> now[0] = 70 * 10**9
+>>> t.check("m/s", 5, 3 * 10**10 + 140 * 10**9).outcome  # a real silence
 'gap'
+>>> t.check("m/s", 0, 10**9).outcome  # seq back to 0, before this run began: a reboot
+'restart'
 """
 
 from __future__ import annotations
 
+import time
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Container, Iterable
 from dataclasses import dataclass
-from typing import Final, Generic, Literal, Protocol, TypeVar
+from typing import TYPE_CHECKING, Final, Generic, Literal, NamedTuple, Protocol, TypeVar
+
+if TYPE_CHECKING:
+    from edge_agent.settings import AgentSettings
 
 _U32: Final = 1 << 32
 _HALF: Final = 1 << 31
+REPLAY_WINDOW: Final = 4096  # a replay (redelivery, reorder) is never further back than this
 
 Outcome = Literal["ok", "new", "gap", "restart", "duplicate", "stale"]
 DROPS: Final = frozenset({"duplicate", "stale"})
@@ -68,19 +87,46 @@ class Verdict:
         return self.outcome in RESETS
 
 
-class SequenceTracker:
-    """Last accepted (seq, timestamp) per sensor key, least recently accepted evicted beyond `max_sensors`."""
+class _Last(NamedTuple):
+    seq: int
+    ts: int
+    rx: int | None  # agent clock (monotonic ns) when it was accepted; None: before this process
+    lo: int | None  # earliest / latest sensor timestamp accepted since the sensor's last reset
+    hi: int  # (lo None: not known, the entry was restored from the store)
+    zero: int | None  # timestamp of this run's seq 0 (None: the run has none, or lo is None)
 
-    def __init__(self, *, gap_reset_s: float, max_sensors: int) -> None:
+
+class SequenceTracker:
+    """Last accepted window per sensor key (see the module doc), least recently accepted evicted beyond
+    `max_sensors`. `clock` (monotonic ns) measures how long the agent waited for a sensor."""
+
+    def __init__(
+        self,
+        *,
+        gap_reset_s: float,
+        max_sensors: int,
+        replay_window: int = REPLAY_WINDOW,
+        clock: Callable[[], int] = time.monotonic_ns,
+    ) -> None:
         if gap_reset_s <= 0:
             raise ValueError("gap_reset_s must be > 0")
         if max_sensors < 1:
             raise ValueError("max_sensors must be >= 1")
+        if not 1 <= replay_window < _HALF:
+            raise ValueError("replay_window must be in 1 .. 2**31 - 1")
         self.gap_reset_s = gap_reset_s
         self.max_sensors = max_sensors
+        self.replay_window = replay_window
         self.evicted_total = 0
+        self._clock = clock
         self._gap_ns = int(gap_reset_s * 1e9)
-        self._last: OrderedDict[str, tuple[int, int]] = OrderedDict()
+        self._last: OrderedDict[str, _Last] = OrderedDict()
+
+    @classmethod
+    def from_settings(cls, s: AgentSettings) -> SequenceTracker:
+        return cls(
+            gap_reset_s=s.gap_reset_s, max_sensors=s.max_tracked_sensors, replay_window=s.seq_replay_window
+        )
 
     def __len__(self) -> int:
         return len(self._last)
@@ -90,31 +136,48 @@ class SequenceTracker:
 
     def last(self, key: str) -> tuple[int, int] | None:
         """(seq, ts_ns) of the last accepted window of `key`, or None."""
-        return self._last.get(key)
+        prev = self._last.get(key)
+        return None if prev is None else (prev.seq, prev.ts)
 
     def check(self, key: str, seq: int, ts_ns: int) -> Verdict:
         """Judge one window of sensor `key`; an accepted window becomes the sensor's last one."""
         prev = self._last.get(key)
+        now = self._clock()
         if prev is None:
             verdict = Verdict("new")
         else:
-            last_seq, last_ts = prev
-            gap_s = (ts_ns - last_ts) / 1e9
-            if seq == last_seq:
-                return Verdict("duplicate", gap_s)
-            if seq_newer(seq, last_seq):
-                missed = (seq - last_seq - 1) % _U32
-                verdict = Verdict("gap" if ts_ns - last_ts > self._gap_ns else "ok", gap_s, missed)
-            elif ts_ns > last_ts:
-                verdict = Verdict("restart", gap_s)
-            else:
-                return Verdict("stale", gap_s)
-        self._last[key] = (seq, ts_ns)
+            verdict = self._judge(prev, seq, ts_ns, now)
+            if not verdict.accept:
+                return verdict
+        if verdict.reset or prev is None:
+            entry = _Last(seq, ts_ns, now, ts_ns, ts_ns, ts_ns if seq == 0 else None)
+        else:
+            lo = None if prev.lo is None else min(prev.lo, ts_ns)
+            zero = ts_ns if seq == 0 and prev.zero is None else prev.zero
+            entry = _Last(seq, ts_ns, now, lo, max(prev.hi, ts_ns), zero)
+        self._last[key] = entry
         self._last.move_to_end(key)
         if len(self._last) > self.max_sensors:
             self._last.popitem(last=False)
             self.evicted_total += 1
         return verdict
+
+    def _judge(self, prev: _Last, seq: int, ts_ns: int, now: int) -> Verdict:
+        gap_s = (ts_ns - prev.ts) / 1e9
+        ahead = (seq - prev.seq) % _U32
+        if ahead == 0:
+            return Verdict("duplicate", gap_s)
+        if ahead < _HALF:
+            missed = ahead - 1
+            silent = ts_ns - prev.ts > self._gap_ns and (
+                missed > 0 or prev.rx is None or now - prev.rx > self._gap_ns
+            )
+            return Verdict("gap" if silent else "ok", gap_s, missed)
+        behind = _U32 - ahead
+        rebooted = behind > self.replay_window or ts_ns > prev.hi
+        if prev.lo is not None:  # the run since the last reset is known (not restored)
+            rebooted = rebooted or ts_ns < prev.lo - self._gap_ns or (seq == 0 and ts_ns != prev.zero)
+        return Verdict("restart" if rebooted else "stale", gap_s)
 
     def forget(self, key: str) -> bool:
         """Stop tracking `key`; its next window counts as new. True if it was tracked."""
@@ -122,16 +185,21 @@ class SequenceTracker:
 
     def put(self, key: str, seq: int, ts_ns: int) -> None:
         """Set `key`'s last accepted window (a rollback to what the store holds)."""
-        self._last[key] = (int(seq), int(ts_ns))
+        self._last[key] = _restored(seq, ts_ns)
 
     def export(self) -> dict[str, tuple[int, int]]:
         """Every tracked sensor's (seq, ts_ns), least recently accepted first."""
-        return dict(self._last)
+        return {k: (v.seq, v.ts) for k, v in self._last.items()}
 
     def restore(self, last: dict[str, tuple[int, int]]) -> None:
         """Replace everything with an `export()` (most recent entries kept when more than fit)."""
         items = list(last.items())[-self.max_sensors :]
-        self._last = OrderedDict((k, (int(s), int(t))) for k, (s, t) in items)
+        self._last = OrderedDict((k, _restored(s, t)) for k, (s, t) in items)
+
+
+def _restored(seq: int, ts_ns: int) -> _Last:
+    """What a saved (seq, ts_ns) tells: the agent's wait and the run's earliest timestamp are unknown."""
+    return _Last(int(seq), int(ts_ns), None, None, int(ts_ns), None)
 
 
 class _Keyed(Protocol):

@@ -112,7 +112,36 @@ class AgentSettings(BaseSettings):
         default=2.0, ge=0.0, le=10.0, description="How long a full queue blocks the MQTT thread."
     )
     max_tracked_sensors: int = Field(default=10_000, ge=1, description="Hidden states kept at most.")
-    gap_reset_s: float = Field(default=600.0, gt=0, description="A longer silence resets a sensor's state.")
+    gap_reset_s: float = Field(
+        default=600.0,
+        gt=0,
+        description="A longer silence resets a sensor's state (a clock step with no window missed does not).",
+    )
+    seq_replay_window: int = Field(
+        default=4096,
+        ge=1,
+        lt=2**31,
+        description=(
+            "An older seq further back than this is a sensor reboot, never a replay; keep it above "
+            "queue_max_size + batch_max_size (docs/protocol.md, 'Order, reboots and clocks')."
+        ),
+    )
+
+    # --- what a window must be (docs/protocol.md, "What the agent scores") ---------------------------
+    max_samples: int = Field(
+        default=65_536,
+        ge=1,
+        le=1_048_576,
+        description="Longer windows are refused (too_large) before their samples are read.",
+    )
+    min_samples: int = Field(default=256, ge=1, description="Shorter windows are refused (too_short).")
+    max_fs_hz: float = Field(default=1e6, gt=0, description="A higher sample rate is refused (implausible).")
+    max_rpm: float = Field(
+        default=100_000.0, gt=0, description="A faster shaft speed is refused (implausible)."
+    )
+    max_abs_g: float = Field(
+        default=1000.0, gt=0, description="A sample beyond ±this many g is refused (implausible)."
+    )
     batch_max_size: int = Field(default=256, ge=1, description="Windows scored in one model call at most.")
     batch_max_wait_ms: int = Field(default=50, ge=0, description="Wait this long to fill a batch.")
     states_save_interval_s: float = Field(
@@ -203,6 +232,8 @@ class AgentSettings(BaseSettings):
             raise ValueError("mqtt_reconnect_max_s must be >= mqtt_reconnect_min_s")
         if self.mqtt_password is not None and self.mqtt_username is None:
             raise ValueError("mqtt_password is set but mqtt_username is not")
+        if self.min_samples > self.max_samples:
+            raise ValueError(f"min_samples ({self.min_samples}) must be <= max_samples ({self.max_samples})")
         return self
 
     @property

@@ -47,7 +47,7 @@ def _settings(broker: Any, prefix: str, tmp_path: Path, **kw: Any) -> AgentSetti
     return AgentSettings(**base)
 
 
-def _window(seq: int, n: int = 64) -> Window:
+def _window(seq: int, n: int = 256) -> Window:  # min_samples (256) by default
     samples = np.sin(np.arange(n, dtype=np.float32) * 0.1 * (seq + 1)).astype(np.float32)
     return Window(
         seq=seq, ts_ns=1_700_000_000_000_000_000 + seq * 10**9, fs=25600.0, rpm=1800.0, samples=samples

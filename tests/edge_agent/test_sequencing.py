@@ -5,7 +5,14 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from edge_agent.sequencing import Accepted, SequenceTracker, Verdict, seq_newer, split_at_resets
+from edge_agent.sequencing import (
+    REPLAY_WINDOW,
+    Accepted,
+    SequenceTracker,
+    Verdict,
+    seq_newer,
+    split_at_resets,
+)
 
 S = 10**9  # ns per second
 
@@ -31,14 +38,36 @@ def test_sensors_do_not_influence_each_other() -> None:
 
 
 def test_a_long_silence_resets_and_says_how_long() -> None:
-    t = SequenceTracker(gap_reset_s=60.0, max_sensors=10)
+    now = [0]
+    t = SequenceTracker(gap_reset_s=60.0, max_sensors=10, clock=lambda: now[0])
     t.check("m/s", 1, 0)
+    now[0] = 60 * S
     short = t.check("m/s", 2, 60 * S)  # exactly the limit: not longer than it
     assert short.outcome == "ok"
+    now[0] = 121 * S  # the agent waited 61 s too
     long = t.check("m/s", 3, 60 * S + 61 * S)
     assert long.outcome == "gap"
     assert long.gap_s == 61.0
     assert long.reset
+
+
+def test_a_clock_step_without_a_missed_window_does_not_reset() -> None:
+    """NTP moved the sensor's clock an hour on; the agent heard it every 10 s and no seq is missing."""
+    now = [0]
+    t = SequenceTracker(gap_reset_s=600.0, max_sensors=10, clock=lambda: now[0])
+    t.check("m/s", 1, 0)
+    now[0] = 10 * S
+    v = t.check("m/s", 2, 3600 * S)
+    assert (v.outcome, v.gap_s, v.missed) == ("ok", 3600.0, 0)
+    now[0] = 20 * S
+    w = t.check("m/s", 5, 7300 * S)  # a step AND windows missed: a real silence of the sensor
+    assert (w.outcome, w.missed) == ("gap", 2)
+
+
+def test_the_first_window_after_an_agent_restart_trusts_the_sensor_clock() -> None:
+    t = SequenceTracker(gap_reset_s=600.0, max_sensors=10, clock=lambda: 0)
+    t.restore({"m/s": (7, 0)})
+    assert t.check("m/s", 8, 3600 * S).outcome == "gap"  # how long the agent waited is unknown
 
 
 def test_a_sensor_restart_counts_again_from_zero() -> None:
@@ -87,9 +116,10 @@ def test_export_and_restore_round_trip() -> None:
     assert u.check("m/s3", 13, 13 * S).outcome == "duplicate"
 
 
-@given(st.lists(st.tuples(st.integers(0, 3), st.integers(0, 40)), max_size=80))
+@given(st.lists(st.tuples(st.integers(0, 3), st.integers(1, 40)), max_size=80))
 def test_accepted_windows_strictly_increase_per_sensor(events: list[tuple[int, int]]) -> None:
-    """Whatever the arrival order, the accepted seqs of a sensor increase unless it reset (restart)."""
+    """Whatever the arrival order, the accepted seqs of a sensor increase unless it reset (restart).
+    seq 0 is left out: a seq 0 the tracker did not see in the sensor's run marks a reboot."""
     t = SequenceTracker(gap_reset_s=1e6, max_sensors=100)
     last: dict[str, int] = {}
     for sensor, seq in events:
@@ -130,3 +160,62 @@ def test_a_seq_jump_counts_the_windows_that_never_came() -> None:
     g = w.check("m/w", 4, 10**12)  # a long silence: reset, and the jump still counted
     assert (g.outcome, g.missed) == ("gap", 2)
     assert w.check("m/w", 0, 2 * 10**12).missed == 0  # restart: seq counts from 0 again
+
+
+# ------------------------------------------------------- reboots, clock skew, replays (issue 14, point 7)
+
+
+def test_a_sensor_a_day_fast_that_reboots_with_the_right_time_is_not_dropped() -> None:
+    day = 86_400 * S
+    t = SequenceTracker(gap_reset_s=600.0, max_sensors=10)
+    for k in range(200):  # the clock runs a day ahead
+        assert t.check("m/s", k, day + k * 10 * S).accept
+    outcomes = [t.check("m/s", k, 2000 * S + k * 10 * S).outcome for k in range(200)]
+    assert outcomes == ["restart"] + ["ok"] * 199
+
+
+def test_a_reboot_that_keeps_a_fast_clock_counts_from_zero_again() -> None:
+    """seq 0 unlike the run's own seq 0 is a reboot, whatever the clock says."""
+    t = SequenceTracker(gap_reset_s=600.0, max_sensors=10)
+    for k in range(50):
+        t.check("m/s", k, 1000 * S + k * S)
+    assert t.check("m/s", 0, 1000 * S).outcome == "stale"  # the run's own seq 0 again: a replay
+    assert t.check("m/s", 0, 1020 * S).outcome == "restart"  # a new seq 0, inside the old span
+    assert t.check("m/s", 1, 1021 * S).outcome == "ok"
+
+
+def test_a_seq_far_behind_is_a_reboot_and_a_close_one_a_replay() -> None:
+    t = SequenceTracker(gap_reset_s=600.0, max_sensors=10, replay_window=100)
+    for k in range(1000, 1300):
+        t.check("m/s", k, k * S)
+    assert t.check("m/s", 1250, 1250 * S).outcome == "stale"  # within the window, inside the span
+    assert t.check("m/s", 1150, 1150 * S).outcome == "restart"  # 150 back > replay_window
+    assert t.check("m/s", 1151, 1151 * S).outcome == "ok"
+
+
+def test_after_an_agent_restart_redeliveries_are_stale_not_reboots() -> None:
+    """The crash case: the store gave back (seq, ts) only; the broker resends the last batch."""
+    t = SequenceTracker(gap_reset_s=600.0, max_sensors=10)
+    t.restore({"m/s": (40, 40 * S)})
+    assert [t.check("m/s", k, k * S).outcome for k in range(24, 41)] == ["stale"] * 16 + ["duplicate"]
+    assert t.check("m/s", 0, 0).outcome == "stale"  # seq 0 of this very run, resent
+    assert t.check("m/s", 41, 41 * S).outcome == "ok"
+    assert t.check("m/s", 0, 42 * S).outcome == "restart"  # later than everything: a reboot
+
+
+@given(
+    st.integers(1, 5000),
+    st.integers(-(10**6), 10**6),
+    st.lists(st.integers(0, 5000), min_size=1, max_size=30),
+)
+def test_a_replay_of_accepted_windows_is_never_accepted_again(
+    n: int, skew_s: int, replayed: list[int]
+) -> None:
+    """Any clock offset, any windows of the run resent: never scored twice, never a reset."""
+    t = SequenceTracker(gap_reset_s=600.0, max_sensors=10)
+    ts = {k: (skew_s + 10 * k) * S for k in range(n)}
+    for k in range(n):
+        t.check("m/s", k, ts[k])
+    for k in replayed:
+        if k < n and n - 1 - k <= REPLAY_WINDOW:  # further back is never a replay: a reboot
+            assert t.check("m/s", k, ts[k]).outcome in ("stale", "duplicate")
