@@ -40,15 +40,7 @@ from edge_agent.window_rules import WindowRules
 
 log = structlog.get_logger("edge_agent.mqtt")
 
-__all__ = [
-    "QUEUE_FULL",
-    "Inbound",
-    "LinkStats",
-    "MqttLink",
-    "PublishHandle",
-    "link_error",
-    "one_shot_client",
-]
+__all__ = ["QUEUE_FULL", "Inbound", "LinkStats", "MqttLink", "PublishHandle", "link_error", "one_shot_client"]
 
 QUEUE_FULL = "queue_full"
 _RELEASE_CYCLE_S = 5.0  # windows given back (store failing) are asked for again this often at most
