@@ -51,9 +51,12 @@ test-arm: venv broker
 	PYTHON=$(BIN)/python ./scripts/build-arm-env.sh .arm
 	GRUWATCH_ARM_ENV=$(CURDIR)/.arm $(BIN)/python -m pytest -m arm tests/arm
 
-# Long reliability runs (docs/reliability.md); reduced versions of each run in make test.
+# Long reliability runs (docs/reliability.md; -s prints their FIGURE lines); reduced versions of each run in
+# make test. About an hour on 2 shared cores.
+RELIABILITY_TESTS := tests/edge_agent/test_reliability.py tests/edge_agent/test_reliability_input.py \
+	tests/edge_agent/test_reliability_soak.py
 test-reliability: venv broker
-	$(BIN)/python -m pytest -m reliability tests/edge_agent/test_reliability.py
+	$(BIN)/python -m pytest -s -m reliability $(RELIABILITY_TESTS)
 
 bench: venv broker
 	$(BIN)/gruwatch bench

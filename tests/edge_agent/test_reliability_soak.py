@@ -1,0 +1,289 @@
+"""Reliability soaks against a real private Mosquitto (issue 14, the suite): the agent killed with SIGKILL
+again and again mid-stream, a network partition (the broker paused with SIGSTOP), and a million
+distinct sensor ids. Each has a reduced version that runs in `make test`; the `reliability` marker
+holds the long ones (`make test-reliability`). `-s` prints the `FIGURE` lines docs/reliability.md quotes.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import sqlite3
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import paho.mqtt.client as paho
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+
+from edge_agent.protocol import Window, encode_binary, vibration_topic
+from edge_agent.scorer import Scorer
+from tests.conftest import Broker
+from tests.edge_agent.agent_testing import (
+    AgentProcess,
+    Models,
+    PrivateBroker,
+    StatusWatcher,
+    Subscriber,
+    agent_settings,
+    close_client,
+    mqtt_client,
+    running,
+)
+
+pytestmark = pytest.mark.mqtt
+S = 10**9
+T0 = 1_800_000_000 * S
+
+
+def _windows(n: int, sensor: int) -> list[Window]:
+    rng = np.random.default_rng(1000 + sensor)
+    amps = np.concatenate([np.full(n // 2, 0.05), np.linspace(0.05, 3.0, n - n // 2)])
+    return [
+        Window(k, T0 + k * 10 * S, 25600.0, 1500.0, (amps[k] * rng.standard_normal(2560)).astype(np.float32))
+        for k in range(n)
+    ]
+
+
+def _integrity(store: Path) -> str:
+    conn = sqlite3.connect(store)
+    try:
+        return str(conn.execute("PRAGMA integrity_check").fetchone()[0])
+    finally:
+        conn.close()
+
+
+# ------------------------------------------------------------- agent SIGKILL, again and again
+
+
+def _agent_kills(
+    broker: Broker, topic_prefix: str, models: Models, agent_process: Callable[..., AgentProcess], kills: int
+) -> None:
+    """Publish in rounds; in each, kill the agent with SIGKILL at a random moment and start it again.
+
+    At the end: every published window has exactly the score, state and step of an uninterrupted
+    run (redeliveries included), the store passed SQLite's integrity check after every kill, and no
+    window the broker handed over (acked by the agent or not) went missing.
+    """
+    agent = agent_process("kills", batch_max_wait_ms=5, batch_max_size=16, states_save_interval_s=3600)
+    sensors, per_round = ("s0", "s1"), 6
+    n = per_round * (kills + 1)
+    windows = {s: _windows(n, i) for i, s in enumerate(sensors)}
+    scorer = Scorer.from_bundle(models.v1, trusted_keys=[models.pub])
+    ref = {(s, w.seq): scorer.score_one(s, w) for s in sensors for w in windows[s]}
+    sub = Subscriber(broker, topic_prefix)
+    watcher = StatusWatcher(broker, topic_prefix, agent.agent_id)
+    pub = mqtt_client(broker)
+    rnd = random.Random(14)
+    checks: list[str] = []
+    first_score_s: list[float] = []
+
+    def send(k0: int) -> None:
+        for k in range(k0, k0 + per_round):
+            for s in sensors:
+                pub.publish(vibration_topic(topic_prefix, "m", s), encode_binary(windows[s][k]), qos=1)
+
+    try:
+        for r in range(kills + 1):
+            before = len(sub.health)
+            t0 = time.monotonic()
+            proc = agent.start()
+            if r > 0:  # the previous round's windows and redeliveries wait at the broker
+                assert sub.wait(lambda b=before: len(sub.health) > b, 60), f"round {r}: nothing scored"
+                first_score_s.append(time.monotonic() - t0)
+            else:
+                assert sub.wait(watcher.online, 60)
+            send(r * per_round)
+            if r == kills:
+                break
+            time.sleep(rnd.uniform(0.0, 0.4))  # mid-stream: some committed, some acked, some queued
+            proc.send_signal(signal.SIGKILL)
+            proc.communicate(timeout=30)
+            checks.append(_integrity(agent.store))
+        want = {(s, w.seq) for s in sensors for w in windows[s]}
+        assert sub.wait(lambda: {(h.sensor, h.seq) for h in sub.health} >= want, 120), (
+            f"{len({(h.sensor, h.seq) for h in sub.health} & want)} of {len(want)} windows scored"
+        )
+        time.sleep(0.3)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+        assert proc.returncode == 0, err[-2000:]
+    finally:
+        agent.kill_all()
+        close_client(pub)
+        watcher.close()
+        sub.close()
+    health = list(sub.health)
+    exact = sum(
+        1
+        for h in health
+        if abs(h.score - ref[(h.sensor, h.seq)].health) <= 1e-6
+        and (h.state, h.extra["step"]) == (ref[(h.sensor, h.seq)].state, ref[(h.sensor, h.seq)].step)
+    )
+    fs = sorted(first_score_s)
+    print(
+        f"\nFIGURE agent kills={kills} windows={len(want)} health={len(health)} (redeliveries included) "
+        f"exact={exact}/{len(health)} integrity_ok={checks.count('ok')}/{len(checks)} "
+        f"first score after restart: median {fs[len(fs) // 2]:.2f} s, max {fs[-1]:.2f} s"
+    )
+    assert checks == ["ok"] * kills
+    assert {(h.sensor, h.seq) for h in health} == want  # 0 windows lost
+    assert exact == len(health)  # every score, state and step as in one uninterrupted run
+    assert not [h for h in health if "state_reset" in h.extra]
+
+
+def test_agent_sigkill_mid_stream_loses_nothing_and_scores_exactly(
+    broker: Broker, topic_prefix: str, models: Models, agent_process: Callable[..., AgentProcess]
+) -> None:
+    _agent_kills(broker, topic_prefix, models, agent_process, kills=3)
+
+
+@pytest.mark.reliability
+def test_agent_sigkill_long(
+    broker: Broker, topic_prefix: str, models: Models, agent_process: Callable[..., AgentProcess]
+) -> None:
+    _agent_kills(broker, topic_prefix, models, agent_process, kills=100)
+
+
+# ------------------------------------------------------------------ a network partition (SIGSTOP)
+
+
+def _partitions(tmp_path: Path, topic_prefix: str, models: Models, rounds: int) -> None:
+    """Pause the broker (SIGSTOP: the TCP connections stay up, nothing answers), publish meanwhile,
+    resume it once the agent noticed; every window is scored afterwards, none missed."""
+    keepalive = 5
+    pb = PrivateBroker(tmp_path / "broker")
+    pb.start()
+    pub = paho.Client(callback_api_version=CallbackAPIVersion.VERSION2, client_id=f"pp-{topic_prefix[-10:]}", clean_session=False)  # fmt: skip
+    pub.reconnect_delay_set(1, 1)
+    settings = agent_settings(pb.broker, topic_prefix, models, tmp_path / "a.db", mqtt_keepalive_s=keepalive, mqtt_reconnect_min_s=1, mqtt_reconnect_max_s=2)  # fmt: skip
+    topic = vibration_topic(topic_prefix, "m", "s0")
+    ws = _windows(20 * (rounds + 1), 0)
+    detected: list[float] = []
+    try:
+        pub.connect("127.0.0.1", pb.port)
+        pub.loop_start()
+        with running(settings) as agent:
+            for r in range(rounds + 1):
+                for w in ws[r * 20 : r * 20 + 10]:
+                    pub.publish(topic, encode_binary(w), qos=1)
+                if r == rounds:
+                    break
+                time.sleep(0.5)
+                assert pb.proc is not None
+                os.kill(pb.proc.pid, signal.SIGSTOP)
+                t0 = time.monotonic()
+                for w in ws[r * 20 + 10 : r * 20 + 20]:  # sent into the partition
+                    pub.publish(topic, encode_binary(w), qos=1)
+                while agent.link.connected and time.monotonic() - t0 < 6 * keepalive:
+                    time.sleep(0.05)
+                detected.append(time.monotonic() - t0)
+                os.kill(pb.proc.pid, signal.SIGCONT)
+                assert agent.link.wait_connected(30), "the agent did not come back after the partition"
+            n = len(ws) - 10
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline and agent.windows_scored < n:
+                time.sleep(0.1)
+            scored = agent.windows_scored
+            missed = int(agent.metrics.value("gruwatch_agent_windows_missed_total"))
+            losses = agent.link.stats().connection_losses
+    finally:
+        pub.disconnect()
+        pub.loop_stop()
+        if pb.proc is not None:
+            os.kill(pb.proc.pid, signal.SIGCONT)
+        pb.stop()
+    print(
+        f"\nFIGURE partitions={rounds} keepalive={keepalive}s detected after "
+        f"{', '.join(f'{d:.1f}' for d in detected)} s; published={n} scored={scored} missed={missed} losses={losses}"
+    )
+    assert all(d < 6 * keepalive for d in detected), detected  # noticed (the figure says how fast)
+    assert (scored, missed) == (n, 0)
+
+
+def test_a_network_partition_is_noticed_and_nothing_is_lost(
+    tmp_path: Path, topic_prefix: str, models: Models
+) -> None:
+    _partitions(tmp_path, topic_prefix, models, rounds=1)
+
+
+@pytest.mark.reliability
+def test_network_partitions_long(tmp_path: Path, topic_prefix: str, models: Models) -> None:
+    _partitions(tmp_path, topic_prefix, models, rounds=5)
+
+
+# ------------------------------------------------------------------- a million distinct sensor ids
+
+
+def _rss_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def _many_sensors(models: Models, tmp_path: Path, n_ids: int, max_tracked: int) -> None:
+    """Windows of `n_ids` distinct sensors (2,560 samples each) through the daemon's batch path (no
+    broker: a million windows over MQTT would take hours here): every bounded table stays bounded."""
+    from edge_agent.daemon import Agent
+    from edge_agent.mqtt_link import Inbound
+    from edge_agent.settings import load_settings
+    from edge_agent.store import Store
+
+    settings = load_settings(None, broker="mqtt://127.0.0.1:1", prefix="t", agent_id="t", model=models.v1, trusted_keys=[models.pub], store=tmp_path / "a.db", metrics_port=0, max_tracked_sensors=max_tracked, store_budget_bytes=32 * 1024**2)  # fmt: skip
+    agent = Agent.from_settings(settings)
+    agent._store = Store.open(settings.store, budget_bytes=settings.store_budget_bytes)
+    rng = np.random.default_rng(0)
+    pool = [(0.1 * rng.standard_normal(2560)).astype(np.float32) for _ in range(32)]
+    rss: dict[int, float] = {}
+    batch = 256
+    try:
+        for i0 in range(0, n_ids, batch):
+            items = [
+                Inbound(
+                    "m",
+                    f"s{i}",
+                    Window(1, T0, 25600.0, 1500.0, pool[i % 32]),
+                    mid=i,
+                    qos=0,
+                    dup=False,
+                    generation=0,
+                    received_ns=0,
+                )
+                for i in range(i0, min(n_ids, i0 + batch))
+            ]
+            agent.process(items)
+            if (i0 // batch) % max(1, n_ids // batch // 40) == 0:
+                rss[i0] = _rss_mb()
+        rows_before = len(agent.store.load_states())  # per-batch upserts since the last compaction
+        agent.save_states()
+        rows = len(agent.store.load_states())
+        tracked, seqs, topics = agent.scorer.n_tracked, len(agent.tracker), len(agent._topics._cache)
+        store_mb = agent.store.size_bytes() / 1024**2
+    finally:
+        agent.store.close()
+    marks = sorted(rss)
+    warm = [v for k, v in rss.items() if k >= n_ids // 5]
+    growth = max(warm) - min(warm) if warm else float("nan")
+    print(
+        f"\nFIGURE sensor ids={n_ids} max_tracked={max_tracked} scored={agent.windows_scored} tracked={tracked} "
+        f"seq-tracked={seqs} topics={topics} states rows={rows_before} before compaction, {rows} after; store={store_mb:.1f} MB; RSS {rss[marks[0]]:.0f} MB "
+        f"at the start, {rss[marks[-1]]:.0f} MB at the end, {growth:.1f} MB spread after the first fifth"
+    )
+    assert agent.windows_scored == n_ids
+    assert tracked <= max_tracked
+    assert seqs <= max_tracked
+    assert topics <= max_tracked
+    assert rows <= 2 * max_tracked  # the scorer's and the tracker's sensors (each LRU-bounded)
+
+
+def test_many_distinct_sensor_ids_stay_bounded(models: Models, tmp_path: Path) -> None:
+    _many_sensors(models, tmp_path, n_ids=20_000, max_tracked=2_000)
+
+
+@pytest.mark.reliability
+def test_a_million_sensor_ids_long(models: Models, tmp_path: Path) -> None:
+    _many_sensors(models, tmp_path, n_ids=1_000_000, max_tracked=10_000)
