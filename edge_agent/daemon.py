@@ -87,6 +87,7 @@ class Agent:
         self._stopped = threading.Event()
         self._pending = PendingResets(settings.max_tracked_sensors)  # model swaps, non-finite outputs
         self._restored = False
+        self._evicted_at_save = 0  # tracker evictions when the states table was last rewritten
         self._held_at: int | None = None  # link cycles when a commit failed: hold until it reconnects
         self._gauges = Gauges(metrics)
         self._topics = SensorTopics(settings.prefix, settings.max_tracked_sensors)
@@ -282,6 +283,8 @@ class Agent:
                 log.exception("batch_failed", windows=len(chunk))
                 self._drop("internal_error", len(chunk))
         self.link.ack_many([it for it in batch if id(it) not in held] if held else batch)
+        if self.tracker.evicted_total - self._evicted_at_save >= self.settings.max_tracked_sensors:
+            self.save_states()  # rows of forgotten sensors go: at most ~3 x max_tracked_sensors rows
         self.metrics.batch_seconds.observe(time.perf_counter() - t0)
 
     def _score_chunk(self, chunk: list[Accepted[Inbound]]) -> None:
@@ -375,6 +378,7 @@ class Agent:
     def save_states(self) -> None:
         """Rewrite the states table from memory (edge_agent.saved_states.save_all)."""
         saved_states.save_all(self.store, self.scorer, self.tracker)
+        self._evicted_at_save = self.tracker.evicted_total
 
     def _restore_states(self) -> None:
         self._pending.clear()

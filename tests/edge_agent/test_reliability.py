@@ -137,6 +137,7 @@ def test_sigterm_exits_within_5_s_with_a_full_queue_and_nothing_is_lost(
 
 
 @pytest.mark.reliability
+@pytest.mark.timeout(3000)  # a long run: beyond the suite's 600 s per test
 def test_sigterm_under_heavy_load_long(
     broker: Broker, topic_prefix: str, agent_process: Callable[..., AgentProcess]
 ) -> None:
@@ -432,6 +433,7 @@ def test_without_persistence_a_loss_is_counted_not_silent(
 
 
 @pytest.mark.reliability
+@pytest.mark.timeout(3000)  # a long run: beyond the suite's 600 s per test
 @pytest.mark.parametrize(("restarts", "kill"), [(100, False), (20, True)])
 def test_broker_restarts_long(
     tmp_path: Path, topic_prefix: str, models: Models, restarts: int, kill: bool

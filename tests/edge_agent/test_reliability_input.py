@@ -332,5 +332,6 @@ def test_fuzzed_payloads_never_crash_and_every_rejection_is_counted(
 
 
 @pytest.mark.reliability
+@pytest.mark.timeout(3000)  # a long run: beyond the suite's 600 s per test
 def test_fuzzed_payloads_long(broker: Broker, topic_prefix: str, models: Models, tmp_path: Path) -> None:
     _fuzz(broker, topic_prefix, models, tmp_path, 100_000)

@@ -142,6 +142,7 @@ def test_agent_sigkill_mid_stream_loses_nothing_and_scores_exactly(
 
 
 @pytest.mark.reliability
+@pytest.mark.timeout(3000)  # a long run: beyond the suite's 600 s per test
 def test_agent_sigkill_long(
     broker: Broker, topic_prefix: str, models: Models, agent_process: Callable[..., AgentProcess]
 ) -> None:
@@ -211,6 +212,7 @@ def test_a_network_partition_is_noticed_and_nothing_is_lost(
 
 
 @pytest.mark.reliability
+@pytest.mark.timeout(3000)  # a long run: beyond the suite's 600 s per test
 def test_network_partitions_long(tmp_path: Path, topic_prefix: str, models: Models) -> None:
     _partitions(tmp_path, topic_prefix, models, rounds=5)
 
@@ -278,6 +280,8 @@ def _many_sensors(models: Models, tmp_path: Path, n_ids: int, max_tracked: int) 
     assert seqs <= max_tracked
     assert topics <= max_tracked
     assert rows <= 2 * max_tracked  # the scorer's and the tracker's sensors (each LRU-bounded)
+    # between rewrites, rows of forgotten sensors: the table is rewritten every max_tracked evictions
+    assert rows_before <= 3 * max_tracked + 256
 
 
 def test_many_distinct_sensor_ids_stay_bounded(models: Models, tmp_path: Path) -> None:
@@ -285,5 +289,6 @@ def test_many_distinct_sensor_ids_stay_bounded(models: Models, tmp_path: Path) -
 
 
 @pytest.mark.reliability
+@pytest.mark.timeout(3000)  # a long run: beyond the suite's 600 s per test
 def test_a_million_sensor_ids_long(models: Models, tmp_path: Path) -> None:
     _many_sensors(models, tmp_path, n_ids=1_000_000, max_tracked=10_000)
