@@ -8,7 +8,8 @@ outgoing messages only, so acks stay safe and health keeps flowing; the windows 
 retraining (counted in `windows_not_stored`). If even that commit fails, the caller rolls the
 sensors back to the store and hands the windows back to the broker unacked. `check()` (between
 batches) leaves degraded mode once the disk has room for the reserve again. After every commit the
-store's disk budget is checked (and enforced when exceeded).
+store's disk budget is checked (and enforced when exceeded), and before a commit that would take the
+store over 90 % of it, room is made first.
 """
 
 from __future__ import annotations
@@ -59,6 +60,10 @@ class StorageGuard:
     def commit(self, store: Store, rows: Sequence[WindowRow], **parts: Any) -> list[int]:
         """`store.record_batch(rows, **parts)`, or without the rows in degraded mode (StoreError if that fails too)."""
         if not self.degraded:
+            if store.size_bytes() + _batch_bytes(rows, parts) > 0.9 * (
+                store.budget_bytes - store.extra_bytes
+            ):
+                enforce_budget(store, target_fraction=0.7, trigger_fraction=0.0)  # room first, then write
             try:
                 ids = store.record_batch(rows, **parts)
             except StoreError as exc:
@@ -97,3 +102,11 @@ class StorageGuard:
         self.metrics.storage_degraded.set(0)
         self.link.set_storage(None)
         log.warning("storage_recovered", free_bytes=free)
+
+
+def _batch_bytes(rows: Sequence[WindowRow], parts: dict[str, Any]) -> int:
+    """About what a batch's commit adds to the store and its WAL (whole pages: rounded up 2x)."""
+    raw = sum(0 if r.raw is None else int(r.raw.nbytes) for r in rows)
+    raw += sum(4 * len(samples) for _, samples in parts.get("attach_raw", ()))
+    messages = sum(len(m.payload) + len(m.topic) for m in parts.get("outbox", ()))
+    return 2 * (raw + messages + 512 * len(rows) + 256 * len(parts.get("states") or ()))
