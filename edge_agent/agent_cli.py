@@ -1,8 +1,10 @@
-"""`gruwatch agent ...`: run the edge daemon, export what it collected, deploy a model bundle to it.
+"""`gruwatch agent ...`: run the edge daemon, export what it collected, deploy a model bundle to it,
+reset a sensor's healthy baseline after maintenance.
 
 gruwatch agent run --config agent.toml
 gruwatch agent export --store /var/lib/gruwatch/agent.db --out collected/
 gruwatch agent deploy --bundle bundle/ --broker mqtt://broker:1883 --agent gw01
+gruwatch agent reset-baseline --machine press7 --sensor s0 --broker mqtt://broker:1883 --agent gw01 ...
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ The gruwatch edge agent: scores live vibration windows from MQTT with a GRU mode
                                                 collected windows out of the store, for retraining
   gruwatch agent deploy --bundle DIR --broker mqtt://host:1883 --agent ID
                                                 ship a signed bundle to a running agent over MQTT
+  gruwatch agent reset-baseline --machine M --sensor S --agent ID --broker URL --signing-key KEY
+                                                a bearing was replaced: the sensor relearns its baseline
 
 Settings come from the TOML file (examples/agent.toml documents every key) and GRUWATCH_* environment
 variables, which win over the file.
@@ -55,14 +59,42 @@ accepted, 1 refused, 2 no answer or broker unreachable. The broker password come
 GRUWATCH_MQTT_PASSWORD (user: GRUWATCH_MQTT_USERNAME), never from the command line.
 """
 
+RESET_HELP = """\
+Tell a running agent that a sensor's bearing was replaced: it forgets the sensor's healthy baseline
+and hidden state, and learns the baseline again from the sensor's next windows (docs/features.md,
+"Per-sensor baseline"). The command is signed with the private key whose .pub the agent trusts, as
+a model bundle is; the agent refuses a command that is unsigned, signed by another key, older than
+10 minutes or already executed. Prints the agent's answer (JSON). Exit status: 0 done, 1 refused,
+2 no answer or broker unreachable. The broker password comes from GRUWATCH_MQTT_PASSWORD (user:
+GRUWATCH_MQTT_USERNAME).
+"""
+
+
+def _mqtt_arguments(p: argparse.ArgumentParser) -> None:
+    """How to reach an agent: broker, agent id, prefix, answer timeout, TLS files."""
+    from gruwatch.options import DURATION_HELP, parse_duration
+
+    p.add_argument("--broker", required=True, help="mqtt://host[:port] or mqtts://host[:port]")
+    p.add_argument("--agent", required=True, help="the agent's agent_id")
+    p.add_argument("--prefix", default="gruwatch", help="topic prefix (default gruwatch)")
+    p.add_argument(
+        "--timeout",
+        type=parse_duration,
+        default=60.0,
+        help=f"how long to wait for the answer (default 60 s; {DURATION_HELP})",
+    )
+    p.add_argument("--ca-file", help="CA bundle for mqtts://")
+    p.add_argument("--cert-file", help="client certificate (PEM) for brokers that require one (mqtts://)")
+    p.add_argument("--key-file", help="the client certificate's private key (PEM)")
+
 
 def _parser() -> argparse.ArgumentParser:
-    from gruwatch.options import DURATION_HELP, Parser, parse_duration
+    from gruwatch.options import Parser
 
     p = Parser(
         prog="gruwatch agent", description=MAIN_HELP, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    sub = p.add_subparsers(dest="command", metavar="{run,export,deploy}")
+    sub = p.add_subparsers(dest="command", metavar="{run,export,deploy,reset-baseline}")
     run = sub.add_parser(
         "run",
         help="run the daemon",
@@ -94,23 +126,24 @@ def _parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     dep.add_argument("--bundle", type=Path, required=True, help="signed bundle folder")
-    dep.add_argument("--broker", required=True, help="mqtt://host[:port] or mqtts://host[:port]")
-    dep.add_argument("--agent", required=True, help="the agent's agent_id")
-    dep.add_argument("--prefix", default="gruwatch", help="topic prefix (default gruwatch)")
-    dep.add_argument(
-        "--timeout",
-        type=parse_duration,
-        default=60.0,
-        help=f"how long to wait for the answer (default 60 s; {DURATION_HELP})",
-    )
-    dep.add_argument("--ca-file", help="CA bundle for mqtts://")
-    dep.add_argument("--cert-file", help="client certificate (PEM) for brokers that require one (mqtts://)")
-    dep.add_argument("--key-file", help="the client certificate's private key (PEM)")
+    _mqtt_arguments(dep)
     dep.add_argument(
         "--force",
         action="store_true",
         help="accept it even if it is older than the bundle the agent serves (a deliberate rollback)",
     )
+    reset = sub.add_parser(
+        "reset-baseline",
+        help="a bearing was replaced: the sensor relearns its healthy baseline",
+        description=RESET_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    reset.add_argument("--machine", required=True, help="the machine id (as in its MQTT topics)")
+    reset.add_argument("--sensor", required=True, help="the sensor id on that machine")
+    reset.add_argument(
+        "--signing-key", type=Path, required=True, help="private key (signing.key of `gruwatch keys new`)"
+    )
+    _mqtt_arguments(reset)
     return p
 
 
@@ -118,7 +151,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from edge_agent.errors import GruwatchError
 
     args = _parser().parse_args(list(sys.argv[1:] if argv is None else argv))
-    commands = {"run": _run, "export": _export, "deploy": _deploy}
+    commands = {"run": _run, "export": _export, "deploy": _deploy, "reset-baseline": _reset_baseline}
     if args.command not in commands:
         _parser().print_help()
         return 2
@@ -199,5 +232,30 @@ def _deploy(args: argparse.Namespace) -> int:
         )
     except BundleError as exc:
         raise BundleError(exc.reason, f"cannot pack {args.bundle}: {exc.detail}") from exc
+    sys.stdout.write(json.dumps(answer, indent=2) + "\n")
+    return 0 if answer.get("accepted") else 1
+
+
+def _reset_baseline(args: argparse.Namespace) -> int:
+    import os
+
+    from edge_agent.baseline_reset import send_reset
+    from gruwatch.options import check_signing_key
+
+    check_signing_key(args.signing_key)
+    answer = send_reset(
+        broker=args.broker,
+        agent=args.agent,
+        machine=args.machine,
+        sensor=args.sensor,
+        signing_key=args.signing_key,
+        prefix=args.prefix,
+        timeout_s=args.timeout,
+        username=os.environ.get("GRUWATCH_MQTT_USERNAME"),
+        password=os.environ.get("GRUWATCH_MQTT_PASSWORD"),
+        ca_file=args.ca_file,
+        cert_file=args.cert_file,
+        key_file=args.key_file,
+    )
     sys.stdout.write(json.dumps(answer, indent=2) + "\n")
     return 0 if answer.get("accepted") else 1

@@ -45,8 +45,8 @@ class CommandError(GruwatchError):
     """A reset command the agent refuses; `reason` is stable (docs/features.md)."""
 
     def __init__(self, reason: str, message: str) -> None:
-        super().__init__(f"{reason}: {message}")
-        self.reason = reason
+        super().__init__(f"{reason}: {message}", reason=reason)
+        self.detail = message
 
 
 @dataclass(frozen=True)
@@ -85,10 +85,13 @@ def verify_reset(
     now: float | None = None,
     max_age_s: float = MAX_AGE_S,
     seen_nonces: MutableSet[str] | None = None,
+    allow_unsigned: bool = False,
 ) -> ResetCommand:
     """The command, if signed by a trusted key, fresh and not seen before; CommandError otherwise.
 
-    `seen_nonces` (kept by the caller) gets the nonce of every accepted command.
+    `seen_nonces` (kept by the caller) gets the nonce of every accepted command. `allow_unsigned`
+    (an agent without trusted keys, development only) admits a command with no signature at all,
+    as it admits unsigned bundles; a signature that cannot be checked is refused even then.
     """
     try:
         doc = json.loads(payload)
@@ -103,16 +106,22 @@ def verify_reset(
     if isinstance(issued, bool) or not isinstance(issued, int | float) or not math.isfinite(issued):
         raise CommandError("malformed", "issued_at must be a number (Unix seconds)")
     kid, sig = doc.get("key_id"), doc.get("signature")
-    if not isinstance(kid, str) or not isinstance(sig, str):
+    unsigned = kid is None and sig is None
+    if unsigned and allow_unsigned and not trusted:
+        kid = ""
+    elif not isinstance(kid, str) or not isinstance(sig, str):
         raise CommandError("untrusted_key", "the command is not signed; sign it with a key the agent trusts")
-    key = trusted.get(kid)
-    if key is None:
-        known = ", ".join(sorted(trusted)) or "none"
-        raise CommandError("untrusted_key", f"signed by key {kid}, not among the trusted keys ({known})")
-    try:
-        key.verify(base64.b64decode(sig, validate=True), canonical_json(body))
-    except (InvalidSignature, binascii.Error, ValueError) as exc:
-        raise CommandError("bad_signature", f"the signature by key {kid} does not match the command") from exc
+    else:
+        key = trusted.get(kid)
+        if key is None:
+            known = ", ".join(sorted(trusted)) or "none"
+            raise CommandError("untrusted_key", f"signed by key {kid}, not among the trusted keys ({known})")
+        try:
+            key.verify(base64.b64decode(sig, validate=True), canonical_json(body))
+        except (InvalidSignature, binascii.Error, ValueError) as exc:
+            raise CommandError(
+                "bad_signature", f"the signature by key {kid} does not match the command"
+            ) from exc
     clock = time.time() if now is None else now
     if abs(clock - float(issued)) > max_age_s:
         raise CommandError("stale", f"issued {clock - float(issued):.0f} s from now; at most {max_age_s:g} s")

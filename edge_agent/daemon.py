@@ -22,6 +22,7 @@ import numpy.typing as npt
 import structlog
 
 from edge_agent import saved_states
+from edge_agent.baseline_reset import ResetInbox, ResetOutcome, answer_payload
 from edge_agent.bundle import Bundle
 from edge_agent.errors import StoreError
 from edge_agent.housekeeping import Gauges, RejectionLog, enforce_budget, trim_memory
@@ -46,7 +47,7 @@ from edge_agent.sequencing import Accepted, PendingResets, SequenceTracker, spli
 from edge_agent.settings import AgentSettings
 from edge_agent.storage_guard import CHECK_EVERY_S, StorageGuard
 from edge_agent.store import Store
-from edge_agent.topics import agent_health_topic
+from edge_agent.topics import agent_health_topic, reset_result_topic, reset_topic
 
 log = structlog.get_logger("edge_agent.daemon")
 
@@ -101,6 +102,13 @@ class Agent:
             ring_bytes=settings.raw_ring_bytes,
             max_sensors=settings.max_tracked_sensors,
         )
+        self.commands = ResetInbox(  # maintenance: a bearing replaced (edge_agent.baseline_reset)
+            trusted_keys=settings.trusted_keys,
+            allow_unsigned=settings.allow_unsigned,
+            get_meta=lambda key: self.store.get_meta(key),
+            set_meta=lambda key, value: self.store.set_meta(key, value),
+        )
+        link.add_subscription(reset_topic(settings.prefix, settings.agent_id), self.commands.offer)
 
     # ------------------------------------------------------------------------------------ factory
 
@@ -205,6 +213,8 @@ class Agent:
             self._guarded("outbox", self.outbox.pump)
             for offer in self.swapper.take():
                 self._guarded("model_swap", functools.partial(self._apply_offer, offer))
+            for command in self.commands.take():
+                self._guarded("reset_baseline", functools.partial(self._reset_baseline, command))
             now = time.monotonic()
             for name, when in due.items():
                 if now >= when:
@@ -313,9 +323,12 @@ class Agent:
         """Start afresh the sensors that must (sequencing.start_afresh); count resets by cause."""
         last, resets = start_afresh(chunk, self.scorer.table, self.scorer.reset, self._pending)
         for cause, n in resets.items():
-            self.resets[cause] += n
-            self.metrics.resets.labels(cause=cause).inc(n)
+            self._count_reset(cause, n)
         return last
+
+    def _count_reset(self, cause: str, n: int = 1) -> None:
+        self.resets[cause] += n
+        self.metrics.resets.labels(cause=cause).inc(n)
 
     def _record_and_publish(
         self,
@@ -338,8 +351,7 @@ class Agent:
         c = compose(chunk, feats, result, wiring, raw, self._pending)
         self._drop("bad_score", c.bad_scores)
         for key, seq in c.nonfinite:
-            self.resets["nonfinite"] += 1
-            self.metrics.resets.labels(cause="nonfinite").inc()
+            self._count_reset("nonfinite")
             log.warning("state_reset", sensor=key, seq=seq, cause="nonfinite", model=wiring.model)
         for (machine, sensor), tr in zip(c.names, c.transitions, strict=True):
             self.transitions_total += 1
@@ -420,8 +432,7 @@ class Agent:
         if reset:
             self._pending.clear()
             self._pending.mark(reset, "model")
-            self.metrics.resets.labels(cause="model").inc(len(reset))
-            self.resets["model"] += len(reset)
+            self._count_reset("model", len(reset))
         self.scorer = new
         self.swapper.serving_created = bundle.card["created"]
         self.link.set_model_version(new.model_version)
@@ -429,6 +440,28 @@ class Agent:
         self.metrics.set_model(new.model_version)
         log.info("model_swapped", previous=old.model_version, model=new.model_version, states=states)
         return states
+
+    def _reset_baseline(self, outcome: ResetOutcome) -> None:
+        """A bearing replaced: forget the sensor's state, baseline included (stored at once); answer."""
+        c, tracked = outcome.command, False
+        if c is not None:
+            key = f"{c.machine}/{c.sensor}"
+            tracked = self.scorer.forget(key)
+            self._pending.mark([key], "maintenance")
+            self._count_reset("maintenance")
+            last = self.tracker.last(key)
+            if last is not None:
+                self.store.record_batch([], states=saved_states.batch_states(self.scorer, {key: last}))
+            log.info("baseline_reset", sensor=key, tracked=tracked, key_id=c.key_id)
+        else:
+            log.warning(
+                "command_refused", command="reset-baseline", reason=outcome.reason, detail=outcome.detail
+            )
+        result = "accepted" if c is not None else outcome.reason
+        self.metrics.commands.labels(command="reset-baseline", result=result).inc()
+        if self.link.connected:
+            topic = reset_result_topic(self.settings.prefix, self.settings.agent_id)
+            self.link.publish(topic, answer_payload(outcome, tracked=tracked), qos=1)
 
     # ---------------------------------------------------------------------------------- housekeeping
 

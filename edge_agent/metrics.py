@@ -3,7 +3,8 @@
 Names (all prefixed ``gruwatch_agent_``): messages_total (received from the broker), windows_scored_total,
 rejected_total{reason} (protocol reasons, ``queue_full``, ``duplicate``, ``stale``, ``bad_features``,
 ``bad_score``, ``internal_error``), state_resets_total{cause}, alarm_transitions_total{state}, queue_depth,
-tracked_sensors, store_bytes, outbox_messages, model_swaps_total{result}, model_info{version},
+tracked_sensors, store_bytes, outbox_messages, model_swaps_total{result}, commands_total{command,result},
+model_info{version},
 states_skipped_total, windows_missed_total, windows_not_stored_total, storage_degraded (0/1), and
 three latency histograms: step_seconds (features, one batched onnxruntime call and the alarm state
 machine), batch_seconds (a whole batch in the loop, store commit and acks included) and
@@ -51,7 +52,7 @@ class AgentMetrics:
         )
         self.resets = Counter(
             p + "state_resets",
-            "Hidden states started afresh, by cause (new, gap, restart, evicted, model).",
+            "Hidden states started afresh, by cause (new, gap, restart, evicted, model, nonfinite, maintenance).",
             ["cause"],
             registry=r,
         )
@@ -87,6 +88,12 @@ class AgentMetrics:
             p + "end_to_end_seconds",
             "From a window's arrival to its health message handed to the MQTT client.",
             buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.commands = Counter(
+            p + "commands",
+            "Operator commands received (reset-baseline), by result: accepted or the refusal's reason.",
+            ["command", "result"],
             registry=r,
         )
         self.states_skipped = Counter(

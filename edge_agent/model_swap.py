@@ -18,6 +18,7 @@ the scoring loop); on a refusal the old model keeps serving and the daemon publi
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import queue
@@ -30,6 +31,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final, Literal
 
+import numpy as np
 import structlog
 
 from edge_agent.bundle import Bundle, load_bundle, pack_bundle, unpack_bundle
@@ -39,6 +41,7 @@ from edge_agent.mqtt_request import request_reply
 from edge_agent.protocol import model_result_topic, model_topic
 from edge_agent.scorer import Scorer
 from edge_agent.settings import AgentSettings
+from edge_agent.states import StateColumns
 from edge_agent.topics import model_force_topic
 
 log = structlog.get_logger("edge_agent.model_swap")
@@ -141,11 +144,34 @@ def _when(created: str) -> datetime:
 
 
 def carry_states(old: Scorer, new: Scorer) -> set[str]:
-    """Give `new` the hidden states of `old` when their shapes match; else the sensors that start afresh."""
+    """Give `new` what of `old`'s sensor states still holds; returns the sensors whose hidden state
+    starts afresh (all of them when the state shapes differ, else none).
+
+    Healthy baselines carry over whenever the feature spec is the same (they belong to the bearings,
+    not to the model); under another spec every sensor learns its baseline again.
+    """
+    cols = old.export_states().with_model(new.model_version)
+    same_spec = old.spec.to_dict() == new.spec.to_dict()
+    baseline = cols.baseline if same_spec and new.table.baseline_width else None
     if new.state_shape == old.state_shape:
-        new.import_states(old.export_states().with_model(new.model_version))
+        new.import_states(dataclasses.replace(cols, baseline=baseline))
         return set()
-    return set(old.export_states().sensors)
+    if baseline is not None and len(cols):  # fresh hidden and alarm states, the same baselines
+        fresh = StateColumns.of(new.model_version, new.state_shape, {})
+        n = len(cols)
+        new.import_states(
+            dataclasses.replace(
+                fresh,
+                sensors=list(cols.sensors),
+                h=np.zeros((n, *new.state_shape), np.float32),
+                alarm=np.zeros(n, np.int8),
+                above=np.zeros((n, 2), np.int32),
+                below=np.zeros((n, 2), np.int32),
+                steps=np.zeros(n, np.int64),
+                baseline=baseline,
+            )
+        )
+    return set(cols.sensors)
 
 
 Fingerprint = tuple[tuple[str, int, int, int, int], ...]

@@ -307,14 +307,14 @@ def reload(store: Store, scorer: Scorer, tracker: SequenceTracker, keys: Iterabl
     for key in want:
         st = saved.get(key)
         if st is None:
-            scorer.reset(key)
+            scorer.forget(key)
             tracker.forget(key)
             continue
         tracker.put(key, st.last_seq, st.last_ts_ns)
         if st.h is not None and tuple(st.h.shape) == tuple(scorer.state_shape):
             scorer.table.put(key, st)
         else:
-            scorer.reset(key)
+            scorer.forget(key)  # the memory's baseline may hold the uncommitted windows: relearn it
 
 
 def _restore_snapshot(store: Store, scorer: Scorer, tracker: SequenceTracker) -> set[str]:

@@ -174,7 +174,13 @@ class Scorer:
         return len(self.table)
 
     def reset(self, sensor_id: str) -> bool:
-        """Forget a sensor's state (after a gap or a bearing replacement). True if it was tracked."""
+        """Start a sensor's hidden and alarm state afresh (a gap, a restarted sequence, a non-finite
+        output); its healthy baseline stays, it belongs to the bearing. True if it was tracked."""
+        return self.table.reset(sensor_id)
+
+    def forget(self, sensor_id: str) -> bool:
+        """Forget all of a sensor's state, healthy baseline included (a bearing replaced: it relearns
+        the baseline from its next windows). True if it was tracked."""
         return self.table.discard(sensor_id)
 
     def state_of(self, sensor_id: str) -> str:
@@ -274,9 +280,7 @@ class Scorer:
         table = self.table
         rows = table.rows_for(ids)
         if self.spec.baseline is not None:  # features -> deviations from each sensor's own baseline
-            x, table.data["baseline"][rows] = baseline.step(
-                self.spec.baseline, table.data["baseline"][rows], x
-            )
+            x = self._baseline_step(ids, rows, x)
         h = table.gather_h(rows)
         score, h_out = self.session.run(["score", "h_out"], {"features": x, "h": h})
         table.scatter_h(rows, h_out)
@@ -298,7 +302,22 @@ class Scorer:
             # (its next window, in this batch or a later one, steps from a zero state).
             bad[pos] = poisoned
             for j in np.flatnonzero(poisoned).tolist():
-                table.discard(ids[j])
+                table.reset(ids[j])
+
+    def _baseline_step(
+        self, ids: list[str], rows: npt.NDArray[np.intp], x: npt.NDArray[np.float32]
+    ) -> npt.NDArray[np.float32]:
+        """Advance the sensors' baselines; say so when one completes above the healthy ceiling."""
+        spec, data = self.spec.baseline, self.table.data
+        assert spec is not None
+        was = baseline.ready(spec, data["baseline"][rows])
+        y, data["baseline"][rows] = baseline.step(spec, data["baseline"][rows], x)
+        if spec.mean_ceiling is not None:
+            new = data["baseline"][rows]
+            for j in np.flatnonzero(baseline.suspect(spec, new) & ~was).tolist():
+                # Installed on an already failing bearing? It is measured against the ceiling instead.
+                log.warning("baseline_suspect", sensor=ids[j], model=self.model_version)
+        return y
 
     def _transition(
         self, sid: str, seq: int, ts_ns: int, prev: np.int8, new: np.int8, score: np.float32

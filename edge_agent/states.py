@@ -314,8 +314,18 @@ class StateTable:
         if self.baseline_width and state.baseline is not None and len(state.baseline) == self.baseline_width:
             d["baseline"][r] = state.baseline
 
+    def reset(self, sensor_id: str) -> bool:
+        """Zero a sensor's hidden state, alarm state and step count but keep its row and healthy
+        baseline (the baseline belongs to the bearing, not to the stream). True if it was tracked."""
+        r = self._rows.get(sensor_id)
+        if r is None:
+            return False
+        for name in FIELDS:
+            self._data[name][r] = 0
+        return True
+
     def discard(self, sensor_id: str) -> bool:
-        """Forget a sensor (its next window starts from a fresh state). True if it was tracked."""
+        """Forget a sensor, baseline included (its next window starts from a fresh state). True if it was tracked."""
         r = self._rows.pop(sensor_id, None)
         if r is None:
             return False

@@ -108,6 +108,16 @@ def model_result_topic(prefix: str, agent: str) -> str:
     return f"{model_topic(prefix, agent)}/result"
 
 
+def reset_topic(prefix: str, agent: str) -> str:
+    """`{prefix}/_agents/{agent}/reset-baseline` (operator → agent: a signed reset command)."""
+    return f"{_check_prefix(prefix)}/{AGENTS_LEVEL}/{validate_id(agent)}/reset-baseline"
+
+
+def reset_result_topic(prefix: str, agent: str) -> str:
+    """`{prefix}/_agents/{agent}/reset-baseline/result` (agent →: done, or refused and why)."""
+    return f"{reset_topic(prefix, agent)}/result"
+
+
 def parse_sensor_topic(topic: str, prefix: str) -> SensorTopic:
     """Split `{prefix}/{machine}/{sensor}/{kind}`; raises ProtocolError("bad_topic" or "bad_id").
 

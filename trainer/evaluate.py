@@ -48,7 +48,7 @@ def score_runs(
         group = list(range(g0, min(g0 + MAX_BATCH_SENSORS, len(seqs))))
         ids = {i: f"eval{i:06d}" for i in group}
         for i in group:
-            scorer.reset(ids[i])
+            scorer.forget(ids[i])
         longest = max((len(seqs[i]) for i in group), default=0)
         for k in range(longest):
             live = [i for i in group if len(seqs[i]) > k]
@@ -59,7 +59,7 @@ def score_runs(
                 out[i][1][k] = STATE_CODES[batch.states[j]]
             bar.update(len(live))
         for i in group:
-            scorer.reset(ids[i])
+            scorer.forget(ids[i])
     bar.close()
     return out
 

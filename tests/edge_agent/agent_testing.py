@@ -71,13 +71,15 @@ def make_bundle(
     hidden: int = 2,
     gain: float = 4.0,
     thresholds: dict[str, Any] | None = None,
+    spec: dict[str, Any] | None = None,
     **card: Any,
 ) -> Path:
-    """A bundle of the rms GRU signed with `key` (None: unsigned); `card` overrides card fields."""
+    """A bundle of the rms GRU signed with `key` (None: unsigned); `card` overrides card fields,
+    `spec` the feature spec (default DEFAULT_SPEC; the model reads F features either way)."""
     p = rms_params(hidden, gain=gain)
     doc = make_card(
         p,
-        DEFAULT_SPEC.to_dict(),
+        spec or DEFAULT_SPEC.to_dict(),
         model_version=version,
         thresholds=thresholds or THRESHOLDS,
         outputs=["health", "p_healthy"],

@@ -642,7 +642,7 @@ def test_process_reports_every_kind_of_state_reset(models: Models, fleet: Fleet,
     try:
         agent.process([item("a", 0), item("b", 0), item("c", 5)])  # new
         agent.process([item("a", 1), item("b", 5, ts_k=20), item("c", 0, ts_k=6)])  # ok, gap, restart
-        agent.scorer.reset("m/a")  # as if evicted for lack of room
+        agent.scorer.forget("m/a")  # as if evicted for lack of room
         agent.process([item("a", 2), item("a", 3)])
         health = [
             decode_health(m.payload) for m in agent.store.outbox_pending(100) if m.topic.endswith("/health")

@@ -91,8 +91,15 @@ def test_defaults_on_run_to_failure_data_declare_a_baseline_the_scorer_applies(
     resumed = [second.score_features(["m/s"], raw[k : k + 1]).scores[0] for k in range(100, len(raw))]
     np.testing.assert_allclose(np.array(resumed), np.array(got[100:]), atol=1e-6)
 
-    # Maintenance: a reset forgets the baseline; the sensor scores as a new one (learning again).
-    second.reset("m/s")
+    # A gap or a restarted sequence resets the hidden state only: the baseline belongs to the bearing.
+    kept = second.table.data["baseline"][second.table.row("m/s")].copy()
+    assert second.reset("m/s")
+    np.testing.assert_array_equal(second.table.data["baseline"][second.table.row("m/s")], kept)
+    assert second.table.data["steps"][second.table.row("m/s")] == 0
+    assert not second.table.data["h"][second.table.row("m/s")].any()
+
+    # Maintenance (bearing replaced): forget drops the baseline; the sensor scores as a new one.
+    assert second.forget("m/s")
     fresh = Scorer.from_loaded(bundle)
     after = [second.score_features(["m/s"], raw[k : k + 1]).scores[0] for k in range(95)]
     again = [fresh.score_features(["m/s"], raw[k : k + 1]).scores[0] for k in range(95)]

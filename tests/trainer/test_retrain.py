@@ -129,6 +129,28 @@ def test_labels_and_lives_from_events() -> None:
     assert item.labels.failed_at_end
 
 
+def test_each_life_learns_its_own_baseline_as_the_agent_does() -> None:
+    """With a per-sensor baseline, retraining's inputs restart the baseline at each replacement or
+    failure in the maintenance log: what `gruwatch agent reset-baseline` does on the gateway."""
+    from edge_agent.baseline import BaselineSpec, normalise_run
+    from trainer.data.agent import CollectedStream
+
+    rng = np.random.default_rng(3)
+    feats = rng.normal(size=(12, 3)).astype(np.float32) + np.repeat([0.0, 5.0], 6)[:, None].astype(np.float32)
+    ts = ((T0 + np.arange(12) * 100.0) * 1e9).astype(np.int64)
+    s = CollectedStream("x", "gw", "m1", "s0", "f.npz", feats, ts, np.arange(12), np.zeros(12, np.float32),
+                        np.array(["ok"] * 12), np.array(["v1"] * 12), 0)  # fmt: skip
+    spec = BaselineSpec(skip_windows=1, learn_windows=2)
+    replaced = [MaintenanceEvent("m1", "s0", T0 + 550.0, "replacement")]  # after window 5
+    (item,) = label_streams([s], replaced, horizon_s=None, baseline=spec)
+    assert item.lives == [(0, 6, False), (6, 12, False)]
+    np.testing.assert_array_equal(item.seq.features[:6], normalise_run(spec, feats[:6]))
+    np.testing.assert_array_equal(item.seq.features[6:], normalise_run(spec, feats[6:]))
+    assert not item.seq.features[6:8].any()  # the new bearing learns: zeros until its baseline is complete
+    (whole,) = label_streams([s], [], horizon_s=None, baseline=spec)
+    assert np.abs(whole.seq.features[6:]).min() > 1.0  # without the event, one baseline: a 5σ jump
+
+
 def test_the_challenger_must_be_better() -> None:
     champ = {"auroc": 0.90, "false_alarms": 1, "false_alarms_per_machine_day": 0.5}
     assert decide(champ, {**champ, "auroc": 0.95}, "auroc", 0.0, False)[0] == "challenger"

@@ -1,0 +1,195 @@
+"""The reset-baseline command over MQTT: the agent's inbox and checks, its answer, the operator's side.
+
+An operator (`gruwatch agent reset-baseline`) publishes a signed command (edge_agent.baseline_command)
+to `{prefix}/_agents/{agent}/reset-baseline`; the agent's link hands it to `ResetInbox.offer` on the
+network thread, and the daemon takes and checks it between two batches (`ResetInbox.take`): the
+signature by a trusted key, as for a model bundle, its age and its nonce (nonces are kept in the
+store, so a replay is refused across a restart too). The daemon then forgets the sensor's state,
+baseline included, and answers on `.../reset-baseline/result` with `answer_payload`.
+"""
+
+from __future__ import annotations
+
+import json
+import queue
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+from edge_agent.baseline_command import MAX_AGE_S, CommandError, ResetCommand, sign_reset, verify_reset
+from edge_agent.errors import GruwatchError, RequestError
+from edge_agent.mqtt_request import request_reply
+from edge_agent.signing import load_private_key, load_public_keys
+from edge_agent.topics import reset_result_topic, reset_topic, validate_id
+
+#: Store meta key: nonces of the commands executed within MAX_AGE_S (JSON {nonce: issued_at}).
+NONCES_META_KEY: Final = "reset_baseline_nonces"
+MAX_PENDING: Final = 16
+
+
+@dataclass(frozen=True, slots=True)
+class ResetOutcome:
+    """One received command: `command` when it passed every check, else `reason` and `detail`."""
+
+    command: ResetCommand | None
+    reason: str = ""
+    detail: str = ""
+    nonce: str = ""
+
+
+class ResetInbox:
+    """Commands received on the link's thread, checked on the daemon's with `take`.
+
+    `get_meta` / `set_meta` read and write the store's meta table (the nonces of executed commands).
+    """
+
+    def __init__(
+        self,
+        *,
+        trusted_keys: Sequence[Path | str],
+        allow_unsigned: bool,
+        get_meta: Callable[[str], str | bytes | None],
+        set_meta: Callable[[str, str], None],
+        max_pending: int = MAX_PENDING,
+    ) -> None:
+        self.trusted_keys = list(trusted_keys)
+        self.allow_unsigned = allow_unsigned
+        self.get_meta = get_meta
+        self.set_meta = set_meta
+        self.refused: Counter[str] = Counter()  # by reason
+        self.accepted = 0
+        self._queue: queue.Queue[bytes] = queue.Queue(max_pending)
+        self._busy = 0
+
+    def offer(self, payload: bytes) -> None:
+        """Queue a received payload (any thread; never blocks: beyond `max_pending` it is refused)."""
+        try:
+            self._queue.put_nowait(bytes(payload))
+        except queue.Full:
+            self._busy += 1
+
+    def take(self, now: float | None = None) -> list[ResetOutcome]:
+        """Check every command received since the last call, oldest first."""
+        out: list[ResetOutcome] = []
+        busy, self._busy = self._busy, 0
+        out.extend(
+            ResetOutcome(None, "busy", "too many commands at once; send it again") for _ in range(busy)
+        )
+        while True:
+            try:
+                payload = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            out.append(self._check(payload, time.time() if now is None else now))
+        for o in out:
+            if o.command is None:
+                self.refused[o.reason] += 1
+            else:
+                self.accepted += 1
+        return out
+
+    def _check(self, payload: bytes, now: float) -> ResetOutcome:
+        nonce = _nonce_of(payload)
+        try:
+            trusted = load_public_keys(self.trusted_keys)
+            seen = self._nonces(now)
+            command = verify_reset(
+                payload, trusted, now=now, seen_nonces=set(seen), allow_unsigned=self.allow_unsigned
+            )
+        except CommandError as exc:
+            return ResetOutcome(None, exc.reason, exc.detail, nonce)
+        except GruwatchError as exc:  # a trusted key that cannot be read
+            return ResetOutcome(None, exc.reason, str(exc), nonce)
+        seen[command.nonce] = command.issued_at
+        self.set_meta(NONCES_META_KEY, json.dumps(seen, separators=(",", ":")))
+        return ResetOutcome(command, nonce=command.nonce)
+
+    def _nonces(self, now: float) -> dict[str, float]:
+        """Nonces executed recently enough that their command is not yet refused as stale."""
+        raw = self.get_meta(NONCES_META_KEY)
+        try:
+            doc = json.loads(raw) if raw else {}
+        except ValueError:
+            doc = {}
+        if not isinstance(doc, dict):
+            return {}
+        return {
+            str(k): float(v)
+            for k, v in doc.items()
+            if isinstance(v, int | float) and abs(now - float(v)) <= MAX_AGE_S
+        }
+
+
+def answer_payload(outcome: ResetOutcome, *, tracked: bool = False) -> bytes:
+    """The JSON published on `.../reset-baseline/result` for one command."""
+    c = outcome.command
+    doc: dict[str, Any] = {"accepted": c is not None, "nonce": outcome.nonce}
+    if c is not None:
+        doc.update(machine=c.machine, sensor=c.sensor, key_id=c.key_id, tracked=tracked)
+    else:
+        doc.update(reason=outcome.reason, detail=outcome.detail)
+    return json.dumps(doc, separators=(",", ":")).encode()
+
+
+def _nonce_of(payload: bytes) -> str:
+    try:
+        doc = json.loads(payload)
+    except (ValueError, UnicodeDecodeError):
+        return ""
+    nonce = doc.get("nonce") if isinstance(doc, dict) else None
+    return nonce if isinstance(nonce, str) else ""
+
+
+# ------------------------------------------------------------------------------------- operator side
+
+
+def send_reset(
+    *,
+    broker: str,
+    agent: str,
+    machine: str,
+    sensor: str,
+    signing_key: Path | str,
+    prefix: str = "gruwatch",
+    timeout_s: float = 30.0,
+    username: str | None = None,
+    password: str | None = None,
+    ca_file: str | None = None,
+    cert_file: str | None = None,
+    key_file: str | None = None,
+) -> dict[str, Any]:
+    """Sign a reset command for `machine/sensor`, publish it to `agent` and return its JSON answer.
+
+    Raises CommandError when the broker cannot be reached or no answer comes within `timeout_s`.
+    """
+    payload = sign_reset(validate_id(machine), validate_id(sensor), load_private_key(signing_key))
+    nonce = json.loads(payload)["nonce"]
+    topic, answer_topic = reset_topic(prefix, agent), reset_result_topic(prefix, agent)
+    try:
+        answer = request_reply(
+            broker,
+            topic,
+            payload,
+            answer_topic,
+            timeout_s=timeout_s,
+            accept=lambda p: _nonce_of(p) == nonce,
+            username=username,
+            password=password,
+            ca_file=ca_file,
+            cert_file=cert_file,
+            key_file=key_file,
+            client_prefix="gruwatch-reset",
+        )
+    except RequestError as exc:
+        if exc.stage == "answer":
+            raise CommandError(
+                "no_answer",
+                f"no answer on {answer_topic} within {timeout_s:g} s: is agent {agent!r} running with "
+                f"prefix {prefix!r}?",
+            ) from None
+        raise CommandError(exc.reason, str(exc)) from exc
+    doc: dict[str, Any] = json.loads(answer)
+    return doc
