@@ -129,7 +129,12 @@ class Agent:
             agent_id=settings.agent_id,
         )
         swapper.serving_created = bundle.card["created"]
-        link = ModelLink(settings, on_model=swapper.offer_archive, model_version=bundle.model_version)
+        link = ModelLink(
+            settings,
+            on_model=swapper.offer_archive,
+            model_version=bundle.model_version,
+            thresholds=(scorer.thresholds.warning, scorer.thresholds.alarm),  # announced on the status topic
+        )
         tracker = SequenceTracker.from_settings(settings)
         link.rules.use_spec(scorer.spec, scorer.model_version)  # windows the model was made for
         return cls(
@@ -376,7 +381,7 @@ class Agent:
 
     def _health_encoder(self) -> HealthEncoder:
         if self._encoder is None or self._encoder.model != self.scorer.model_version:
-            self._encoder = HealthEncoder(self.scorer.model_version)
+            self._encoder = HealthEncoder(self.scorer.model_version, self.settings.agent_id)
         return self._encoder
 
     def _drop(self, reason: str, n: int = 1) -> None:
@@ -435,7 +440,7 @@ class Agent:
             self._count_reset("model", len(reset))
         self.scorer = new
         self.swapper.serving_created = bundle.card["created"]
-        self.link.set_model_version(new.model_version)
+        self.link.set_model_version(new.model_version, (new.thresholds.warning, new.thresholds.alarm))
         self.link.rules.use_spec(new.spec, new.model_version)
         self.metrics.set_model(new.model_version)
         log.info("model_swapped", previous=old.model_version, model=new.model_version, states=states)

@@ -23,8 +23,9 @@ from edge_agent.topics import alert_topic, health_topic
 
 log = structlog.get_logger("edge_agent.daemon")
 
-#: Health fields the agent sets itself, beside the wire's fixed ones and the model's outputs.
-AGENT_FIELDS: Final = ("step", "state_reset", "gap_s", "missed")
+#: Health fields the agent sets itself, beside the wire's fixed ones and the model's outputs
+#: (`agent`: its own id, so a dashboard can tell each agent's message rate).
+AGENT_FIELDS: Final = ("agent", "step", "state_reset", "gap_s", "missed")
 #: A model output with one of these names is published as "out_<name>".
 RESERVED_FIELDS: Final = frozenset(HEALTH_FIELDS) | frozenset(AGENT_FIELDS)
 _STATES: Final = frozenset(STATE_NAMES)
@@ -146,14 +147,17 @@ class HealthEncoder:
     """Health messages as `protocol.encode_health` writes them, byte for byte, without its generality.
 
     The fixed part is pre-built: `head(machine, sensor)` once per sensor (ids validated when the
-    topic was parsed), the model's JSON string once per model, each extra field's JSON key once.
+    topic was parsed), the model's JSON string and the `agent` field once per model, each extra
+    field's JSON key once. With `agent`, the message is encode_health's with extra {"agent": agent, ...}.
     Values are formatted as `json.dumps` does (ints with str, floats with float.__repr__).
     tests/edge_agent/test_daemon_e2e.py checks the bytes against encode_health.
     """
 
-    def __init__(self, model: str) -> None:
+    def __init__(self, model: str, agent: str | None = None) -> None:
         self.model = model
         self._tail = f',"model":{json.dumps(model)}'
+        if agent is not None:
+            self._tail += f',"agent":"{validate_id(agent)}"'
         self._keys: dict[str, str] = {}
 
     @staticmethod

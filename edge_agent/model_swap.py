@@ -339,9 +339,12 @@ class ModelLink(MqttLink):
         *,
         on_model: Callable[..., None],
         model_version: str = "",
+        thresholds: tuple[float, float] | None = None,
         queue_max_size: int | None = None,
     ) -> None:
-        super().__init__(settings, model_version=model_version, queue_max_size=queue_max_size)
+        super().__init__(
+            settings, model_version=model_version, thresholds=thresholds, queue_max_size=queue_max_size
+        )
         self.on_model = on_model
         self.model_topic = model_topic(settings.prefix, settings.agent_id)
         self.result_topic = model_result_topic(settings.prefix, settings.agent_id)

@@ -10,7 +10,6 @@ deliberate reconnect), control topics, the retained status topic and its last wi
 from __future__ import annotations
 
 import contextlib
-import json
 import queue
 import ssl
 import threading
@@ -18,7 +17,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Literal
 
 import paho.mqtt.client as paho
 import structlog
@@ -31,7 +30,9 @@ from edge_agent.errors import LinkError, ProtocolError
 from edge_agent.link_diagnostics import ConnectFailures
 from edge_agent.link_records import Inbound, LinkStats, PublishHandle
 from edge_agent.protocol import (
+    AgentStatus,
     agent_status_topic,
+    encode_status,
     parse_sensor_topic,
     vibration_subscription,
 )
@@ -61,6 +62,7 @@ class MqttLink:
         settings: AgentSettings,
         *,
         model_version: str = "",
+        thresholds: tuple[float, float] | None = None,
         queue_max_size: int | None = None,
     ) -> None:
         self.settings = settings
@@ -68,6 +70,7 @@ class MqttLink:
         self.status_topic = agent_status_topic(settings.prefix, settings.agent_id)
         self.subscription = vibration_subscription(settings.prefix)
         self._model_version = model_version
+        self._thresholds = thresholds  # (warning, alarm) of the served model, announced with it
         self._queue: queue.Queue[Inbound] = queue.Queue(queue_max_size or settings.queue_max_size)
         self._lock = threading.Lock()
         self._rejected: Counter[str] = Counter()
@@ -197,9 +200,11 @@ class MqttLink:
         self._connected.clear()
         self._client = None
 
-    def set_model_version(self, version: str) -> None:
-        """Announce a newly served model on the status topic (and in the will for the next connect)."""
+    def set_model_version(self, version: str, thresholds: tuple[float, float] | None = None) -> None:
+        """Announce a newly served model and its (warning, alarm) thresholds on the status topic (and in
+        the will for the next connect)."""
         self._model_version = version
+        self._thresholds = thresholds
         client = self._client
         if client is None:
             return
@@ -218,7 +223,7 @@ class MqttLink:
         if self._client is not None and self._online.is_set():
             self._publish_status("online")
 
-    def _publish_status(self, state: str) -> PublishHandle:
+    def _publish_status(self, state: Literal["online", "offline"]) -> PublishHandle:
         """The retained status, through the handle table like every publish (never a stray ack)."""
         try:
             return self.publish(self.status_topic, self._status_payload(state), qos=1, retain=True)
@@ -236,11 +241,11 @@ class MqttLink:
             if self._next_cycle <= now:  # held windows do not push the reconnect further away
                 self._next_cycle = now + _RELEASE_CYCLE_S
 
-    def _status_payload(self, state: str) -> bytes:
-        doc = {"state": state, "model": self._model_version}
-        if self._storage is not None and state == "online":
-            doc["storage"] = self._storage
-        return json.dumps(doc, separators=(",", ":")).encode()
+    def _status_payload(self, state: Literal["online", "offline"]) -> bytes:
+        """The status as `protocol.encode_status` writes it: state, served model, its thresholds, storage."""
+        warning, alarm = self._thresholds if self._thresholds is not None else (None, None)
+        storage = self._storage if state == "online" else None
+        return encode_status(AgentStatus(state, self._model_version, warning, alarm, storage))
 
     def _cycle(self) -> None:
         """Reconnect on purpose (clean DISCONNECT, same session) so the broker redelivers dropped windows."""

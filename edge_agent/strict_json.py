@@ -31,6 +31,10 @@ def _reject_constant(name: str) -> Any:
     raise ProtocolError("bad_json", f"{name} is not JSON; send finite numbers")
 
 
+#: One decoder for every message (json.loads with a keyword builds a new JSONDecoder per call).
+_DECODER: Final = json.JSONDecoder(parse_constant=_reject_constant)
+
+
 def _json_depth(payload: bytes) -> int:
     """Deepest nesting of arrays/objects in `payload`, ignoring brackets inside strings."""
     brackets = _JSON_STRING_RE.sub(b"", payload).translate(None, _NOT_BRACKETS)
@@ -54,7 +58,7 @@ def load_json_object(payload: bytes, max_bytes: int) -> dict[str, Any]:
     except UnicodeDecodeError as exc:
         raise ProtocolError("bad_json", f"not UTF-8: {exc.reason} at byte {exc.start}") from exc
     try:
-        doc = json.loads(text, parse_constant=_reject_constant)
+        doc = _DECODER.decode(text)
     except ValueError as exc:  # JSONDecodeError, and ints longer than sys.get_int_max_str_digits()
         raise ProtocolError("bad_json", str(exc)[:200]) from exc
     except RecursionError as exc:  # unreachable after the depth check; kept as a guarantee

@@ -21,6 +21,7 @@ from edge_agent.protocol import Window, encode_binary, vibration_topic
 from tests.conftest import Broker
 from tests.edge_agent.agent_testing import (
     AgentProcess,
+    Models,
     StatusWatcher,
     Subscriber,
     close_client,
@@ -41,7 +42,7 @@ print(json.dumps({{"rc": rc, "forbidden": loaded}}))
 
 @pytest.mark.mqtt
 def test_agent_process_scores_stops_on_sigterm_and_stays_light(
-    broker: Broker, topic_prefix: str, agent_process: Callable[..., AgentProcess]
+    broker: Broker, topic_prefix: str, agent_process: Callable[..., AgentProcess], models: Models
 ) -> None:
     agent = agent_process("proc", batch_max_wait_ms=10)
     store = agent.store
@@ -80,6 +81,11 @@ def test_agent_process_scores_stops_on_sigterm_and_stays_light(
     assert "agent_started" in events
     assert "agent_stopped" in events
     assert status[-1]["state"] == "offline"
+    # The status announces the served model and its thresholds (what dashboards draw).
+    card = json.loads((models.v1 / "card.json").read_text())
+    online = [st for st in status if st["state"] == "online"]
+    assert online[-1]["model"] == card["model_version"]
+    assert online[-1]["thresholds"] == {k: card["thresholds"][k] for k in ("warning", "alarm")}
     # States were flushed on shutdown.
     from edge_agent.store import Store
 

@@ -813,7 +813,8 @@ def test_health_encoder_writes_what_encode_health_writes() -> None:
     models = ["rms-v1", 'odd "model" \u00e9 name']
     for i in range(300):
         model = models[i % 2]
-        enc = HealthEncoder(model)
+        agent = "gw-1_b" if i % 4 < 2 else None  # the agent's own id leads the extra fields
+        enc = HealthEncoder(model, agent)
         score = float(rng.choice([0.0, 1.0, rng.random(), float(np.float32(rng.random()))]))
         extra: dict[str, Any] = {
             "p_outer": round(float(rng.random()), 6),
@@ -825,10 +826,13 @@ def test_health_encoder_writes_what_encode_health_writes() -> None:
             extra["gap_s"] = round(float(rng.random() * 1e4), 3)
         state = ["ok", "warning", "alarm"][i % 3]
         seq, ts = int(rng.integers(0, 2**32)), int(rng.integers(-(2**63), 2**63))
-        want = encode_health(Health("m-1_A", "s0", seq, ts, score, state, model, extra))  # type: ignore[arg-type]
+        fields = extra if agent is None else {"agent": agent, **extra}
+        want = encode_health(Health("m-1_A", "s0", seq, ts, score, state, model, fields))  # type: ignore[arg-type]
         assert HealthEncoder.head("m-1_A", "s0") + enc.encode(seq, ts, score, state, extra) == want
     with pytest.raises(ProtocolError):
         HealthEncoder.head("bad id", "s0")
+    with pytest.raises(ProtocolError):
+        HealthEncoder("v", "bad agent")
     with pytest.raises(ProtocolError):
         HealthEncoder("v").encode(1, 1, 1.5, "ok", {})
     with pytest.raises(ProtocolError):

@@ -288,6 +288,13 @@ def test_publish_handle_completes_and_reports_outbox_ids(
         assert peer.next_json() == {"state": "online", "model": ""}  # the retained one
         link.set_model_version("v2")
         assert peer.next_json() == {"state": "online", "model": "v2"}
+        # ... with its thresholds, as protocol.encode_status writes them (dashboards draw them)
+        link.set_model_version("v3", (0.4, 0.7))
+        assert peer.next_json() == {
+            "state": "online",
+            "model": "v3",
+            "thresholds": {"warning": 0.4, "alarm": 0.7},
+        }
     finally:
         link.stop()
 
