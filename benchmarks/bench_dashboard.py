@@ -10,17 +10,21 @@ dashboards`) and this one drives Debian's headless Chromium on its page. Printed
 - delivery: health messages the dashboard's model counted per second vs what was published;
 - freshness: a probe sensor flips between ok and alarm every 5 s; time from its publish to the tile
   showing the new state in the browser (p50 / max) — the page "falls behind" if this grows;
-- browser: time to draw all tiles once (the innerHTML write, p50 / max), and the JS heap;
-- server: one `snapshot()` of the model (p50 / max), one update request as the browser timed it,
-  and the dashboard process's resident memory before, with the fleet loaded, and at the end.
+- browser: time to draw the tiles once (fleet.js, p50 / max), and the JS heap;
+- server: one full `snapshot()` of the model (p50 / max), one poll of `gruwatch/fleet` as the browser
+  timed it, the dashboard process's CPU (share of one core while the fleet publishes: what 1,000
+  messages a second cost it, whatever else the machine runs) and its resident memory before, with
+  the fleet loaded, and at the end.
 
-The machine is shared (2 cores): expect ±30 % between runs; compare rows of one run.
+The machine is shared (2 cores): expect ±30 % between runs; compare rows of one run. The load average
+(`uptime`) at the start and the end is printed with the table.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import socket
 import statistics
@@ -33,6 +37,16 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+
+
+def _cpu_s(pid: int) -> float:
+    """User + system CPU seconds of process `pid` so far (all its threads)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _load() -> str:
+    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
 
 
 def _rss_mb(pid: int) -> float:
@@ -138,6 +152,8 @@ def main() -> int:
     for a in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1400,1000"):
         opts.add_argument(a)
     driver = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=opts)
+    load0 = _load()
+    cpu0, wall0 = _cpu_s(dash.pid), time.monotonic()
     pub = subprocess.Popen(
         [sys.executable, __file__, "--sensors", str(args.sensors), "--seconds", str(args.seconds),
          "--publish-only", url, prefix],
@@ -148,7 +164,7 @@ def main() -> int:
     probe.connect("127.0.0.1", port)
     probe.loop_start()
     driver.get(page)
-    fresh, renders, snaps, requests, rates = [], [], [], [], []
+    fresh, renders, frames, snaps, requests, rates = [], [], [], [], [], []
     rss_loaded = None
     start = time.monotonic()
     seq = 0
@@ -165,6 +181,8 @@ def main() -> int:
         r = driver.execute_script("return window.gwRender || null;")
         if r and r["tiles"] > args.sensors * 0.9:
             renders.append(r["ms"])
+            if r.get("frame_ms") is not None:
+                frames.append(r["frame_ms"])
         rate = driver.execute_script(
             "var r = document.getElementById('rates'); var m = r && r.textContent.match(/health messages ([0-9.]+)/);"
             "return m ? parseFloat(m[1]) : null;"
@@ -175,15 +193,17 @@ def main() -> int:
         if rss_loaded is None and tiles >= args.sensors:
             rss_loaded = _rss_mb(dash.pid)
         requests += driver.execute_script(
-            "var e = performance.getEntriesByType('resource').filter(x => x.name.indexOf('_dash-update-component') >= 0);"
+            "var e = performance.getEntriesByType('resource').filter(x => x.name.indexOf('gruwatch/fleet') >= 0);"
             "performance.clearResourceTimings(); return e.map(x => x.duration);"
         )
         time.sleep(max(0.0, 5 - (time.monotonic() - sent)))
     heap = driver.execute_script("return performance.memory ? performance.memory.usedJSHeapSize : null;")
     out, _ = pub.communicate(timeout=args.seconds + 30)
     published = json.loads(out.strip().splitlines()[-1])
+    cpu_share = (_cpu_s(dash.pid) - cpu0) / (time.monotonic() - wall0)
     tiles = driver.execute_script("return document.querySelectorAll('.tile').length;")
     rss_end = _rss_mb(dash.pid)
+    load1 = _load()
     driver.quit()
     probe.loop_stop()
     dash.terminate()
@@ -192,12 +212,15 @@ def main() -> int:
     broker.terminate()
     steady = rates[len(rates) // 3 :] or rates
     print(f"\ndashboard under load: {args.sensors} sensors × 1 msg/s for {args.seconds:.0f} s "
-          f"({published['published']} health messages published; {tiles} tiles)\n")  # fmt: skip
+          f"({published['published']} health messages published; {tiles} tiles); "
+          f"load average {load0} at the start, {load1} at the end\n")  # fmt: skip
     rows = [
         ("health messages counted / s (page's rate, median)", f"{statistics.median(steady):.0f}" if steady else "–", f"published {args.sensors}/s"),
         ("probe publish → tile shows it, ms (p50 / max)", _pct(fresh), f"{len(fresh)} flips; goal < 2000"),
-        ("browser: draw all tiles, ms (p50 / max)", _pct(renders), f"{len(renders)} samples"),
-        ("browser: one update request, ms (p50 / max)", _pct(requests), f"{len(requests)} requests"),
+        ("browser: draw the tiles, ms (p50 / max)", _pct(renders), f"{len(renders)} samples (fleet.js)"),
+        ("browser: draw to the next frame painted, ms", _pct(frames), "style, layout and paint included"),
+        ("browser: one poll of gruwatch/fleet, ms (p50 / max)", _pct(requests), f"{len(requests)} polls"),
+        ("dashboard CPU, % of one core", f"{100 * cpu_share:.0f}", "while the fleet publishes"),
         ("server: model snapshot, ms (p50 / max)", _pct(snaps), "20 snapshots, in this process"),
         ("dashboard RSS MB: started / fleet loaded / end", f"{rss0:.0f} / {rss_loaded or float('nan'):.0f} / {rss_end:.0f}", "the `python -m dashboards` process"),
         ("browser JS heap MB", f"{(heap or 0) / 2**20:.0f}", ""),

@@ -5,11 +5,15 @@ packages (nothing from a CDN, so the page works on an isolated plant network), a
 detail plots zoom and hover for free.
 
 How the page keeps up with 1,000 sensors at a message a second each: the browser never receives
-messages. Once a tick (`refresh_ms`, 1 s) it asks for one snapshot of the fleet model — about 100
-bytes a sensor — and `assets/fleet.js` keeps one DOM node per tile and writes only what changed
-(class, text, sparkline points), filtered and sorted in the browser. However fast messages arrive, the page shows the latest state of each sensor and has
-nothing to catch up on. The detail view (history, thresholds, state changes, spectrum) is one plotly
-figure pair for the selected sensor; its vibration topic is subscribed only while the view is open.
+messages. `assets/fleet.js` polls `gruwatch/fleet` (dashboards/fragments.py: plain JSON, not a Dash
+callback) and asks again `refresh_ms` (1 s) after the previous answer was drawn, never while one is on
+its way — Dash drops a callback's older answer when its interval fires again first, which on a busy
+machine could starve the page. Each answer holds only the tiles changed since the previous one (about
+150 bytes a tile); fleet.js keeps one DOM node per tile and writes only what changed, filtered and
+sorted in the browser. However fast messages arrive, the page shows the latest state of each sensor
+and has nothing to catch up on. The detail view (history, thresholds, state changes, spectrum) is one
+plotly figure pair for the selected sensor, a Dash callback on its own slower interval; its vibration
+topic is subscribed only while the view is open.
 
 Use from another module (e.g. `gruwatch demo`):
 
@@ -29,27 +33,32 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import flask
 from dash import ClientsideFunction, Dash, Input, Output, dcc, html, no_update
 from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
 
 from dashboards.feed import BrokerFeed
-from dashboards.fleet import STALE, URGENCY, FleetConfig, FleetModel
+from dashboards.fleet import STALE, FleetConfig, FleetModel
+from dashboards.fragments import fleet_payload
 from edge_agent.protocol import STATES, vibration_topic
 
 ASSETS = Path(__file__).resolve().parent / "assets"
 COLORS = {"ok": "#1a7f37", "warning": "#bf8700", "alarm": "#cf222e", STALE: "#6e7781", "line": "#0969da"}
-FEED_ROWS = 50
+FLEET_PATH = "/gruwatch/fleet"  # the page's poll (relative in fleet.js, so a reverse proxy's subpath works)
 
 
 # ------------------------------------------------------------------------------------------ layout
-def _layout(refresh_ms: int) -> html.Div:
+def _layout(refresh_ms: int, where: str) -> html.Div:
+    """The page's skeleton. Containers without children here (chips, banner, attention, grid, summary,
+    feed, agents, rates) are filled by assets/fleet.js from each poll; Dash never rewrites them."""
     states = [*STATES, STALE]
     return html.Div(
         [
+            html.Div(id="gw-config", style={"display": "none"}, **{"data-refresh-ms": str(refresh_ms)}),
             html.Div(
                 [
                     html.H1("gruwatch fleet"),
-                    html.Span(id="where", className="where"),
+                    html.Span(where, id="where", className="where"),
                     html.Div(id="chips", className="chips"),
                 ],
                 className="gw-header",
@@ -160,9 +169,10 @@ def _layout(refresh_ms: int) -> html.Div:
                 ],
                 className="gw-main",
             ),
-            dcc.Store(id="fleet"),
+            dcc.Store(id="view"),
             dcc.Store(id="selected", data=None),
-            dcc.Interval(id="tick", interval=refresh_ms, n_intervals=0),
+            # the detail view's own, slower tick: its figures are heavier than a poll of the fleet
+            dcc.Interval(id="detail-tick", interval=max(refresh_ms, 2000), n_intervals=0),
         ]
     )
 
@@ -172,82 +182,6 @@ def _clock(t: float | None) -> str:
     if t is None or not math.isfinite(t):
         return "–"
     return datetime.fromtimestamp(t).strftime("%Y-%m-%d %H:%M:%S")
-
-
-def _duration(s: float | None) -> str:
-    if s is None or not math.isfinite(s):
-        return "–"
-    if s < 90:
-        return f"{s:.0f} s"
-    if s < 90 * 60:
-        return f"{s / 60:.0f} min"
-    if s < 48 * 3600:
-        return f"{s / 3600:.1f} h"
-    return f"{s / 86400:.1f} days"
-
-
-def _state_cell(state: str) -> html.Td:
-    return html.Td(state, className=f"st-{state}")
-
-
-def _feed_table(feed: list[dict[str, Any]], current: dict[str, str]) -> Any:
-    if not feed:
-        return html.P("No alarm-state changes yet.", className="gw-note")
-    head = html.Tr([html.Th(c) for c in ("since", "sensor", "change", "score", "model", "now", "reason")])
-    rows = [
-        html.Tr(
-            [
-                html.Td(_clock(e["ts"])),
-                html.Td(e["key"]),
-                html.Td(f"{e['previous']} → {e['state']}", className=f"st-{e['state']}"),
-                html.Td(f"{e['score']:.2f}"),
-                html.Td(e["model"]),
-                _state_cell(current.get(e["key"], "–")),
-                html.Td(e["reason"], className="gw-note"),
-            ]
-        )
-        for e in feed[:FEED_ROWS]
-    ]
-    return html.Table([html.Thead(head), html.Tbody(rows)], className="gw-table")
-
-
-def _agents_table(agents: list[dict[str, Any]], now: float) -> Any:
-    if not agents:
-        return html.P("No agent has announced itself on …/_agents/+/status yet.", className="gw-note")
-    head = html.Tr([html.Th(c) for c in ("agent", "state", "model", "since", "last status", "storage")])
-    rows = [
-        html.Tr(
-            [
-                html.Td(a["agent"]),
-                _state_cell(a["state"]),
-                html.Td(a["model"] or "–"),
-                html.Td(_clock(a["since"])),
-                html.Td(f"{_duration(now - a['seen'])} ago"),
-                html.Td(a["storage"], className="st-alarm")
-                if a["storage"]
-                else html.Td("ok", className="gw-note"),
-            ]
-        )
-        for a in agents
-    ]
-    return html.Table([html.Thead(head), html.Tbody(rows)], className="gw-table")
-
-
-def _rates(snap: dict[str, Any]) -> str:
-    r, c = snap["rates"], snap["counters"]
-    rejected = {k.removeprefix("rejected_"): v for k, v in c.items() if k.startswith("rejected_")}
-    parts = [
-        f"health messages {r['health_per_s']:.1f}/s",
-        f"alerts {r['alerts_per_s']:.2f}/s",
-        f"{len(snap['tiles'])} sensors",
-    ]
-    if rejected:
-        parts.append("rejected " + ", ".join(f"{k} {v}" for k, v in sorted(rejected.items())))
-    if c.get("refused_sensors"):
-        parts.append(f"sensors beyond the limit, not shown: {c['refused_sensors']} messages")
-    if c.get("late"):
-        parts.append(f"late or repeated windows {c['late']}")
-    return " · ".join(parts)
 
 
 def _history_figure(d: dict[str, Any]) -> dict[str, Any]:
@@ -424,52 +358,25 @@ def create_app(model: FleetModel, feed: BrokerFeed, refresh_ms: int = 1000) -> D
         serve_locally=True,
         eager_loading=True,  # plotly.js loads with the page, not later on the first tick (a seconds-long stall)
     )
-    app.layout = _layout(refresh_ms)
+    status = feed.status()
+    app.layout = _layout(refresh_ms, f"{status['broker']} · prefix {status['prefix']}")
 
-    @app.callback(
-        Output("fleet", "data"),
-        Output("chips", "children"),
-        Output("where", "children"),
-        Output("banner", "children"),
-        Output("banner", "style"),
-        Output("alarm-feed", "children"),
-        Output("agents", "children"),
-        Output("rates", "children"),
-        Input("tick", "n_intervals"),
-    )
-    def _tick(_n: int) -> tuple[Any, ...]:
-        feed.sweep()
-        snap = model.snapshot()
-        status = feed.status()
-        chips = [
-            html.Span(f"{snap['counts'][s]} {s}", className=f"chip {s}", id=f"count-{s}")
-            for s in sorted(snap["counts"], key=URGENCY.__getitem__)
-        ]
-        where = f"{status['broker']} · prefix {status['prefix']}"
-        if status["connected"]:
-            banner, banner_style = "", {"display": "none"}
-        else:
-            banner = (
-                f"Broker {status['broker']} unreachable since {_clock(status['since'])} "
-                f"({status['error']}). Showing the last known state; reconnecting…"
-            )
-            banner_style = {"display": "block"}
-        current = {t[0]: t[1] for t in snap["tiles"]}
-        return (
-            {"now": snap["now"], "tiles": snap["tiles"], "attention": snap["attention"]},
-            chips,
-            where,
-            banner,
-            banner_style,
-            _feed_table(snap["feed"], current),
-            _agents_table(snap["agents"], snap["now"]),
-            _rates(snap),
-        )
+    @app.server.route(FLEET_PATH)
+    def _fleet() -> flask.Response:
+        """The page's poll: ?epoch=E&version=V&at=T (from its previous answer) for a delta, else all."""
+        args = flask.request.args
+        since = None
+        try:
+            if "epoch" in args:
+                since = (args["epoch"], int(args["version"]), float(args["at"]))
+        except (KeyError, ValueError):
+            since = None  # a malformed query: the full snapshot
+        body = fleet_payload(model, feed, since)
+        return flask.Response(body, mimetype="application/json", headers={"Cache-Control": "no-store"})
 
     app.clientside_callback(
-        ClientsideFunction(namespace="gruwatch", function_name="renderFleet"),
-        Output("fleet-summary", "children"),
-        Input("fleet", "data"),
+        ClientsideFunction(namespace="gruwatch", function_name="setView"),
+        Output("view", "data"),
         Input("filter-state", "value"),
         Input("filter-text", "value"),
         Input("sort", "value"),
@@ -487,7 +394,7 @@ def create_app(model: FleetModel, feed: BrokerFeed, refresh_ms: int = 1000) -> D
         Output("history-graph", "figure"),
         Output("spectrum-graph", "figure"),
         Output("detail-info", "children"),
-        Input("tick", "n_intervals"),
+        Input("detail-tick", "n_intervals"),
         Input("selected", "data"),
     )
     def _detail(_n: int, key: str | None) -> tuple[Any, ...]:

@@ -3,7 +3,8 @@
 `BrokerFeed(model, broker_url, prefix).start()` subscribes to `{prefix}/+/+/health` (QoS 0: a
 lost score is replaced a window later, and no acknowledgement per message costs CPU), and at QoS 1 to
 `{prefix}/+/+/alert` (retained: a new dashboard sees every sensor's current alarm state at once) and
-`{prefix}/_agents/+/status` (retained, and each agent's last will), and decodes every message with
+`{prefix}/_agents/+/status` (retained, and each agent's last will), and at QoS 0 to
+`{prefix}/_agents/+/health` (the health batches of agents run with `health_batch`), and decodes every message with
 `edge_agent.protocol`, the one wire format. A payload that does not decode is counted by reason in
 the model, never shown and never fatal. The vibration topic of one sensor is subscribed to only while
 a detail view holds a lease on it (`touch(key)`; `sweep()` drops expired leases and unsubscribes).
@@ -31,6 +32,7 @@ from edge_agent.protocol import (
     AGENTS_LEVEL,
     decode_alert,
     decode_health,
+    decode_health_batch,
     decode_status,
     decode_vibration,
     parse_sensor_topic,
@@ -156,6 +158,7 @@ class BrokerFeed:
             (f"{self.prefix}/+/+/health", 0),  # the next one comes in a second: no acks to send
             (f"{self.prefix}/+/+/alert", 1),
             (f"{self.prefix}/{AGENTS_LEVEL}/+/status", 1),
+            (f"{self.prefix}/{AGENTS_LEVEL}/+/health", 0),  # agents with health_batch: one per batch
         ]
         with self._lock:
             topics += [(t, 0) for t in sorted(self._subscribed_vibration)]
@@ -181,9 +184,15 @@ class BrokerFeed:
         agents = f"{self.prefix}/{AGENTS_LEVEL}/"
         if topic.startswith(agents):
             agent, _, rest = topic[len(agents) :].partition("/")
-            if rest != "status":
-                raise ProtocolError("bad_topic", f"{topic!r} is not an agent status topic")
-            self.model.on_status(validate_id(agent), decode_status(payload))
+            if rest == "status":
+                self.model.on_status(validate_id(agent), decode_status(payload))
+            elif rest == "health":
+                name, healths = decode_health_batch(payload)
+                if name != agent:
+                    raise ProtocolError("bad_topic", f"health batch of agent {name!r} on {topic!r}")
+                self.model.on_healths(healths, agent=name)
+            else:
+                raise ProtocolError("bad_topic", f"{topic!r} is not an agent status or health topic")
             return
         where = parse_sensor_topic(topic, self.prefix)
         if where.kind == "health":

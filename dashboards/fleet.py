@@ -11,15 +11,22 @@ sensor, `feed_len` alerts, `max_agents` agents, and the latest vibration window 
 
 Two clocks: history, state changes and the "by when" estimates use the sensor's own timestamps (what
 happened when); staleness and message rates use this process's wall clock (when we last heard).
+
+Deltas: every change to a sensor stamps it with the model's version counter, so `snapshot(since=...)`
+sends only the tiles that changed since the page's previous snapshot (and those that turned stale
+meanwhile): a fleet reporting once a minute costs the page a few tiles a second, not all of them.
+Message rates are kept per agent too, from the agent named by a health batch's envelope or by a
+health message's `agent` field (the agent adds it; see docs/protocol.md).
 """
 
 from __future__ import annotations
 
 import math
+import os
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -106,6 +113,7 @@ class _Rate:
 class _Sensor:
     __slots__ = (
         "changes",
+        "eta",
         "extra",
         "key",
         "level",
@@ -119,6 +127,7 @@ class _Sensor:
         "since_s",
         "spark",
         "ts_s",
+        "ver",
     )
 
     def __init__(self, machine: str, sensor: str, history: int, changes: int, spark: int) -> None:
@@ -135,15 +144,23 @@ class _Sensor:
         self.extra: dict[str, Any] = {}
         self.ring = _Ring(history)
         self.changes: deque[tuple[float, str, str, float, str]] = deque(maxlen=changes)
+        self.ver = 0  # the model's version counter at this sensor's latest change
+        self.eta: tuple[Any, ...] = ()  # (seq, limit, eta_s): the trend fit, redone only on a new window
+
+
+#: An agent heard from only through health messages, before (or without) its retained status.
+UNANNOUNCED = "unannounced"
 
 
 @dataclass
 class _Agent:
-    state: str
+    state: str  # online / offline (its status), or UNANNOUNCED
     model: str
     since: float  # wall time of the latest state change
-    seen: float  # wall time of the latest status message
+    seen: float  # wall time of the latest status message (0: none yet)
     storage: str | None = None  # "degraded" while the agent says its store is in trouble
+    rate: _Rate | None = None  # its health messages per second
+    heard: float = 0.0  # wall time of its latest health message
 
 
 class FleetModel:
@@ -168,6 +185,8 @@ class FleetModel:
         self._leases: dict[str, float] = {}
         self._health_rate = _Rate(self.config.rate_window_s)
         self._alert_rate = _Rate(self.config.rate_window_s)
+        self._version = 0  # bumped by every change a tile shows
+        self.epoch = f"{os.getpid()}-{time.time_ns()}"  # a page's `since` from another model: full snapshot
         self.counters: Counter[str] = Counter()  # rejected_<reason>, refused_sensors, late, ...
 
     # ------------------------------------------------------------------------------------ messages in
@@ -183,28 +202,57 @@ class FleetModel:
             )
         return s
 
-    def on_health(self, h: Health, now: float | None = None) -> None:
+    def on_health(self, h: Health, now: float | None = None, *, agent: str | None = None) -> None:
+        """One health message; `agent`: who published it (else its `agent` field, when it has one)."""
+        self.on_healths((h,), now, agent=agent)
+
+    def on_healths(
+        self, healths: Sequence[Health], now: float | None = None, *, agent: str | None = None
+    ) -> None:
+        """Health messages in arrival order (a health batch: `agent` from its envelope), under one lock."""
         now = self.clock() if now is None else now
-        ts_s = h.ts_ns / 1e9
-        level = LEVELS[h.state]
         with self._lock:
-            self.counters["health"] += 1
-            self._health_rate.add(now)
-            s = self._sensor(h.machine, h.sensor)
-            if s is None:
+            for h in healths:
+                self._health(h, now, agent)
+
+    def _health(self, h: Health, now: float, agent: str | None) -> None:
+        self.counters["health"] += 1
+        self._health_rate.add(now)
+        who = agent if agent is not None else h.extra.get("agent")
+        if type(who) is str:
+            self._heard(who, h.model, now)
+        s = self._sensor(h.machine, h.sensor)
+        if s is None:
+            return
+        ts_s = h.ts_ns / 1e9
+        s.seen = now
+        self._version += 1
+        s.ver = self._version
+        if ts_s < s.ts_s or (ts_s == s.ts_s and h.seq == s.seq):  # late or redelivered
+            self.counters["late"] += 1
+            return
+        level = LEVELS[h.state]
+        if level != s.level or s.since_s == -math.inf:
+            if s.since_s != -math.inf:
+                s.changes.append((ts_s, STATES[s.level], h.state, h.score, ""))
+            s.since_s = ts_s
+        s.level, s.score, s.model, s.seq, s.ts_s = level, h.score, h.model, h.seq, ts_s
+        s.extra = h.extra
+        s.ring.append(ts_s, h.score, level)
+        s.spark.append(int(h.score * 100.0 + 0.5))
+
+    def _heard(self, name: str, model: str, now: float) -> None:
+        """A health message from agent `name`: its rate (an agent not announced yet is listed as such)."""
+        a = self._agents.get(name)
+        if a is None:
+            if len(self._agents) >= self.config.max_agents:
+                self.counters["refused_agents"] += 1
                 return
-            s.seen = now
-            if ts_s < s.ts_s or (ts_s == s.ts_s and h.seq == s.seq):  # late or redelivered
-                self.counters["late"] += 1
-                return
-            if level != s.level or s.since_s == -math.inf:
-                if s.since_s != -math.inf:
-                    s.changes.append((ts_s, STATES[s.level], h.state, h.score, ""))
-                s.since_s = ts_s
-            s.level, s.score, s.model, s.seq, s.ts_s = level, h.score, h.model, h.seq, ts_s
-            s.extra = h.extra
-            s.ring.append(ts_s, h.score, level)
-            s.spark.append(int(h.score * 100.0 + 0.5))
+            a = self._agents[name] = _Agent(UNANNOUNCED, model, now, 0.0)
+        if a.rate is None:
+            a.rate = _Rate(self.config.rate_window_s)
+        a.rate.add(now)
+        a.heard = now
 
     def on_alert(self, a: Alert, now: float | None = None) -> None:
         """An alarm-state change: into the feed; it also sets the state of a sensor not heard from since."""
@@ -234,6 +282,8 @@ class FleetModel:
             else:
                 if ts_s > s.ts_s:
                     s.changes.append((ts_s, a.previous_state, a.state, a.score, a.reason))
+            self._version += 1
+            s.ver = self._version
             if ts_s > s.ts_s:  # newer than anything heard: the alert is the sensor's latest word
                 if LEVELS[a.state] != s.level or s.since_s == -math.inf:
                     s.since_s = ts_s
@@ -307,26 +357,37 @@ class FleetModel:
     def _state(self, s: _Sensor, now: float) -> str:
         return STALE if now - s.seen > self.config.stale_after_s else STATES[s.level]
 
-    def snapshot(self, now: float | None = None) -> dict[str, Any]:
+    def snapshot(
+        self, now: float | None = None, since: tuple[str, int, float] | None = None
+    ) -> dict[str, Any]:
         """Everything the fleet page shows, as plain JSON-able types.
 
-        tiles: [key, state, score, sparkline (ints 0..100, oldest first), state before stale]
-        counts: sensors per state; attention: worst first (see `_attention`);
-        feed: alerts newest first; agents; rates (messages/s) and counters.
+        tiles: [key, state, score, sparkline (ints 0..100, oldest first), state before stale] — all of
+        them, or with `since` = (epoch, version, now) of an earlier snapshot of this model only those
+        changed since or turned stale since (`full` says which); `epoch`, `version`: this snapshot's.
+        counts: sensors per state; attention: worst first (see `_attention`); feed: alerts newest
+        first; agents (each with its health messages per second); rates (messages/s) and counters.
         """
         now = self.clock() if now is None else now
         stale_before = now - self.config.stale_after_s
         with self._lock:
+            full = since is None or since[0] != self.epoch or since[1] > self._version
+            after, was_stale_before = (
+                (0, -math.inf) if full else (since[1], since[2] - self.config.stale_after_s)
+            )  # type: ignore[index]
             tiles, attention = [], []
             counts = dict.fromkeys((*STATES, STALE), 0)
             for s in self._sensors.values():  # the hot loop of every page tick: plain Python only
                 last = STATES[s.level]
-                state = STALE if s.seen < stale_before else last
+                stale = s.seen < stale_before
+                state = STALE if stale else last
                 counts[state] += 1
-                tiles.append([s.key, state, round(s.score, 3), list(s.spark), last])
+                if s.ver > after or (stale and s.seen >= was_stale_before):
+                    tiles.append([s.key, state, round(s.score, 3), list(s.spark), last])
                 if state != "ok":
                     attention.append(self._attention(s, state, now))
             feed = sorted(self._feed, key=lambda e: e["ts"], reverse=True)
+            window = self.config.rate_window_s
             agents = [
                 {
                     "agent": name,
@@ -335,19 +396,27 @@ class FleetModel:
                     "since": a.since,
                     "seen": a.seen,
                     "storage": a.storage,
+                    "health_per_s": a.rate.per_s(now) if a.rate is not None else None,
+                    "heard": a.heard,
                 }
                 for name, a in sorted(self._agents.items())
             ]
             rates = {
                 "health_per_s": self._health_rate.per_s(now),
                 "alerts_per_s": self._alert_rate.per_s(now),
+                "window_s": window,
             }
             counters = dict(self.counters)
+            version, n = self._version, len(self._sensors)
         attention.sort(
             key=lambda a: (URGENCY[a["state"]], a["eta_s"] if a["eta_s"] is not None else math.inf)
         )
         return {
             "now": now,
+            "epoch": self.epoch,
+            "version": version,
+            "full": full,
+            "sensors": n,
             "tiles": tiles,
             "counts": counts,
             "attention": attention,
@@ -383,7 +452,13 @@ class FleetModel:
             else:
                 limits = self._thresholds.get(s.model, self.default_thresholds)
                 if limits is not None:
-                    eta = _time_to_cross(s.ring, limits[1], self.config.trend_points)
+                    if s.eta[:2] != (s.seq, limits[1]):  # a new window since the last fit
+                        s.eta = (
+                            s.seq,
+                            limits[1],
+                            _time_to_cross(s.ring, limits[1], self.config.trend_points),
+                        )
+                    eta = s.eta[2]
                     if eta is not None:
                         row["eta_s"], row["basis"] = eta, "score trend reaches alarm"
         else:  # stale: nothing new since `seen`

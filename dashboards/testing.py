@@ -35,7 +35,8 @@ class SyntheticFleet:
 
     A degrading machine's score rises exponentially from its onset step; the state follows the
     thresholds with `raise_windows` consecutive windows to raise a level and to clear it, as the agent
-    does. One agent per `sensors_per_agent` sensors announces itself (with the thresholds).
+    does. One agent per `machines_per_agent` machines announces itself (with the thresholds) and, as
+    the agent does, names itself in each health message's `agent` field.
     """
 
     machines: int = 20
@@ -71,10 +72,16 @@ class SyntheticFleet:
     def keys(self) -> list[tuple[str, str]]:
         return [(f"machine-{m:03d}", f"s{s}") for m in range(self.machines) for s in range(self.sensors)]
 
+    def agent_of(self, machine: int) -> str:
+        return f"edge-{machine // self.machines_per_agent:02d}"
+
     def agents(self) -> list[tuple[str, AgentStatus]]:
         count = max(1, math.ceil(self.machines / self.machines_per_agent))
         return [
-            (f"edge-{i:02d}", AgentStatus("online", self.model, self.warning, self.alarm))
+            (
+                self.agent_of(i * self.machines_per_agent),
+                AgentStatus("online", self.model, self.warning, self.alarm),
+            )
             for i in range(count)
         ]
 
@@ -95,7 +102,10 @@ class SyntheticFleet:
         healths, alerts = [], []
         for i, (machine, sensor) in enumerate(self.keys):
             state = STATE_NAMES[self._level[i]]
-            healths.append(Health(machine, sensor, k, ts, round(float(score[i]), 4), state, self.model, {}))  # type: ignore[arg-type]
+            agent = {"agent": self.agent_of(i // self.sensors)}
+            healths.append(
+                Health(machine, sensor, k, ts, round(float(score[i]), 4), state, self.model, agent)
+            )  # type: ignore[arg-type]
             if change[i] and previous[i] != self._level[i]:
                 alerts.append(
                     Alert(

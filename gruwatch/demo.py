@@ -21,7 +21,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -159,6 +159,7 @@ class Demo:
         self.started = time.monotonic()
         self.stopped_by = "complete"
         self.fleet: list[Any] = []
+        self.dashboard: Any = None  # dashboards.app.DashboardHandle once started
 
     def say(self, line: str) -> None:
         sys.stdout.write(line + "\n")
@@ -240,17 +241,23 @@ class Demo:
         return agent
 
     def _start_dashboard(self, stack: contextlib.ExitStack, url: str) -> None:
-        """Hook for the live dashboard: started when `dashboards.app.serve` exists, else said so."""
+        """The live fleet view on the same broker and prefix. It learns the warning and alarm lines
+        from the agent's retained status (the served model's thresholds), so none are passed here."""
         try:
-            from dashboards.app import serve  # type: ignore[import-not-found,unused-ignore]
-        except ImportError:
-            self.say("  dashboard: not part of this version yet (watch the alarms below)")
+            from dashboards.app import serve
+        except ImportError as exc:  # an install without the dashboard extra: the demo runs on without it
+            self.say(
+                f"  dashboard: not started ({exc}; pip install 'gruwatch[demo]'); watch the alarms below"
+            )
             return
-        handle = serve(broker=url, prefix=self.prefix, port=self.args.dashboard_port, host="127.0.0.1")
-        stop: Callable[[], Any] | None = getattr(handle, "stop", None) or getattr(handle, "close", None)
-        if stop is not None:
-            stack.callback(stop)
-        self.say(f"  dashboard: {getattr(handle, 'url', handle)}")
+        try:
+            handle = serve(broker=url, prefix=self.prefix, port=self.args.dashboard_port, host="127.0.0.1")
+        except OSError as exc:  # e.g. --dashboard-port already taken: the demo runs on without it
+            self.say(f"  dashboard: not started ({exc}); watch the alarms below")
+            return
+        stack.callback(handle.stop)
+        self.dashboard = handle
+        self.say(f"  dashboard: {handle.url}")
 
     def _speedup(self) -> float:
         from gruwatch.demo_model import FLEET

@@ -1,6 +1,8 @@
-/* gruwatch live fleet view: draws the tiles and the "needs attention" list from the compact data the
-   server sends each tick; tiles are kept and only what changed is written (text, class, sparkline), and
-   turns clicks on a tile or an attention row into the selected sensor. Served by the app itself. */
+/* gruwatch live fleet view: polls gruwatch/fleet (the tiles changed since its previous answer, the
+   "needs attention" rows, and HTML fragments for the header, banner, feed and agents), draws it, and
+   asks again refresh_ms after drawing — never two polls on their way, so a slow server delays the
+   page but never starves it. Tiles are kept and only what changed is written (text, class,
+   sparkline); clicks on a tile or an attention row select that sensor. Served by the app itself. */
 (function () {
   "use strict";
   var URGENCY = { alarm: 0, warning: 1, stale: 2, ok: 3 };
@@ -37,11 +39,14 @@
   var SVG = "http://www.w3.org/2000/svg";
   var nodes = {};  /* key -> {el, state, score, points}: tiles persist; each tick only changes what changed */
 
+  var xs = {};  /* n -> the sparkline's n x coordinates, as text */
   function points(values) {
-    var n = values.length, out = new Array(n);
-    for (var i = 0; i < n; i++) {
-      out[i] = (n > 1 ? (i / (n - 1)) * 100 : 0).toFixed(1) + "," + (19 - (values[i] / 100) * 18).toFixed(1);
+    var n = values.length, x = xs[n], out = new Array(n);
+    if (!x) {
+      x = xs[n] = [];
+      for (var j = 0; j < n; j++) x.push((n > 1 ? Math.round((j / (n - 1)) * 1000) / 10 : 0) + ",");
     }
+    for (var i = 0; i < n; i++) out[i] = x[i] + Math.round(190 - values[i] * 1.8) / 10;  /* score % -> 19..1 */
     return out.join(" ");
   }
 
@@ -67,7 +72,7 @@
     el.appendChild(name);
     el.appendChild(row);
     el.appendChild(svg);
-    return { el: el, st: st, sc: sc, line: line, state: null, last: null, score: null, pts: null };
+    return { el: el, st: st, sc: sc, line: line, row: null, state: null, last: null, score: null, pts: null };
   }
 
   function renderTiles(grid, tiles, states, text, sort) {
@@ -81,40 +86,55 @@
       shown.sort(function (a, b) { return a[0] < b[0] ? -1 : a[0] > b[0] ? 1 : 0; });
     } else if (sort === "score") {
       shown.sort(function (a, b) { return b[2] - a[2] || (a[0] < b[0] ? -1 : 1); });
-    } else { /* worst first: state, then score */
+    } else { /* worst first: by state, then by name, so a tile keeps its place while its state holds
+                (sorting by the score too would shuffle hundreds of tiles a second: unreadable, and
+                the browser re-lays out every tile it moves) */
       shown.sort(function (a, b) {
-        return URGENCY[a[1]] - URGENCY[b[1]] || b[2] - a[2] || (a[0] < b[0] ? -1 : 1);
+        return URGENCY[a[1]] - URGENCY[b[1]] || (a[0] < b[0] ? -1 : a[0] > b[0] ? 1 : 0);
       });
     }
     var keep = {};
+    var cur = grid.firstChild;  /* walks the grid once: O(tiles), whatever moved */
     for (var i = 0; i < shown.length; i++) {
       var t = shown[i], key = t[0], n = nodes[key];
       keep[key] = true;
       if (!n) n = nodes[key] = makeTile(key);
-      if (n.state !== t[1] || n.last !== t[4]) {
-        var label = t[1] === "stale" ? "stale (" + t[4] + ")" : t[1];
-        n.el.className = "tile s-" + t[1];
-        n.el.setAttribute("data-state", t[1]);
-        n.st.textContent = label;
-        n.state = t[1];
-        n.last = t[4];
+      if (n.row !== t) {  /* a new row for this tile came with the latest poll */
+        n.row = t;
+        update(n, t);
       }
-      if (n.score !== t[2]) {
-        n.sc.textContent = t[2].toFixed(2);
-        n.el.title = key + ": score " + t[2].toFixed(3) + " (higher = worse)";
-        n.score = t[2];
-      }
-      var pts = points(t[3]);
-      if (n.pts !== pts) {
-        n.line.setAttribute("points", pts);
-        n.pts = pts;
-      }
-      var at = grid.children[i];
-      if (at !== n.el) grid.insertBefore(n.el, at || null);  /* moves only what is out of place */
+      if (cur === n.el) cur = cur.nextSibling;
+      else grid.insertBefore(n.el, cur);  /* moves only what is out of place */
     }
-    while (grid.children.length > shown.length) grid.removeChild(grid.lastChild);
+    while (cur) {  /* tiles filtered out */
+      var next = cur.nextSibling;
+      grid.removeChild(cur);
+      cur = next;
+    }
     for (var k in nodes) if (!keep[k] && !nodes[k].el.parentNode) delete nodes[k];
     return shown.length;
+  }
+
+  function update(n, t) {
+    var key = t[0];
+    if (n.state !== t[1] || n.last !== t[4]) {
+      var label = t[1] === "stale" ? "stale (" + t[4] + ")" : t[1];
+      n.el.className = "tile s-" + t[1];
+      n.el.setAttribute("data-state", t[1]);
+      n.st.textContent = label;
+      n.state = t[1];
+      n.last = t[4];
+    }
+    if (n.score !== t[2]) {
+      n.sc.textContent = t[2].toFixed(2);
+      n.el.title = key + ": score " + t[2].toFixed(3) + " (higher = worse)";
+      n.score = t[2];
+    }
+    var pts = points(t[3]);
+    if (n.pts !== pts) {
+      n.line.setAttribute("points", pts);
+      n.pts = pts;
+    }
   }
 
   function renderAttention(rows, limit) {
@@ -132,20 +152,102 @@
     return out.join("");
   }
 
+  /* ---- the poll: GET gruwatch/fleet, draw, wait refresh_ms, ask again (never two on their way) ---- */
+  var tiles = {};        /* key -> tile row [key, state, score, sparkline, last], merged from deltas */
+  var last = null;       /* the previous answer's {epoch, version, now}: the next poll asks for a delta */
+  var view = { states: ["ok", "warning", "alarm", "stale"], text: "", sort: "urgency" };
+  var shownHtml = {};    /* fragment id -> the HTML it shows: swapped only when it changes */
+  var failures = 0;
+
+  function setHtml(id, html) {
+    var el = document.getElementById(id);
+    if (!el || shownHtml[id] === html) return;
+    el.innerHTML = html;
+    shownHtml[id] = html;
+  }
+
+  function setBanner(text) {
+    var el = document.getElementById("banner");
+    if (!el) return;
+    if (text) {
+      if (el.textContent !== text) el.textContent = text;
+      el.style.display = "block";
+    } else if (el.style.display !== "none") {
+      el.style.display = "none";
+    }
+  }
+
+  function draw() {
+    var grid = document.getElementById("fleet-grid");
+    var attn = document.getElementById("attention");
+    var summary = document.getElementById("fleet-summary");
+    if (!grid || !attn || !summary || !last) return false;  /* Dash has not rendered the layout yet */
+    var t0 = performance.now();
+    listen(grid);
+    listen(attn);
+    var rows = Object.keys(tiles).map(function (k) { return tiles[k]; });
+    var shown = renderTiles(grid, rows, view.states, view.text, view.sort);
+    setHtml("attention", renderAttention(last.attention, 8));
+    summary.textContent = "showing " + shown + " of " + rows.length + " sensors";
+    var r = window.gwRender = { ms: performance.now() - t0, tiles: shown, at: Date.now(), version: last.version };
+    requestAnimationFrame(function () {  /* the frame after it: style, layout and paint included */
+      requestAnimationFrame(function () { r.frame_ms = performance.now() - t0; });
+    });
+    return true;
+  }
+
+  function apply(d) {
+    if (d.full) tiles = {};
+    for (var i = 0; i < d.tiles.length; i++) tiles[d.tiles[i][0]] = d.tiles[i];
+    last = d;
+    setBanner(d.banner);
+    setHtml("chips", d.html.chips);
+    setHtml("alarm-feed", d.html.feed);
+    setHtml("agents", d.html.agents);
+    setHtml("rates", d.html.rates);
+  }
+
+  function refreshMs() {
+    var c = document.getElementById("gw-config");
+    var ms = c ? parseInt(c.getAttribute("data-refresh-ms"), 10) : NaN;
+    return isFinite(ms) && ms > 0 ? ms : 1000;
+  }
+
+  function poll() {
+    var t0 = performance.now();
+    var q = last ? "?epoch=" + encodeURIComponent(last.epoch) + "&version=" + last.version + "&at=" + last.now : "";
+    fetch("gruwatch/fleet" + q, { cache: "no-store" })
+      .then(function (r) {
+        if (!r.ok) throw new Error("HTTP " + r.status);
+        return r.json();
+      })
+      .then(function (d) {
+        failures = 0;
+        apply(d);
+        if (!draw()) last = null;  /* layout not there yet: ask for everything again next time */
+      })
+      .catch(function (e) {
+        failures += 1;
+        if (failures >= 2) setBanner("The dashboard server does not answer (" + e.message + "); retrying…");
+      })
+      .then(function () {
+        var wait = refreshMs() - (performance.now() - t0);
+        setTimeout(poll, Math.max(50, wait));
+      });
+  }
+
+  if (document.readyState === "loading") {
+    document.addEventListener("DOMContentLoaded", poll);
+  } else {
+    poll();
+  }
+
   window.dash_clientside = Object.assign({}, window.dash_clientside, {
     gruwatch: {
-      renderFleet: function (data, states, text, sort) {
-        if (!data) return "waiting for the first update…";
-        var t0 = performance.now();
-        var grid = document.getElementById("fleet-grid");
-        var attn = document.getElementById("attention");
-        listen(grid);
-        listen(attn);
-        var shown = grid ? renderTiles(grid, data.tiles, states, text, sort) : 0;
-        if (attn) attn.innerHTML = renderAttention(data.attention, 8);
-        var ms = performance.now() - t0;
-        window.gwRender = { ms: ms, tiles: shown, at: Date.now(), version: data.now };
-        return "showing " + shown + " of " + data.tiles.length + " sensors";
+      setView: function (states, text, sort) {
+        view = { states: states || [], text: text || "", sort: sort || "urgency" };
+        draw();
+        return view;
       },
       close: function () { return null; }
     }

@@ -82,6 +82,12 @@ def test_alarm_turns_the_tile_red_within_two_seconds(
             _send(pub, topic_prefix, _health(m, 1, 0.2, "ok"))
         chrome.get(dashboard.url)
         _wait(lambda: _tile_state(chrome, "press-1/s0") == "ok", 15, "the ok tile shows")
+        # The clock starts once the page is loaded and polling (a second drawn answer after the
+        # tile first showed) and the feed is subscribed (it delivered that tile): not at start-up.
+        drawn = "return window.gwRender ? window.gwRender.at : null;"
+        first = chrome.execute_script(drawn)
+        _wait(lambda: chrome.execute_script(drawn) != first, 10, "the page polls on")
+        assert dashboard.feed.status()["connected"]
         _send(pub, topic_prefix, _health("press-1", 2, 0.93, "alarm"))
         sent = time.monotonic()
         _wait(lambda: _tile_state(chrome, "press-1/s0") == "alarm", 2.0, "the tile turns to alarm")

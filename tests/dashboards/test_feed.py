@@ -18,6 +18,7 @@ from edge_agent.protocol import (
     AgentStatus,
     Alert,
     Health,
+    agent_health_topic,
     agent_status_topic,
     alert_topic,
     encode_alert,
@@ -84,6 +85,47 @@ def test_feed_decodes_health_alerts_status_and_counts_bad_messages(broker: Any, 
         pub.disconnect()
         handle.stop()
     assert not handle.thread.is_alive()
+
+
+def test_health_batches_and_the_pages_poll(broker: Any, topic_prefix: str) -> None:
+    """An agent run with health_batch is shown like one publishing per sensor; the poll sends deltas."""
+    handle = serve(broker.url, topic_prefix, port=0)
+    pub = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"feed-batch-{topic_prefix}")
+    pub.connect(broker.host, broker.port)
+    pub.loop_start()
+    try:
+        _wait(lambda: handle.feed.status()["connected"], 10, "the feed connects")
+        p = topic_prefix
+        batch = [Health(f"m{k}", "s0", 1, 10**18, 0.2, "ok", "v", {}) for k in range(3)]
+        body = b'{"agent":"gw-7","health":[' + b",".join(encode_health(h) for h in batch) + b"]}"
+        pub.publish(agent_health_topic(p, "gw-7"), body, qos=1)
+        pub.publish(agent_health_topic(p, "gw-8"), body, qos=1)  # names another agent: refused
+        _wait(lambda: handle.model.counters.get("rejected_bad_topic") == 1, 10, "both batches handled")
+
+        def poll(query: str = "") -> dict[str, Any]:
+            with urllib.request.urlopen(f"{handle.url}gruwatch/fleet{query}", timeout=10) as r:
+                assert r.headers["Content-Type"] == "application/json"
+                return json.loads(r.read())  # type: ignore[no-any-return]
+
+        first = poll()
+        assert first["full"]
+        assert sorted(t[0] for t in first["tiles"]) == ["m0/s0", "m1/s0", "m2/s0"]
+        assert "gw-7" in first["html"]["agents"]
+        assert "unannounced" in first["html"]["agents"]
+        assert first["banner"] is None
+        since = f"?epoch={first['epoch']}&version={first['version']}&at={first['now']}"
+        assert poll(since)["tiles"] == []
+        h = Health("m1", "s0", 2, 10**18 + 10**9, 0.95, "alarm", "v", {"agent": "gw-7"})
+        pub.publish(health_topic(p, "m1", "s0"), encode_health(h), qos=1)
+        _wait(lambda: poll(since)["tiles"], 10, "the delta")
+        delta = poll(since)
+        assert [t[:2] for t in delta["tiles"]] == [["m1/s0", "alarm"]]
+        assert "1 alarm" in delta["html"]["chips"]
+        assert poll("?epoch=x&version=oops")["full"]  # a malformed query: everything
+    finally:
+        pub.loop_stop()
+        pub.disconnect()
+        handle.stop()
 
 
 def test_cli_refuses_bad_arguments_with_a_clear_message(

@@ -232,3 +232,56 @@ def test_memory_per_sensor_is_small_and_fixed() -> None:
     for seq in range(1, 5000):
         m.on_health(_h("m1", seq, 0.1))
     assert ring.t.nbytes + ring.score.nbytes + ring.state.nbytes == before == 1200 * 13
+
+
+def test_a_snapshot_since_an_earlier_one_holds_only_changed_and_newly_stale_tiles() -> None:
+    clock = Clock()
+    m = FleetModel(FleetConfig(stale_after_s=30), clock=clock)
+    for name in ("m1", "m2", "m3"):
+        m.on_health(_h(name, 1, 0.1))
+    first = m.snapshot()
+    assert first["full"]
+    assert len(first["tiles"]) == 3
+    since = (first["epoch"], first["version"], first["now"])
+    assert m.snapshot(since=since)["tiles"] == []  # nothing new
+    clock.t += 5
+    m.on_health(_h("m2", 2, 0.9, "alarm"))
+    delta = m.snapshot(since=since)
+    assert not delta["full"]
+    assert [t[:2] for t in delta["tiles"]] == [["m2/s0", "alarm"]]
+    assert delta["counts"] == {"ok": 2, "warning": 0, "alarm": 1, "stale": 0}  # counts cover every sensor
+    since = (delta["epoch"], delta["version"], delta["now"])
+    clock.t += 27  # m1 and m3 silent for 32 s: stale; m2 for 27 s: not yet
+    stale = m.snapshot(since=since)
+    assert sorted(t[0] for t in stale["tiles"]) == ["m1/s0", "m3/s0"]
+    assert {t[1] for t in stale["tiles"]} == {"stale"}
+    since = (stale["epoch"], stale["version"], stale["now"])
+    assert m.snapshot(since=since)["tiles"] == []  # still stale: said once
+    # a page that polled another model (a restarted dashboard) gets everything again
+    again = m.snapshot(since=("another", 1, since[2]))
+    assert again["full"]
+    assert len(again["tiles"]) == 3
+
+
+def test_message_rates_per_agent_from_the_agent_field_and_health_batches() -> None:
+    clock = Clock()
+    m = FleetModel(FleetConfig(rate_window_s=10), clock=clock)
+    m.on_status("edge-1", AgentStatus("online", "v1", 0.5, 0.8))
+    for i in range(100):  # edge-1: 10 health messages a second, each naming it
+        clock.t = 5_000.0 + i / 10
+        m.on_health(_h("m1", i, 0.1, agent="edge-1"))
+        if i % 10 == 0:  # edge-2 (health_batch): one batch of 4 sensors a second
+            m.on_healths([_h(f"b{k}", i, 0.2) for k in range(4)], agent="edge-2")
+    m.on_health(_h("m9", 1, 0.1))  # names no agent: counted fleet-wide only
+    clock.t = 5_010.0
+    snap = m.snapshot()
+    agents = {a["agent"]: a for a in snap["agents"]}
+    assert agents["edge-1"]["health_per_s"] == pytest.approx(10.0)
+    assert agents["edge-1"]["state"] == "online"
+    assert agents["edge-2"]["health_per_s"] == pytest.approx(4.0)
+    assert agents["edge-2"]["state"] == "unannounced"  # heard from, but no retained status yet
+    assert agents["edge-2"]["heard"] == pytest.approx(5_009.0)
+    assert snap["rates"]["health_per_s"] == pytest.approx(14.1)
+    assert len(snap["tiles"]) == 6
+    clock.t = 5_030.0
+    assert {a["agent"]: a["health_per_s"] for a in m.snapshot()["agents"]} == {"edge-1": 0.0, "edge-2": 0.0}

@@ -20,6 +20,9 @@ from simulator.fleet_model import build_fleet
 from tests.conftest import Broker
 
 MACHINES, SEED = 6, 5  # 6 machines, 2 of which fail within the fleet's 3 simulated hours
+# The fleet's 3 simulated hours paced into ~12 s of wall time; --duration is only the ceiling, far
+# above it, so a loaded machine (the fleet publisher falling behind its pace) still completes the run.
+PACE = ["--speedup", str(round(FLEET["horizon_s"] / 12)), "--duration", "180"]
 
 
 def _failing() -> int:
@@ -53,7 +56,7 @@ def _check(summary: dict[str, object], out: str) -> None:
 @pytest.mark.slow
 def test_demo_with_the_embedded_broker(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out_json = tmp_path / "summary.json"
-    argv = ["--duration", "15", "--machines", str(MACHINES), "--seed", str(SEED), "--json", str(out_json)]
+    argv = [*PACE, "--machines", str(MACHINES), "--seed", str(SEED), "--json", str(out_json)]
     rc = demo.main(argv)
     out = capsys.readouterr().out
     assert rc == 0, out
@@ -65,7 +68,7 @@ def test_demo_with_the_embedded_broker(tmp_path: Path, capsys: pytest.CaptureFix
 @pytest.mark.slow
 def test_demo_with_a_given_broker(broker: Broker, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out_json = tmp_path / "summary.json"
-    argv = ["--broker", broker.url, "--duration", "15", "--machines", str(MACHINES), "--seed", str(SEED)]
+    argv = ["--broker", broker.url, *PACE, "--machines", str(MACHINES), "--seed", str(SEED)]
     rc = demo.main([*argv, "--json", str(out_json), "--workdir", str(tmp_path / "work")])
     out = capsys.readouterr().out
     assert rc == 0, out
@@ -93,4 +96,17 @@ def test_an_interrupt_stops_cleanly_and_still_summarizes(
     assert summary.windows_published > 0
     assert summary.windows_published == summary.windows_scored
     assert summary.extra["wall_s"] < 30
-    assert "Ctrl-C stops" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "Ctrl-C stops" in out
+    # The dashboard ran beside it: a tile per sensor scored, the agent online with the model it serves,
+    # and that model's warning/alarm lines learnt from the agent's status (the demo passes none).
+    assert run.dashboard is not None
+    assert f"dashboard: {run.dashboard.url}" in out
+    snap = run.dashboard.model.snapshot()
+    assert len(snap["tiles"]) == 3
+    agent = run.agent
+    (seen,) = snap["agents"]
+    assert (seen["agent"], seen["model"]) == (agent.settings.agent_id, agent.model_version)
+    assert seen["health_per_s"] is not None  # its health messages name it: counted per agent
+    t = agent.scorer.thresholds
+    assert run.dashboard.model.thresholds_for(agent.model_version) == (t.warning, t.alarm)
