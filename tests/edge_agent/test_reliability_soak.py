@@ -10,6 +10,7 @@ import os
 import random
 import signal
 import sqlite3
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -292,3 +293,61 @@ def test_many_distinct_sensor_ids_stay_bounded(models: Models, tmp_path: Path) -
 @pytest.mark.timeout(3000)  # a long run: beyond the suite's 600 s per test
 def test_a_million_sensor_ids_long(models: Models, tmp_path: Path) -> None:
     _many_sensors(models, tmp_path, n_ids=1_000_000, max_tracked=10_000)
+
+
+# --------------------------------------------- dropped connections: threads, descriptors, secrets
+
+
+def _fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def _drops(broker: Broker, topic_prefix: str, models: Models, tmp_path: Path, drops: int) -> None:
+    """The broker drops the agent's connection `drops` times (another client takes its session over);
+    the agent reconnects every time, its threads and file descriptors stay steady, and its password
+    appears in no log line and no status message."""
+    from structlog.testing import capture_logs
+
+    secret = "pw-" + os.urandom(8).hex()
+    settings = agent_settings(broker, topic_prefix, models, tmp_path / "a.db", mqtt_username="gw", mqtt_password=secret)  # fmt: skip
+    watcher = StatusWatcher(broker, topic_prefix, settings.agent_id)
+    raw_status: list[bytes] = []
+    watcher.client.on_message = lambda c, u, m: raw_status.append(bytes(m.payload))
+    try:
+        with capture_logs() as logs, running(settings) as agent:
+            time.sleep(0.5)
+            threads0, fds0 = threading.active_count(), _fds()
+            for _ in range(drops):
+                thief = paho.Client(callback_api_version=CallbackAPIVersion.VERSION2, client_id=settings.client_id, clean_session=False)  # fmt: skip
+                thief.connect(broker.host, broker.port)
+                thief.loop_start()
+                time.sleep(0.05)
+                thief.disconnect()
+                thief.loop_stop()
+                assert agent.link.wait_connected(30), "the agent did not reconnect"
+            time.sleep(0.5)
+            threads1, fds1 = threading.active_count(), _fds()
+            connects = agent.link.stats().connects
+    finally:
+        watcher.close()
+    text = "\n".join(repr(e) for e in logs) + "\n" + "\n".join(p.decode() for p in raw_status)
+    print(
+        f"\nFIGURE dropped connections={drops} connects={connects} threads {threads0}->{threads1} "
+        f"fds {fds0}->{fds1} log lines={len(logs)} status messages={len(raw_status)}"
+    )
+    assert connects >= drops + 1
+    assert threads1 <= threads0 + 1
+    assert fds1 <= fds0 + 4
+    assert secret not in text
+
+
+def test_dropped_connections_leave_threads_and_descriptors_steady_and_no_secret_said(
+    broker: Broker, topic_prefix: str, models: Models, tmp_path: Path
+) -> None:
+    _drops(broker, topic_prefix, models, tmp_path, drops=10)
+
+
+@pytest.mark.reliability
+@pytest.mark.timeout(3000)  # a long run: beyond the suite's 600 s per test
+def test_dropped_connections_long(broker: Broker, topic_prefix: str, models: Models, tmp_path: Path) -> None:
+    _drops(broker, topic_prefix, models, tmp_path, drops=1000)
