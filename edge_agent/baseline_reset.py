@@ -14,16 +14,32 @@ import json
 import queue
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
-from edge_agent.baseline_command import MAX_AGE_S, CommandError, ResetCommand, sign_reset, verify_reset
+import structlog
+
+from edge_agent.baseline_command import (
+    COMMAND,
+    MAX_AGE_S,
+    CommandError,
+    ResetCommand,
+    sign_reset,
+    verify_reset,
+)
 from edge_agent.errors import GruwatchError, RequestError
 from edge_agent.mqtt_request import request_reply
 from edge_agent.signing import load_private_key, load_public_keys
 from edge_agent.topics import reset_result_topic, reset_topic, validate_id
+
+if TYPE_CHECKING:
+    from edge_agent.metrics import AgentMetrics
+    from edge_agent.mqtt_link import MqttLink
+    from edge_agent.settings import AgentSettings
+
+log = structlog.get_logger("edge_agent.baseline_reset")
 
 #: Store meta key: nonces of the commands executed within MAX_AGE_S (JSON {nonce: issued_at}).
 NONCES_META_KEY: Final = "reset_baseline_nonces"
@@ -41,28 +57,33 @@ class ResetOutcome:
 
 
 class ResetInbox:
-    """Commands received on the link's thread, checked on the daemon's with `take`.
+    """Commands received on the link's thread, checked on the daemon's with `take`, answered with `answer`.
 
-    `get_meta` / `set_meta` read and write the store's meta table (the nonces of executed commands).
+    Subscribes itself on `link`. `get_meta` / `set_meta` read and write the store's meta table (the
+    nonces of executed commands); every outcome is counted in `metrics.commands`.
     """
 
     def __init__(
         self,
+        settings: AgentSettings,
+        link: MqttLink,
+        metrics: AgentMetrics,
         *,
-        trusted_keys: Sequence[Path | str],
-        allow_unsigned: bool,
         get_meta: Callable[[str], str | bytes | None],
         set_meta: Callable[[str, str], None],
         max_pending: int = MAX_PENDING,
     ) -> None:
-        self.trusted_keys = list(trusted_keys)
-        self.allow_unsigned = allow_unsigned
+        self.trusted_keys: list[Path] = list(settings.trusted_keys)
+        self.allow_unsigned = settings.allow_unsigned
+        self.link, self.metrics = link, metrics
         self.get_meta = get_meta
         self.set_meta = set_meta
         self.refused: Counter[str] = Counter()  # by reason
         self.accepted = 0
+        self.answer_topic = reset_result_topic(settings.prefix, settings.agent_id)
         self._queue: queue.Queue[bytes] = queue.Queue(max_pending)
         self._busy = 0
+        link.add_subscription(reset_topic(settings.prefix, settings.agent_id), self.offer)
 
     def offer(self, payload: bytes) -> None:
         """Queue a received payload (any thread; never blocks: beyond `max_pending` it is refused)."""
@@ -87,9 +108,17 @@ class ResetInbox:
         for o in out:
             if o.command is None:
                 self.refused[o.reason] += 1
+                log.warning("command_refused", command=COMMAND, reason=o.reason, detail=o.detail)
             else:
                 self.accepted += 1
+            result = "accepted" if o.command is not None else o.reason
+            self.metrics.commands.labels(command=COMMAND, result=result).inc()
         return out
+
+    def answer(self, outcome: ResetOutcome, *, tracked: bool = False) -> None:
+        """Publish the answer to one command on `.../reset-baseline/result` (when connected)."""
+        if self.link.connected:
+            self.link.publish(self.answer_topic, answer_payload(outcome, tracked=tracked), qos=1)
 
     def _check(self, payload: bytes, now: float) -> ResetOutcome:
         nonce = _nonce_of(payload)

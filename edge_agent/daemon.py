@@ -22,7 +22,7 @@ import numpy.typing as npt
 import structlog
 
 from edge_agent import saved_states
-from edge_agent.baseline_reset import ResetInbox, ResetOutcome, answer_payload
+from edge_agent.baseline_reset import ResetInbox, ResetOutcome
 from edge_agent.bundle import Bundle
 from edge_agent.errors import StoreError
 from edge_agent.housekeeping import Gauges, RejectionLog, enforce_budget, trim_memory
@@ -47,7 +47,7 @@ from edge_agent.sequencing import Accepted, PendingResets, SequenceTracker, spli
 from edge_agent.settings import AgentSettings
 from edge_agent.storage_guard import CHECK_EVERY_S, StorageGuard
 from edge_agent.store import Store
-from edge_agent.topics import agent_health_topic, reset_result_topic, reset_topic
+from edge_agent.topics import agent_health_topic
 
 log = structlog.get_logger("edge_agent.daemon")
 
@@ -103,12 +103,12 @@ class Agent:
             max_sensors=settings.max_tracked_sensors,
         )
         self.commands = ResetInbox(  # maintenance: a bearing replaced (edge_agent.baseline_reset)
-            trusted_keys=settings.trusted_keys,
-            allow_unsigned=settings.allow_unsigned,
+            settings,
+            link,
+            metrics,
             get_meta=lambda key: self.store.get_meta(key),
             set_meta=lambda key, value: self.store.set_meta(key, value),
         )
-        link.add_subscription(reset_topic(settings.prefix, settings.agent_id), self.commands.offer)
 
     # ------------------------------------------------------------------------------------ factory
 
@@ -458,15 +458,7 @@ class Agent:
             if last is not None:
                 self.store.record_batch([], states=saved_states.batch_states(self.scorer, {key: last}))
             log.info("baseline_reset", sensor=key, tracked=tracked, key_id=c.key_id)
-        else:
-            log.warning(
-                "command_refused", command="reset-baseline", reason=outcome.reason, detail=outcome.detail
-            )
-        result = "accepted" if c is not None else outcome.reason
-        self.metrics.commands.labels(command="reset-baseline", result=result).inc()
-        if self.link.connected:
-            topic = reset_result_topic(self.settings.prefix, self.settings.agent_id)
-            self.link.publish(topic, answer_payload(outcome, tracked=tracked), qos=1)
+        self.commands.answer(outcome, tracked=tracked)
 
     # ---------------------------------------------------------------------------------- housekeeping
 
