@@ -85,6 +85,7 @@ class Agent:
         self.transitions_total = 0
         self.models_refused = 0
         self._stop = threading.Event()
+        self._started = threading.Event()
         self._stopped = threading.Event()
         self._pending = PendingResets(settings.max_tracked_sensors)  # model swaps, non-finite outputs
         self._restored = False
@@ -147,6 +148,10 @@ class Agent:
         """Ask the loop to finish its batch and shut down (safe from signal handlers and other threads)."""
         self._stop.set()
 
+    def wait_started(self, timeout: float | None = None) -> bool:
+        """Block until `run()` serves: store open, states restored, link and model watch started."""
+        return self._started.wait(timeout)
+
     def wait_stopped(self, timeout: float | None = None) -> bool:
         """Block until `run()` has shut everything down."""
         return self._stopped.wait(timeout)
@@ -192,6 +197,7 @@ class Agent:
             }
             log.info("agent_started", **started, tracked=self.scorer.n_tracked, outbox=self.store.outbox_count(),
                      metrics_port=s.metrics_port)  # fmt: skip
+            self._started.set()
             self._loop()
         finally:
             self._shutdown()

@@ -200,6 +200,8 @@ def running(settings: AgentSettings, *, poll_s: float | None = None) -> Iterator
     thread = threading.Thread(target=agent.run, name="agent-under-test")
     thread.start()
     try:
+        # Started, not only connected: the served folder's watch takes its first look after the connect.
+        assert agent.wait_started(30), "the agent did not start"
         assert agent.link.wait_connected(10), "the agent did not connect to the test broker"
         yield agent
     finally:

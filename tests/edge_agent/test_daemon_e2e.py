@@ -512,17 +512,19 @@ def test_a_changed_model_folder_is_verified_and_swapped(
     shutil.copytree(v2, unsigned)
     (unsigned / "signature.json").unlink()
     settings = agent_settings(broker, topic_prefix, models, tmp_path / "agent.db", model=served)
+    # Each change lands at once (renames), so the watch never verifies a half-copied folder however
+    # slowly this process runs; the waits are bounds on the agent's answer, not sleeps.
     with running(settings, poll_s=0.3) as agent:
-        for f in served.iterdir():
-            f.unlink()
-        for f in unsigned.iterdir():
-            shutil.copy2(f, served / f.name)
-        assert subscriber.wait(lambda: len(subscriber.results) == 1, 15)
+        served.rename(tmp_path / "v1-old")
+        unsigned.rename(served)
+        assert subscriber.wait(lambda: len(subscriber.results) >= 1, 60)
         assert subscriber.results[0]["accepted"] is False
         assert subscriber.results[0]["reason"] == "unsigned"
         assert agent.model_version == "rms-v1"
-        shutil.copy2(v2 / "signature.json", served / "signature.json")
-        assert subscriber.wait(lambda: len(subscriber.results) == 2, 15)
+        shutil.copy2(v2 / "signature.json", tmp_path / "signature.json")
+        (tmp_path / "signature.json").replace(served / "signature.json")
+        assert subscriber.wait(lambda: len(subscriber.results) >= 2, 60)
+        assert len(subscriber.results) == 2
         assert subscriber.results[1]["accepted"] is True
         assert subscriber.results[1]["source"] == "file"
         assert agent.model_version == "rms-v2"
