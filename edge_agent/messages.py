@@ -64,11 +64,14 @@ def health_extra(
 
 
 class SensorTopics:
-    """(health topic, alert topic, health JSON head) per sensor, cached and bounded in count."""
+    """(health topic, alert topic, health JSON head) per sensor, cached for at most `_CACHE_MAX` sensors
+    (~440 B each; a miss costs ~4 µs): beyond that, memory per tracked sensor matters more."""
+
+    _CACHE_MAX = 16_384
 
     def __init__(self, prefix: str, max_sensors: int) -> None:
         self.prefix = prefix
-        self.max_sensors = max_sensors
+        self.max_sensors = min(max_sensors, self._CACHE_MAX)
         self._cache: dict[str, tuple[str, str, bytes]] = {}
 
     def of(self, key: str, machine: str, sensor: str) -> tuple[str, str, bytes]:
