@@ -16,6 +16,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 MAIN_HELP = """\
 The gruwatch edge agent: scores live vibration windows from MQTT with a GRU model bundle.
@@ -210,26 +211,29 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
-def _deploy(args: argparse.Namespace) -> int:
+def _reach(args: argparse.Namespace) -> dict[str, Any]:
+    """The keyword arguments that reach an agent (`_mqtt_arguments`); the broker login from the environment."""
     import os
 
+    return {
+        "broker": args.broker,
+        "agent": args.agent,
+        "prefix": args.prefix,
+        "timeout_s": args.timeout,
+        "username": os.environ.get("GRUWATCH_MQTT_USERNAME"),
+        "password": os.environ.get("GRUWATCH_MQTT_PASSWORD"),
+        "ca_file": args.ca_file,
+        "cert_file": args.cert_file,
+        "key_file": args.key_file,
+    }
+
+
+def _deploy(args: argparse.Namespace) -> int:
     from edge_agent.errors import BundleError
     from edge_agent.model_swap import deploy_bundle
 
     try:
-        answer = deploy_bundle(
-            args.bundle,
-            broker=args.broker,
-            agent=args.agent,
-            prefix=args.prefix,
-            timeout_s=args.timeout,
-            username=os.environ.get("GRUWATCH_MQTT_USERNAME"),
-            password=os.environ.get("GRUWATCH_MQTT_PASSWORD"),
-            ca_file=args.ca_file,
-            cert_file=args.cert_file,
-            key_file=args.key_file,
-            force=args.force,
-        )
+        answer = deploy_bundle(args.bundle, force=args.force, **_reach(args))
     except BundleError as exc:
         raise BundleError(exc.reason, f"cannot pack {args.bundle}: {exc.detail}") from exc
     sys.stdout.write(json.dumps(answer, indent=2) + "\n")
@@ -237,25 +241,12 @@ def _deploy(args: argparse.Namespace) -> int:
 
 
 def _reset_baseline(args: argparse.Namespace) -> int:
-    import os
-
     from edge_agent.baseline_reset import send_reset
     from gruwatch.options import check_signing_key
 
     check_signing_key(args.signing_key)
     answer = send_reset(
-        broker=args.broker,
-        agent=args.agent,
-        machine=args.machine,
-        sensor=args.sensor,
-        signing_key=args.signing_key,
-        prefix=args.prefix,
-        timeout_s=args.timeout,
-        username=os.environ.get("GRUWATCH_MQTT_USERNAME"),
-        password=os.environ.get("GRUWATCH_MQTT_PASSWORD"),
-        ca_file=args.ca_file,
-        cert_file=args.cert_file,
-        key_file=args.key_file,
+        machine=args.machine, sensor=args.sensor, signing_key=args.signing_key, **_reach(args)
     )
     sys.stdout.write(json.dumps(answer, indent=2) + "\n")
     return 0 if answer.get("accepted") else 1

@@ -28,6 +28,7 @@ from edge_agent.model_swap import carry_states
 from edge_agent.mqtt_request import request_reply
 from edge_agent.protocol import Window, encode_binary, vibration_topic
 from edge_agent.scorer import Scorer
+from edge_agent.settings import AgentSettings
 from edge_agent.signing import generate_keypair, load_private_key
 from edge_agent.topics import reset_result_topic, reset_topic
 from tests.conftest import Broker
@@ -70,8 +71,10 @@ def _send(broker: Broker, prefix: str, agent_id: str, payload: bytes) -> dict[st
 
 
 @pytest.fixture
-def based(models: Models, tmp_path: Path) -> Path:
-    return make_bundle(tmp_path / "based", models.key, version="rms-based", spec=SPEC.to_dict())
+def settings(broker: Broker, topic_prefix: str, models: Models, tmp_path: Path) -> AgentSettings:
+    """An agent serving a signed bundle whose feature spec declares the baseline."""
+    based = make_bundle(tmp_path / "based", models.key, version="rms-based", spec=SPEC.to_dict())
+    return agent_settings(broker, topic_prefix, models, tmp_path / "agent.db", model=based)
 
 
 @pytest.mark.mqtt
@@ -79,13 +82,12 @@ def test_a_signed_reset_clears_the_baseline_and_forged_ones_are_refused(
     broker: Broker,
     topic_prefix: str,
     models: Models,
-    based: Path,
+    settings: AgentSettings,
     subscriber: Subscriber,
     publisher: paho.Client,
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    settings = agent_settings(broker, topic_prefix, models, tmp_path / "agent.db", model=based)
     aid, topic = settings.agent_id, vibration_topic(topic_prefix, "m", "s")
     other_key, _ = generate_keypair(tmp_path / "other")
     with running(settings) as agent:
@@ -160,15 +162,8 @@ def test_a_signed_reset_clears_the_baseline_and_forged_ones_are_refused(
 
 @pytest.mark.mqtt
 def test_a_restart_resumes_the_baseline(
-    broker: Broker,
-    topic_prefix: str,
-    models: Models,
-    based: Path,
-    subscriber: Subscriber,
-    publisher: paho.Client,
-    tmp_path: Path,
+    topic_prefix: str, settings: AgentSettings, subscriber: Subscriber, publisher: paho.Client
 ) -> None:
-    settings = agent_settings(broker, topic_prefix, models, tmp_path / "agent.db", model=based)
     topic = vibration_topic(topic_prefix, "m", "s")
     with running(settings) as agent:
         for k in range(5):
