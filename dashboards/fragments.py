@@ -77,26 +77,27 @@ def feed_table(feed: list[dict[str, Any]], current: dict[str, str]) -> str:
 
 
 def agents_table(agents: list[dict[str, Any]], now: float) -> str:
-    """One row per agent: state, model, since when, last status, health messages per second, storage."""
+    """One row per agent: state (since when, on hover), model, health messages per second, when its
+    latest health message and status came, storage."""
     if not agents:
         return "<p class='gw-note'>No agent has announced itself on …/_agents/+/status yet.</p>"
     rows = []
     for a in agents:
         rate = a["health_per_s"]
         heard = _ago(now - a["heard"]) if a["heard"] else "–"
+        since = escape(f"{a['state']} since {_clock(a['since'])}", quote=True)
         rows.append(
             "<tr>"
             + _td(a["agent"])
-            + _td(a["state"], f"st-{a['state']}")
+            + f"<td class='st-{escape(a['state'])}' title='{since}'>{escape(a['state'])}</td>"
             + _td(a["model"] or "–")
-            + _td(_clock(a["since"]))
-            + _td(_ago(now - a["seen"]) if a["seen"] else "no status yet")
             + _td("–" if rate is None else f"{rate:.1f}/s")
             + _td(heard)
+            + _td(_ago(now - a["seen"]) if a["seen"] else "none yet")
             + (_td(a["storage"], "st-alarm") if a["storage"] else _td("ok", "gw-note"))
             + "</tr>"
         )
-    head = ("agent", "state", "model", "since", "last status", "health msgs", "last health", "storage")
+    head = ("agent", "state", "model", "health msgs", "last health", "last status", "storage")
     return _table(head, rows)
 
 
