@@ -12,7 +12,7 @@ from pathlib import Path
 from types import FrameType
 
 from edge_agent.broker_url import parse_broker_url
-from gruwatch.options import Parser
+from gruwatch.options import DURATION_HELP, Parser, parse_duration
 
 DESCRIPTION = """\
 Serve a live view of a sensor fleet in the browser: one tile per sensor coloured ok / warning /
@@ -56,10 +56,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--stale-after",
-        type=float,
+        type=parse_duration,
         default=30.0,
-        metavar="S",
-        help="a sensor silent this many seconds is shown stale (default: %(default)s)",
+        metavar="DURATION",
+        help=f"a sensor silent this long is shown stale (default: 30 s; {DURATION_HELP})",
     )
     p.add_argument(
         "--history",

@@ -88,7 +88,7 @@ def test_the_walk_sees_an_option_without_help() -> None:
 
 
 def test_durations_are_given_one_way() -> None:
-    # `--horizon 3h`, `--duration 2m`, `--budget 10m`, `--timeout 90s`; the older `-s` spellings still parse.
+    # `--horizon 3h`, `--duration 2m`, `--budget 10m`, `--timeout 90s`, `--stale-after 2m`; older `-s` spellings still parse.
     from edge_agent.agent_cli import _parser as agent_parser
     from gruwatch.demo import build_parser as demo_parser
     from trainer.retrain_cli import build_parser as retrain_parser
@@ -100,6 +100,7 @@ def test_durations_are_given_one_way() -> None:
     assert demo_parser().parse_args(["--duration", "2m"]).duration == 120.0
     deploy = ["deploy", "--bundle", "b", "--broker", "mqtt://h", "--agent", "a", "--timeout", "90s"]
     assert agent_parser().parse_args(deploy).timeout == 90.0
+    assert _parser_of("dashboard").parse_args(["--stale-after", "2m"]).stale_after == 120.0
     assert _parser_of("bench").parse_args(["--budget", "10m"]).budget == 600.0
     assert _parser_of("bench").parse_args(["--budget-s", "30"]).budget == 30.0
     with pytest.raises(SystemExit):
