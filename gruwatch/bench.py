@@ -32,7 +32,7 @@ from gruwatch.options import DURATION_HELP, Parser, hidden_alias, parse_duration
 BENCH_DIR = Path(__file__).resolve().parent.parent / "benchmarks"
 
 #: Share of the suite's budget each benchmark gets (the rest split evenly among the others).
-SHARES: dict[str, float] = {"agent": 0.30, "train": 0.25}
+SHARES: dict[str, float] = {"agent": 0.30, "train": 0.25, "cells": 0.12}
 #: Short-form arguments for a benchmark that has no `--quick` of its own (the suite uses --quick first).
 SHORT_ARGS: dict[str, list[str]] = {"train": ["--machines", "12", "--epochs", "5"]}
 #: Libraries whose versions decide the numbers.

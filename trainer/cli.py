@@ -119,8 +119,16 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"run-to-failure data: degraded := remaining life <= this ({DURATION_HELP})",
     )
     hidden_alias(m, "--horizon-s", dest="horizon", type=parse_duration)
-    m.add_argument("--hidden", type=int, default=64, help="GRU hidden size (default 64)")
-    m.add_argument("--layers", type=int, default=1, help="GRU layers (default 1)")
+    m.add_argument(
+        "--cell",
+        choices=["gru", "lstm"],
+        default="gru",
+        help="recurrent cell (default gru: 25%% fewer parameters and a cheaper step for the agent at equal "
+        "hidden size; lstm for comparison, e.g. `gruwatch evaluate --baselines`). The card records it; "
+        "the agent runs either (an LSTM's state holds h and c: 2 x layers rows). See docs/training.md",
+    )
+    m.add_argument("--hidden", type=int, default=64, help="hidden size of the cell (default 64)")
+    m.add_argument("--layers", type=int, default=1, help="stacked cell layers (default 1)")
     m.add_argument("--epochs", type=int, default=30, help="passes over the training runs (default 30)")
     m.add_argument("--lr", type=float, default=3e-3, help="AdamW learning rate (default 3e-3)")
     m.add_argument("--batch-size", type=int, default=64, help="runs per batch (default 64)")
@@ -312,6 +320,7 @@ def _train_and_export(args: argparse.Namespace, device: str, dist: ProcessContex
 
     cfg = TrainConfig(
         mode=args.mode,
+        cell=args.cell,
         hidden=args.hidden,
         layers=args.layers,
         epochs=args.epochs,
@@ -363,6 +372,7 @@ def _train_and_export(args: argparse.Namespace, device: str, dist: ProcessContex
         "bundle": str(bundle),
         "model_version": card["model_version"],
         "mode": card["mode"],
+        "cell": card["cell"],
         "signed": (bundle / "signature.json").exists(),
         "thresholds": card["thresholds"],
         "validation": {

@@ -284,6 +284,7 @@ def build_card(
         "created": now.isoformat(timespec="seconds"),
         "parent_version": parent_version,
         "mode": model.mode,
+        "cell": model.cell,
         "feature_spec": feature_spec,
         "state_shape": model.state_shape,
         "outputs": model.outputs,

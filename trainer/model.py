@@ -7,7 +7,11 @@ One module serves training and export, for both cells:
   train) and return the same scores the exported graph produces step by step;
 - `step(features, h)` is ONE time step written as plain matrix products (ONNX's GRU and LSTM
   operators are the slowest way to step a batch, see PERFORMANCE-NOTES) with the exact torch
-  equations, so the exported graph matches `forward` to float32 rounding.
+  equations, so the exported graph matches `forward` to float32 rounding, in GEMM form
+  (`step_weights`: biases folded in, one Sigmoid for all sigmoid gates).
+
+On CPU, GRU sequences train through trainer/fast_gru.py (nn.GRU's function with a hand-written
+backward; `fused`), LSTM sequences through nn.LSTM (one oneDNN kernel).
 
 The state is one tensor: GRU `[layers, B, hidden]`; LSTM `[2 × layers, B, hidden]` (h rows first,
 then c), so the training loop carries and detaches it the same way for both cells.
@@ -31,6 +35,8 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+
+from trainer import fast_gru
 
 MODES = ("supervised", "forecast")
 CELLS = ("gru", "lstm")
@@ -81,6 +87,8 @@ class HealthModel(nn.Module):
         self.layers = int(layers)
         self.mode = mode
         self.fault_classes = fault_classes
+        # GRU sequences through trainer.fast_gru (nn.GRU's function, faster on CPU) where it is exact.
+        self.fused = True
         self.register_buffer("feature_mean", torch.zeros(n_features))
         self.register_buffer("feature_scale", torch.ones(n_features))
         rnn = nn.GRU if cell == "gru" else nn.LSTM
@@ -169,6 +177,8 @@ class HealthModel(nn.Module):
     def recur(self, z: torch.Tensor, h0: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Scaled sequences z [B, T, F] -> (top layer's h_t [B, T, hidden], final state like h0)."""
         if self.cell == "gru":
+            if self.fused and fast_gru.usable(self.rnn, z):
+                return fast_gru.gru_sequence(self.rnn, z, h0)
             return self.rnn(z, h0)  # type: ignore[no-any-return]
         L = self.layers
         y, (h_n, c_n) = self.rnn(z, (h0[:L].contiguous(), h0[L:].contiguous()))
@@ -194,32 +204,47 @@ class HealthModel(nn.Module):
         rnn = self.rnn
         return tuple(getattr(rnn, f"{n}_l{layer}") for n in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"))
 
-    def _gru_cell(self, layer: int, x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
-        """nn.GRU's equations for one layer and one step (gate order r, z, n; reset applied after W_hn)."""
-        w_ih, w_hh, b_ih, b_hh = self._weights(layer)
-        gi = torch.matmul(x, w_ih.t()) + b_ih
-        gh = torch.matmul(h, w_hh.t()) + b_hh
-        i_r, i_z, i_n = gi.chunk(3, dim=-1)
-        h_r, h_z, h_n = gh.chunk(3, dim=-1)
-        r = torch.sigmoid(i_r + h_r)
-        u = torch.sigmoid(i_z + h_z)
-        n = torch.tanh(i_n + r * h_n)
-        return n + u * (h - n)
+    def step_weights(self) -> list[tuple[torch.Tensor, ...]]:
+        """Per layer, the weights of `step` in GEMM form, from the cell's parameters.
 
-    def _lstm_cell(
-        self, layer: int, x: torch.Tensor, h: torch.Tensor, c: torch.Tensor
+        GRU: (W_x [inputs, 3H], b_x, W_h [H, 3H], b_h) with b_x = [b_ir + b_hr, b_iz + b_hz, b_in]
+        and b_h = [0, 0, b_hn] (the reset gate multiplies only the h part of n, so b_hn stays there).
+        LSTM: (W [inputs + H, 4H], b_ih + b_hh) over [input, h], columns reordered to [i, f, o, g].
+        """
+        H = self.hidden
+        out: list[tuple[torch.Tensor, ...]] = []
+        for layer in range(self.layers):
+            w_ih, w_hh, b_ih, b_hh = (
+                getattr(self.rnn, f"{n}_l{layer}") for n in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
+            )
+            if self.cell == "gru":
+                b_x = torch.cat([b_ih[: 2 * H] + b_hh[: 2 * H], b_ih[2 * H :]])
+                b_h = torch.cat([torch.zeros_like(b_hh[: 2 * H]), b_hh[2 * H :]])
+                out.append((w_ih.t(), b_x, w_hh.t(), b_h))
+            else:
+                order = torch.cat(
+                    [torch.arange(2 * H), torch.arange(3 * H, 4 * H), torch.arange(2 * H, 3 * H)]
+                )
+                out.append((torch.cat([w_ih, w_hh], dim=1)[order].t(), (b_ih + b_hh)[order]))
+        return [tuple(t.contiguous() for t in ws) for ws in out]
+
+    def step(
+        self,
+        features: torch.Tensor,
+        h: torch.Tensor,
+        weights: list[tuple[torch.Tensor, ...]] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """nn.LSTM's equations for one layer and one step (gate order i, f, g, o)."""
-        w_ih, w_hh, b_ih, b_hh = self._weights(layer)
-        gates = torch.matmul(x, w_ih.t()) + b_ih + torch.matmul(h, w_hh.t()) + b_hh
-        i, f, g, o = gates.chunk(4, dim=-1)
-        c_new = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
-        return torch.sigmoid(o) * torch.tanh(c_new), c_new
+        """ONE step: features [B, F], h [state rows, B, hidden] -> (score [B, K], h_out, same shape as h).
 
-    def step(self, features: torch.Tensor, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """ONE step: features [B, F], h [state rows, B, hidden] -> (score [B, K], h_out, same shape as h)."""
+        Each layer's products are Gemms with `step_weights()` (given as `weights`, e.g. constants of
+        the exported graph), the biases folded in, one Sigmoid for all sigmoid gates: few graph
+        nodes (what an onnxruntime step costs at small batches) and no multiply by zero (at large).
+        GRU: two Gemms (input, h), since the reset gate splits n's input and hidden parts; LSTM:
+        one Gemm over [input, h] (benchmarks/bench_cells.py measured both forms for both cells).
+        """
+        weights = self.step_weights() if weights is None else weights
         z = self.scale(features)
-        L = self.layers
+        L, H = self.layers, self.hidden
         score_forecast: torch.Tensor | None = None
         if self.mode == "forecast":
             pred = self.forecast_head(h[L - 1])
@@ -227,11 +252,20 @@ class HealthModel(nn.Module):
             score_forecast = torch.sigmoid((torch.log(err + LOG_EPS) - self.err_center) / self.err_width)
         layer_in = z
         hs, cs = [], []
-        for layer in range(L):
-            if self.cell == "gru":
-                h_l = self._gru_cell(layer, layer_in, h[layer])
-            else:
-                h_l, c_l = self._lstm_cell(layer, layer_in, h[layer], h[L + layer])
+        for layer, ws in enumerate(weights):
+            h_prev = h[layer]
+            if self.cell == "gru":  # nn.GRU: r, z, n; the reset gate applied after W_hn·h
+                x_rz, x_n = torch.addmm(ws[1], layer_in, ws[0]).split([2 * H, H], dim=-1)
+                h_rz, h_n = torch.addmm(ws[3], h_prev, ws[2]).split([2 * H, H], dim=-1)
+                r, u = torch.sigmoid(x_rz + h_rz).chunk(2, dim=-1)
+                n = torch.tanh(x_n + r * h_n)
+                h_l = n + u * (h_prev - n)
+            else:  # nn.LSTM: i, f, g, o (reordered i, f, o, g)
+                a = torch.addmm(ws[1], torch.cat([layer_in, h_prev], dim=-1), ws[0])
+                gates, g = a.split([3 * H, H], dim=-1)
+                i, f, o = torch.sigmoid(gates).chunk(3, dim=-1)
+                c_l = f * h[L + layer] + i * torch.tanh(g)
+                h_l = o * torch.tanh(c_l)
                 cs.append(c_l)
             hs.append(h_l)
             layer_in = h_l
@@ -266,6 +300,13 @@ class StepModule(nn.Module):
     def __init__(self, model: HealthModel) -> None:
         super().__init__()
         self.model = model
+        self.counts = []
+        with torch.no_grad():  # the GEMM-form weights as constants of the graph
+            for layer, ws in enumerate(model.step_weights()):
+                self.counts.append(len(ws))
+                for k, w in enumerate(ws):
+                    self.register_buffer(f"l{layer}_{k}", w.detach().clone())
 
     def forward(self, features: torch.Tensor, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.model.step(features, h)
+        weights = [tuple(getattr(self, f"l{i}_{k}") for k in range(n)) for i, n in enumerate(self.counts)]
+        return self.model.step(features, h, weights)

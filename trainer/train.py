@@ -476,7 +476,7 @@ def train(
         # The champion's scaler stays: the challenger reads features as the champion did.
         model = init.to(torch.device(cfg.device))
         mode = init.mode
-        cfg = replace(cfg, mode=mode, hidden=init.hidden, layers=init.layers)
+        cfg = replace(cfg, mode=mode, cell=init.cell, hidden=init.hidden, layers=init.layers)
     else:
         mode = choose_mode(cfg.mode, train_seqs, counts=dist.label_counts(train_seqs))
         cfg = TrainConfig(**{**asdict(cfg), "mode": mode})

@@ -166,11 +166,18 @@ def test_write_model_bundle_files(tmp_path: pytest.TempPathFactory) -> None:
 
 
 # --------------------------------------------------------------------------- parity over many models
+def _graph_constants(model: HealthModel) -> dict[str, np.ndarray]:
+    """What the exported graph holds: the scaler and heads, and the cell's weights in step (GEMM) form."""
+    out = {k: v.numpy() for k, v in model.state_dict().items() if not k.startswith(f"{model.cell}.")}
+    for layer, ws in enumerate(model.step_weights()):
+        out.update({f"l{layer}_{k}": w.detach().numpy() for k, w in enumerate(ws)})
+    return out
+
+
 def _carrying(proto: onnx.ModelProto, exported: HealthModel, model: HealthModel) -> bytes:
     """The graph exported from `exported`, with `model`'s weights (same architecture) in its
     initializers: one export serves many models (an export takes seconds)."""
-    base = {k: v.numpy() for k, v in exported.state_dict().items()}
-    new = {k: v.numpy() for k, v in model.state_dict().items()}
+    base, new = _graph_constants(exported), _graph_constants(model)
     out = onnx.ModelProto()
     out.CopyFrom(proto)
     replaced = 0

@@ -258,9 +258,12 @@ def sim_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+@pytest.mark.parametrize("cell", ["gru", "lstm"])
 def test_gruwatch_train_writes_a_signed_bundle_the_scorer_reproduces(
-    sim_dataset: Path, tmp_path: Path
+    sim_dataset: Path, tmp_path: Path, cell: str
 ) -> None:
+    """Either cell (--cell): the card says which, and the agent's scorer carries its state (an
+    LSTM's holds h and c: two rows per layer) and reproduces torch's full-sequence scores."""
     from edge_agent.bundle import generate_keypair, load_bundle
     from edge_agent.features import extract_batch
     from edge_agent.scorer import Scorer
@@ -273,12 +276,14 @@ def test_gruwatch_train_writes_a_signed_bundle_the_scorer_reproduces(
     ckpt = tmp_path / "model.pt"
     argv = ["--data", str(sim_dataset), "--out", str(out), "--signing-key", str(priv), "--hidden", "16"]
     argv += ["--epochs", "8", "--chunk-len", "16", "--val-fraction", "0.3", "--seed", "2", "--no-progress"]
-    argv += ["--checkpoint", str(ckpt), "--device", "cpu"]
+    argv += ["--checkpoint", str(ckpt), "--device", "cpu", "--cell", cell]
     assert main(argv) == 0
     card = json.loads((out / "card.json").read_text())
     assert card["mode"] == "supervised"
+    assert card["cell"] == cell
+    assert card["training"]["cell"] == cell
     assert card["outputs"][0] == "health"
-    assert card["state_shape"] == [1, 16]
+    assert card["state_shape"] == [1 if cell == "gru" else 2, 16]
     assert len(card["training_data"]["fingerprint"]) == 64
     assert card["training_data"]["runs"] == 10
     assert card["validation"]["onnx_parity"]["steps"] == 1000
@@ -289,6 +294,7 @@ def test_gruwatch_train_writes_a_signed_bundle_the_scorer_reproduces(
     assert bundle.verified
     # The agent's scorer, stepping window by window, reproduces torch's full-sequence scores.
     model = HealthModel.from_checkpoint(torch.load(ckpt, weights_only=True))
+    assert model.cell == cell
     runs = {r.run_id: r for r in load_runs([sim_dataset], progress=False)}
     val_ids = card["training_data"]["validation_runs"]
     scorer = Scorer.from_loaded(bundle)

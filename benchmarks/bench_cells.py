@@ -1,0 +1,284 @@
+"""Benchmark: GRU against LSTM — parameters, training time per epoch, ONNX step latency, detection quality.
+
+One table, every ratio measured in this run (issue 12). Rows:
+
+- ``GRU H`` / ``LSTM H``: equal hidden size (the trainer's default 64, `--hidden`);
+- ``GRU equal parameters``: the GRU's hidden size raised to about the LSTM's parameter count;
+- ``GRU H, nn.GRU (before)``: the same GRU trained through torch's own nn.GRU, the path used before
+  trainer/fast_gru.py (the before/after of the training columns).
+
+Columns:
+
+- parameters (every trained number, heads included);
+- training CPU seconds per epoch as `trainer.train.fit` spends them (`_run_epoch` over training
+  batches with AdamW and gradient clipping, truncated BPTT in chunks, then the validation pass
+  without gradients), 1 torch thread, per batch size (runs per batch, `--batches`): a timing set of
+  two batches of `--windows`-window runs cut from the simulated fleet, the cells interleaved round
+  by round; `× LSTM` = LSTM time / this row's (> 1: faster than the LSTM);
+- the exported step (`trainer.export.export_onnx`) in onnxruntime with 1 thread as the agent runs
+  it, CPU µs per call at B = 1, 64, 1,024 sensors, median of interleaved timing blocks;
+- detection quality: each model trained `--epochs` epochs by `trainer.train.train` (best validation
+  epoch) and scored on held-out test machines from a zero state: window AUROC of the health score
+  against the simulator's degraded labels.
+
+    .venv/bin/python benchmarks/bench_cells.py            # 24 machines, batches 8..128, 12 epochs
+    .venv/bin/python benchmarks/bench_cells.py --quick    # 6 machines, batches 8 and 64 (a smoke run)
+
+Prints a table; asserts nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from bench_train import fleet_runs  # noqa: E402
+
+from edge_agent.bundle import make_session  # noqa: E402
+from trainer.baselines import n_parameters  # noqa: E402
+from trainer.data.runs import split_by_machine  # noqa: E402
+from trainer.export import export_onnx  # noqa: E402
+from trainer.model import HealthModel  # noqa: E402
+from trainer.sequences import FeatureSequence, build_sequences, fault_classes, spec_for_runs  # noqa: E402
+from trainer.train import (  # noqa: E402
+    TrainConfig,
+    _batches,
+    _run_epoch,
+    score_sequences,
+    set_seeds,
+    train,
+    window_metrics,
+)
+
+BATCHES = (1, 64, 1024)
+
+
+def equal_param_hidden(n_features: int, hidden: int, classes: Sequence[str]) -> int:
+    """The GRU hidden size whose parameter count is closest to an LSTM's of `hidden` (heads included)."""
+
+    def count(cell: str, h: int) -> int:
+        return n_parameters(HealthModel(n_features, cell=cell, hidden=h, fault_classes=tuple(classes)))
+
+    target = count("lstm", hidden)
+    return min(range(hidden, 2 * hidden + 1), key=lambda h: abs(count("gru", h) - target))
+
+
+def make_model(spec: dict[str, object], n_features: int, classes: Sequence[str], seed: int) -> HealthModel:
+    torch.manual_seed(seed)
+    model = HealthModel(
+        n_features,
+        cell=str(spec["cell"]),
+        hidden=int(spec["hidden"]),  # type: ignore[call-overload]
+        mode="supervised",
+        fault_classes=tuple(classes),
+    )
+    model.fused = bool(spec.get("fused", True))
+    return model
+
+
+def epoch_times(
+    specs: list[dict[str, object]],
+    seqs: Sequence[FeatureSequence],
+    cfg: TrainConfig,
+    classes: Sequence[str],
+    rounds: int,
+) -> dict[str, list[float]]:
+    """Seconds of one epoch per spec as `fit` runs it (a training pass with AdamW over `seqs`, then
+    a validation pass over the same runs without gradients), `rounds` rounds, the specs interleaved
+    in each round in alternating order. CPU time of this thread (1 torch thread): on a shared
+    machine it counts the work, not the waits for a core."""
+    n_features = seqs[0].features.shape[1]
+    pooled = np.concatenate([s.features for s in seqs])
+    models = {str(s["name"]): make_model(s, n_features, classes, cfg.seed) for s in specs}
+    for m in models.values():
+        m.set_scaler(pooled.mean(0), pooled.std(0))
+    opts = {k: torch.optim.AdamW(m.parameters(), lr=cfg.lr) for k, m in models.items()}
+    pos_weight = torch.tensor(1.0)
+    times: dict[str, list[float]] = {k: [] for k in models}
+    for r in range(rounds + 1):  # round 0 warms up (allocator, oneDNN primitives) and is not counted
+        rng = np.random.default_rng(r)
+        batches = _batches(seqs, cfg, rng, train=True)
+        val = _batches(seqs, cfg, rng, train=False)
+        order = list(models) if r % 2 == 0 else list(reversed(models))
+        for k in order:
+            t0 = time.thread_time()
+            _run_epoch(models[k], batches, cfg, pos_weight, opts[k])
+            _run_epoch(models[k], val, cfg, pos_weight, None)
+            if r:
+                times[k].append(time.thread_time() - t0)
+    return times
+
+
+def speed_data(seqs: Sequence[FeatureSequence], runs: int, windows: int) -> list[FeatureSequence]:
+    """`runs` sequences of `windows` windows cut from the simulated runs (repeated as needed): a
+    timing set with full batches whatever the fleet size. Only the amount of work matters here."""
+    pieces = []
+    for s in seqs:
+        for start in range(0, len(s) - windows + 1, windows):
+            sl = slice(start, start + windows)
+            pieces.append(
+                replace(
+                    s, features=s.features[sl], ts=s.ts[sl], target=s.target[sl], fault=s.fault[sl], raw=None
+                )
+            )
+    if not pieces:
+        raise SystemExit(f"no simulated run has {windows} windows; lower --windows")
+    return [replace(pieces[i % len(pieces)], run_id=f"t{i}") for i in range(runs)]
+
+
+def step_latencies(
+    sessions: dict[str, tuple[object, int, tuple[int, int]]], rounds: int, min_time: float
+) -> dict[str, dict[int, float]]:
+    """µs per `session.run` at each batch size, median over `rounds` interleaved timing blocks."""
+    out: dict[str, dict[int, list[float]]] = {k: {b: [] for b in BATCHES} for k in sessions}
+    rng = np.random.default_rng(0)
+    for _ in range(rounds):
+        for B in BATCHES:
+            for k, (sess, F, (rows, hidden)) in sessions.items():
+                feeds = {
+                    "features": rng.normal(size=(B, F)).astype(np.float32),
+                    "h": np.zeros((rows, B, hidden), np.float32),
+                }
+                out[k][B].append(_per_call_us(lambda s=sess, f=feeds: s.run(["score", "h_out"], f), min_time))  # type: ignore[attr-defined, misc]
+    return {k: {b: statistics.median(v) for b, v in per.items()} for k, per in out.items()}
+
+
+def _per_call_us(fn: Callable[[], object], min_time: float) -> float:
+    fn()
+    n, t0 = 0, time.thread_time()
+    while True:
+        fn()
+        n += 1
+        dt = time.thread_time() - t0
+        if dt >= min_time:
+            return dt / n * 1e6
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument(
+        "--quick", action="store_true", help="6 machines, batches 8 and 64, 2 rounds, 3 epochs (a smoke run)"
+    )
+    p.add_argument("--machines", type=int, default=24, help="simulated machines (default 24)")
+    p.add_argument("--hidden", type=int, default=64)
+    p.add_argument(
+        "--batches", type=int, nargs="+", default=[8, 32, 64, 128], help="runs per batch for the timing"
+    )
+    p.add_argument("--windows", type=int, default=512, help="windows per run of the timing set")
+    p.add_argument("--rounds", type=int, default=3, help="timed epochs per cell and batch (interleaved)")
+    p.add_argument("--epochs", type=int, default=12, help="epochs of the detection-quality training")
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+    if args.quick:
+        args.machines, args.batches, args.windows, args.rounds, args.epochs = 6, [8, 64], 128, 2, 3
+    set_seeds(args.seed, 1)
+    t_start = time.perf_counter()
+
+    runs = fleet_runs(args.machines, args.seed, 3 * 3600.0)
+    rest, test = split_by_machine(runs, val_fraction=0.25, seed=args.seed)
+    tr, va = split_by_machine(rest, val_fraction=0.2, seed=args.seed + 1)
+    spec = spec_for_runs(runs)
+    classes = fault_classes(tr)
+    train_seqs = build_sequences(tr, spec, classes=classes, progress=False)
+    val_seqs = build_sequences(va, spec, classes=classes, progress=False)
+    test_seqs = build_sequences(test, spec, classes=classes, progress=False)
+    F = spec.n_features
+    h_eq = equal_param_hidden(F, args.hidden, classes)
+    gru, lstm = f"GRU H={args.hidden}", f"LSTM H={args.hidden}"
+    equal, before = f"GRU H={h_eq} (equal parameters)", f"GRU H={args.hidden}, nn.GRU (before)"
+    specs: list[dict[str, object]] = [
+        {"name": gru, "cell": "gru", "hidden": args.hidden},
+        {"name": lstm, "cell": "lstm", "hidden": args.hidden},
+        {"name": equal, "cell": "gru", "hidden": h_eq},
+        {"name": before, "cell": "gru", "hidden": args.hidden, "fused": False},
+    ]
+
+    # Training speed: the trainer's epoch (training + validation pass) per batch size.
+    cfg = TrainConfig(hidden=args.hidden, seed=args.seed, progress=False)
+    speed: dict[int, dict[str, float]] = {}
+    rounds_s: dict[int, dict[str, list[float]]] = {}
+    for B in args.batches:
+        data = speed_data(train_seqs, 2 * B, args.windows)
+        rounds_s[B] = epoch_times(specs, data, replace(cfg, batch_size=B), classes, args.rounds)
+        speed[B] = {k: statistics.median(v) for k, v in rounds_s[B].items()}
+
+    # Detection quality and the exported step, per cell, trained by the trainer itself.
+    quality: dict[str, float] = {}
+    params: dict[str, int] = {}
+    sessions: dict[str, tuple[object, int, tuple[int, int]]] = {}
+    for sp in specs[:3]:
+        name = str(sp["name"])
+        res = train(
+            train_seqs,
+            val_seqs,
+            replace(cfg, cell=str(sp["cell"]), hidden=int(sp["hidden"]), epochs=args.epochs),  # type: ignore[call-overload]
+            classes=classes,
+        )
+        quality[name] = float(
+            window_metrics(score_sequences(res.model, test_seqs), test_seqs).get("auroc", np.nan)
+        )
+        params[name] = n_parameters(res.model)
+        sessions[name] = (make_session(export_onnx(res.model)), F, (res.model.state_rows, res.model.hidden))
+    params[before] = params[gru]
+    lat = step_latencies(sessions, rounds=3 if args.quick else 7, min_time=0.05 if args.quick else 0.2)
+
+    n_windows = sum(len(s) for s in train_seqs)
+    print(
+        f"\n{args.machines} simulated machines (3 h each): {len(train_seqs)} training runs ({n_windows:,} windows), "
+        f"{len(val_seqs)} validation, {len(test_seqs)} test runs; F={F}, {len(classes)} fault classes, "
+        f"1 torch thread, chunk {cfg.chunk_len} windows"
+    )
+    print(
+        f"training: CPU s per epoch (training + validation pass, as `fit`), timing set of 2 batches of "
+        f"{args.windows}-window runs per batch size, median of {args.rounds} interleaved rounds; "
+        "× LSTM = LSTM time / this row's (> 1: faster than the LSTM)"
+    )
+    print(
+        "ONNX: the exported step (trainer.export), onnxruntime 1 thread, CPU µs per call, median of "
+        "interleaved blocks; test AUROC: window AUROC on held-out machines after --epochs epochs\n"
+    )
+    head = ["model", "parameters"]
+    for B in args.batches:
+        head += [f"train s/epoch B={B}", "× LSTM"]
+    head += ["step µs B=1", "× LSTM", "B=64", "× LSTM", "B=1,024", "× LSTM", "test AUROC"]
+    print("| " + " | ".join(head) + " |")
+    print("| --- | " + " | ".join("---:" for _ in head[1:]) + " |")
+    for sp in specs:
+        k = str(sp["name"])
+        cells = [k, f"{params[k]:,}"]
+        for B in args.batches:
+            cells += [f"{speed[B][k]:.2f}", f"{speed[B][lstm] / speed[B][k]:.2f}"]
+        for b in BATCHES:
+            cells += [f"{lat[k][b]:.1f}", f"{lat[lstm][b] / lat[k][b]:.2f}"] if k in lat else ["-", "-"]
+        cells.append(f"{quality[k]:.3f}" if k in quality else "-")
+        print("| " + " | ".join(cells) + " |")
+    print("\nevery round's CPU s per epoch:")
+    for B in args.batches:
+        print(
+            f"  B={B}: "
+            + "; ".join(f"{k}: " + ", ".join(f"{t:.2f}" for t in v) for k, v in rounds_s[B].items())
+        )
+    print(
+        "goals (issue 12): GRU ≥ 1.3× faster than the LSTM per epoch at equal hidden size -> "
+        + ", ".join(f"B={B}: {speed[B][lstm] / speed[B][gru]:.2f}×" for B in args.batches)
+        + "; exported step ≥ 1.3× at B=1/64/1,024 -> "
+        + "/".join(f"{lat[lstm][b] / lat[gru][b]:.2f}×" for b in BATCHES)
+    )
+    print(f"benchmark took {time.perf_counter() - t_start:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
