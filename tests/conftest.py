@@ -75,12 +75,17 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
         "set_tcp_nodelay true\n"
         "log_type error\n"
     )
-    proc = subprocess.Popen([binary, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    # stderr to a file, not a pipe: nobody reads a pipe during the session, and a full one (64 KB of
+    # log lines, e.g. hundreds of session take-overs) would stall the broker.
+    log_path = conf.with_name("mosquitto.log")
+    with open(log_path, "wb") as log_file:
+        proc = subprocess.Popen([binary, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=log_file)
     try:
         if not _wait_listening(port):
             proc.kill()
-            _, err = proc.communicate(timeout=5)  # closes the pipe too
-            pytest.fail(f"private mosquitto did not start on {port}: {err.decode(errors='replace')}")
+            proc.wait(timeout=5)
+            err = log_path.read_text(errors="replace")
+            pytest.fail(f"private mosquitto did not start on {port}: {err}")
         yield Broker("127.0.0.1", port)
     finally:
         proc.terminate()
@@ -89,8 +94,6 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
-        if proc.stderr is not None:
-            proc.stderr.close()
 
 
 @pytest.fixture
