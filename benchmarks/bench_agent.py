@@ -61,6 +61,7 @@ from gruwatch.bench import describe, write_json  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from agent_compare import compare  # noqa: E402
+from agent_cpu import BROKER_PID, budget_rows, others_cpu  # noqa: E402
 from agent_profile import PROFILED_RUN, print_profile  # noqa: E402
 
 WINDOW = 2560
@@ -147,18 +148,8 @@ def publish(
     first_seq: int = 0,
     first_sensor: int = 0,
 ) -> Any:
-    cmd = [
-        sys.executable,
-        "-c",
-        PUBLISHER,
-        str(port),
-        prefix,
-        str(sensors),
-        str(windows),
-        str(rate),
-        str(first_seq),
-        str(first_sensor),
-    ]
+    params = (port, prefix, sensors, windows, rate, first_seq, first_sensor)
+    cmd = [sys.executable, "-c", PUBLISHER, *map(str, params)]
     return subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, text=True)
 
 
@@ -355,6 +346,7 @@ def main(argv: list[str] | None = None) -> int:
         tmp = Path(td)
         bundle, _ = build_bundle(tmp / "bundle", hidden=64, outputs=2)
         broker, port = start_broker(tmp)
+        BROKER_PID[:] = [broker.pid]
         try:
             parts = set(args.only or (["compare"] if args.variant else ["throughput", "latency", "memory"]))
             if "compare" in parts:
@@ -421,8 +413,9 @@ def bare_run(port: int, prefix: str, sensors: int, windows: int) -> tuple[float,
     n = sensors * windows
     bare = Listener(port, f"{prefix}/+/+/vibration")
     cpu0 = time.process_time()
-    publish(port, prefix, sensors, windows).communicate()
-    bare.wait(n, 120)
+    with others_cpu("bare", n):
+        publish(port, prefix, sensors, windows).communicate()
+        bare.wait(n, 120)
     cpu = time.process_time() - cpu0
     bare.close()
     return bare.rate(), cpu / max(bare.count, 1) * 1e3
@@ -441,8 +434,9 @@ def agent_run(
     topic = f"{prefix}/_agents/{prefix}/health" if batched else f"{prefix}/+/+/health"
     health = Listener(port, topic, batched=batched)
     cpu0 = agent.cpu_s()
-    publish(port, prefix, args.sensors, args.windows).communicate()
-    health.wait(n, 300)
+    with others_cpu("agent", n):
+        publish(port, prefix, args.sensors, args.windows).communicate()
+        health.wait(n, 300)
     cpu = agent.cpu_s() - cpu0
     health.close()
     agent.stop()
@@ -472,6 +466,7 @@ def throughput(tmp: Path, port: int, bundle: Path, args: argparse.Namespace) -> 
             f"{agent_cpu:.3f} CPU ms/win = {agent_cpu / bare_cpu:.1f}x bare",
         )
     )
+    rows += budget_rows(bare_cpu, agent_cpu)
     args.figures.update(
         windows_per_s=round(agent_rate, 1),
         paho_ceiling_per_s=round(bare_rate, 1),
