@@ -75,3 +75,13 @@ def budget_rows(bare_ms: float, agent_ms: float, cores: int | None = None) -> li
             f"{cores} cores allow at most {cores / (brk_a + agent_ms) * 1e3:,.0f} win/s",
         ),
     ]
+
+
+def budget_figures() -> dict[str, float]:
+    """The latest runs' publisher and broker CPU per message, for `--json` (run-to-run comparison)."""
+    out: dict[str, float] = {}
+    for kind, runs in OTHERS_MS.items():
+        if runs:
+            out[f"publisher_cpu_ms_per_msg_{kind}"] = round(runs[-1][0], 4)
+            out[f"broker_cpu_ms_per_msg_{kind}"] = round(runs[-1][1], 4)
+    return out

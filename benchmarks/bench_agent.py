@@ -61,7 +61,7 @@ from gruwatch.bench import describe, write_json  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from agent_compare import compare  # noqa: E402
-from agent_cpu import BROKER_PID, budget_rows, others_cpu  # noqa: E402
+from agent_cpu import BROKER_PID, budget_figures, budget_rows, others_cpu  # noqa: E402
 from agent_profile import PROFILED_RUN, print_profile  # noqa: E402
 
 WINDOW = 2560
@@ -475,6 +475,7 @@ def throughput(tmp: Path, port: int, bundle: Path, args: argparse.Namespace) -> 
         bare_cpu_ms_per_message=round(bare_cpu, 4),
         scored=scored,
         published=n,
+        **budget_figures(),
     )
     return rows
 
