@@ -34,6 +34,7 @@ from trainer.data import load_runs  # noqa: E402
 from trainer.data.plan import plan_training  # noqa: E402
 from trainer.data.runs import Run  # noqa: E402
 from trainer.sequences import build_sequences  # noqa: E402
+from trainer.synthetic import training_failures  # noqa: E402
 from trainer.train import TrainConfig, score_sequences, train  # noqa: E402
 
 HORIZON_S = 1800.0
@@ -70,6 +71,7 @@ def fit_plan(runs: Sequence[Run], settings: dict[str, Any], val_fraction: float)
     va = build_sequences(
         plan.val_runs, plan.spec, horizon_s=plan.horizon_s, classes=plan.classes, progress=False
     )
+    tr += training_failures(tr, plan.spec, cfg)  # as `gruwatch train` does (run-to-failure data)
     return plan, train(tr, va, cfg, classes=plan.classes)
 
 

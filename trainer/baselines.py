@@ -41,12 +41,14 @@ from tqdm.auto import tqdm
 
 from edge_agent.alarms import AlarmState, Thresholds, step
 from edge_agent.bundle import make_session
+from edge_agent.features import FeatureSpec
 from trainer.calibrate import ScoredRun, calibrate
 from trainer.data.runs import Run, split_by_machine
 from trainer.export import export_onnx
 from trainer.metrics import RunEval, fault_classes_of, quality, summary_row
 from trainer.model import HealthModel
 from trainer.sequences import FeatureSequence, build_sequences
+from trainer.synthetic import training_failures
 from trainer.train import TrainConfig, score_sequences, train
 
 MAX_FIT_WINDOWS = 200_000
@@ -209,9 +211,12 @@ def _fit_recurrent(
     val_seqs: Sequence[FeatureSequence],
     cfg: TrainConfig,
     classes: Sequence[str],
+    spec: FeatureSpec,
 ) -> tuple[HealthModel, dict[str, Any], float]:
-    """(model, thresholds, fit seconds) from the trainer itself (`trainer.train.train`) with `cell`."""
-    result = train(train_seqs, val_seqs, replace(cfg, cell=cell), classes=classes)
+    """(model, thresholds, fit seconds) from the trainer itself (`trainer.train.train`) with `cell`,
+    with the synthetic failures the bundle's configuration asks for (as `gruwatch train` adds them)."""
+    fit_seqs = [*train_seqs, *training_failures(train_seqs, spec, cfg)]
+    result = train(fit_seqs, val_seqs, replace(cfg, cell=cell), classes=classes)
     return result.model, result.thresholds, result.timings["fit_s"]
 
 
@@ -253,8 +258,8 @@ def run_baselines(
     # Warm torch up once (first-call allocations and kernel choices) so neither fit pays for it.
     warm = TrainConfig(**{**asdict(cfg), "epochs": 1, "progress": False})
     for cell in ("gru", "lstm"):
-        _fit_recurrent(cell, tr_seqs, [], warm, classes)
-    gru, _, gru_fit_s = _fit_recurrent("gru", tr_seqs, va_seqs, cfg, classes)
+        _fit_recurrent(cell, tr_seqs, [], warm, classes, spec)
+    gru, _, gru_fit_s = _fit_recurrent("gru", tr_seqs, va_seqs, cfg, classes, spec)
     rows.append(
         {
             **gru_row,
@@ -362,7 +367,7 @@ def run_baselines(
     bar.update(1)
 
     # The LSTM of equal hidden size, same loop and data as the GRU retrain.
-    lstm, thr, lstm_fit_s = _fit_recurrent("lstm", tr_seqs, va_seqs, cfg, classes)
+    lstm, thr, lstm_fit_s = _fit_recurrent("lstm", tr_seqs, va_seqs, cfg, classes, spec)
     scores = score_sequences(lstm, test_seqs)
     q = quality(_results(gru_results, scores, thr), classes if lstm.fault_classes else ())
     session = make_session(export_onnx(lstm))

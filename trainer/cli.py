@@ -167,6 +167,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="after choosing the epochs on validation, retrain on training + validation runs "
         "(single process; thresholds are then calibrated on runs the model has seen)",
     )
+    m.add_argument(
+        "--synthetic-failures",
+        type=int,
+        default=0,
+        metavar="N",
+        help="run-to-failure data with a per-sensor baseline: N synthetic failures per training run "
+        "(a healthy stretch whose level features then rise far above the baseline; the trainer picks "
+        "3 for such data; 0 = none)",
+    )
     m.add_argument("--seed", type=int, default=0, help="seed for the split, initialisation and batching")
     m.add_argument(
         "--device", choices=["auto", "cpu", "cuda"], default="auto", help="auto = cuda when available"
@@ -196,6 +205,15 @@ def build_parser() -> argparse.ArgumentParser:
         default=0.05,
         help="score margin: validation must stay free of false alarms with every score this much "
         "higher (default 0.05)",
+    )
+    c.add_argument(
+        "--alarm-grace",
+        type=float,
+        default=0.0,
+        metavar="HORIZONS",
+        help="calibration: healthy windows within this many horizons before a run's final degraded "
+        "stretch count as neither healthy nor degraded (an alarm there warns early; it is not false). "
+        "Default 0; the trainer picks 1 for run-to-failure data",
     )
     add_progress_option(p)
     return p
@@ -259,6 +277,7 @@ def _train_and_export(args: argparse.Namespace, device: str, dist: ProcessContex
     from trainer.distributed import shard_indices
     from trainer.export import write_model_bundle
     from trainer.sequences import build_sequences
+    from trainer.synthetic import training_failures
     from trainer.train import TrainConfig, set_seeds, train
 
     is_main = dist.is_main
@@ -339,10 +358,13 @@ def _train_and_export(args: argparse.Namespace, device: str, dist: ProcessContex
         early_weight=args.early_weight,
         keep=args.keep,
         refit=args.refit,
+        synthetic_failures=args.synthetic_failures,
         min_raise_windows=args.min_raise_windows,
         alarm_margin=args.alarm_margin,
+        alarm_grace=args.alarm_grace,
         progress=progress,
     )
+    train_seqs += training_failures(train_seqs, spec, cfg, rank=dist.rank)
     result = train(train_seqs, val_seqs, cfg, classes=classes, dist=dist)
     if not dist.is_main:
         return {"bundle": None, "rank": dist.rank, "world_size": dist.world_size}

@@ -84,6 +84,9 @@ class TrainConfig:
     # validation runs, which the refitted model has seen: use it where the fault-type output
     # matters more than calibrated alarm thresholds.
     refit: bool = False
+    # Run-to-failure data: synthetic failures per training run added to the training sequences by
+    # the caller (trainer/synthetic.py; needs baseline-normalised features and a horizon).
+    synthetic_failures: int = 0
     seed: int = 0
     device: str = "cpu"
     threads: int = 1
@@ -94,6 +97,10 @@ class TrainConfig:
     # alarm on validation even with every score `alarm_margin` higher (trainer.calibrate).
     min_raise_windows: int = 2
     alarm_margin: float = 0.05
+    # Calibration only: the healthy windows within `alarm_grace` horizons before a run's final
+    # degraded stretch count as neither healthy nor degraded (an alarm there is an early warning,
+    # not a false alarm). 0 = every window before the horizon is healthy.
+    alarm_grace: float = 0.0
     progress: bool = True
 
 
@@ -136,6 +143,20 @@ def choose_mode(
     if requested != "auto":
         raise ValueError(f"mode must be supervised, forecast or auto, not {requested!r}")
     return "supervised" if both else "forecast"
+
+
+def calibration_targets(seq: FeatureSequence, grace_s: float) -> np.ndarray:
+    """The targets alarms are calibrated against: `seq.target` with the healthy windows less than
+    `grace_s` before the run's final degraded stretch (a run ending degraded) set to NaN."""
+    target = seq.target
+    if grace_s <= 0 or len(target) == 0 or target[-1] != 1:
+        return target
+    healthy_before = np.flatnonzero(target != 1)
+    start = int(healthy_before[-1]) + 1 if healthy_before.size else 0
+    out = target.copy()
+    near = (seq.ts >= seq.ts[start] - grace_s) & (np.arange(len(target)) < start) & (target == 0)
+    out[near] = np.nan
+    return out
 
 
 def _has_both_classes(seqs: Sequence[FeatureSequence]) -> bool:
@@ -522,7 +543,9 @@ def train(
     scored = [
         ScoredRun(
             sc[:, 0].astype(np.float64),
-            np.nan_to_num(s.target, nan=0.0) if mode == "forecast" else s.target,
+            np.nan_to_num(s.target, nan=0.0)
+            if mode == "forecast"
+            else calibration_targets(s, cfg.alarm_grace * (cfg.horizon_s or 0.0)),
             s.interval_s,
         )
         for sc, s in zip(scores, cal_seqs, strict=True)

@@ -353,3 +353,33 @@ def test_supervised_mode_without_degraded_labels_says_what_to_do(
     assert choose_mode("auto", train_seqs) == "supervised"
     with pytest.raises(DataError, match="--horizon "):
         choose_mode("supervised", healthy)
+
+
+def test_calibration_grace_makes_the_windows_just_before_the_horizon_neither_healthy_nor_degraded() -> None:
+    from trainer.train import calibration_targets
+
+    target = np.zeros(100, np.float32)
+    target[80:] = 1.0
+    seq = FeatureSequence(
+        "r",
+        "m",
+        "femto",
+        np.zeros((100, 2), np.float32),
+        np.arange(100) * 10.0,
+        target,
+        np.full(100, -1, np.int64),
+    )
+    cal = calibration_targets(seq, grace_s=200.0)
+    assert np.all(cal[:60] == 0.0)
+    assert np.all(np.isnan(cal[60:80]))  # 200 s = 20 windows before the degraded stretch
+    assert np.all(cal[80:] == 1.0)
+    np.testing.assert_array_equal(calibration_targets(seq, 0.0), target)
+    healthy_run = FeatureSequence(
+        "h", "m", "femto", seq.features, seq.ts, np.zeros(100, np.float32), seq.fault
+    )  # no degradation at the end: nothing to be early for
+    np.testing.assert_array_equal(calibration_targets(healthy_run, 200.0), 0.0)
+    # An alarm raised in the grace zone and held to the end is no false alarm.
+    scores = np.where(np.arange(100) >= 65, 0.9, 0.1)
+    strict, _ = calibrate([ScoredRun(scores, target, 10.0)], min_raise_windows=2)
+    graced, _ = calibrate([ScoredRun(scores, cal, 10.0)], min_raise_windows=2)
+    assert graced["alarm"] <= 0.9 < strict["alarm"]

@@ -73,7 +73,13 @@ KIND_SETTINGS: dict[str, dict[str, Any]] = {
         "run_offset_noise": 0.5,
         "early_weight": 3.0,
     },
-    RUN_TO_FAILURE: {"mode": "supervised", "hidden": 32, "min_raise_windows": 3, "alarm_margin": 0.1},
+    RUN_TO_FAILURE: {
+        "mode": "supervised",
+        "hidden": 32,
+        "min_raise_windows": 3,
+        "alarm_margin": 0.1,
+        "synthetic_failures": 3,
+    },
 }
 
 
@@ -321,7 +327,10 @@ def plan_training(
     full = FeatureSpec.with_geometry(base_spec.geometry, band_edges_hz=wide.band_edges_hz, baseline=baseline)
     notes += [
         f"bands up to {full.band_edges_hz[-1]:g} Hz; baseline: skip {baseline.skip_windows} run-in windows, "
-        f"learn over the next {baseline.learn_windows}"
+        f"learn over the next {baseline.learn_windows}",
+        "few failures to learn from: each training run also gives synthetic failures "
+        "(--synthetic-failures; a healthy stretch whose level features then rise far above the "
+        "sensor's baseline, trainer/synthetic.py)",
     ]
     if horizon_s is None:
         normalised = [normalise_run(baseline, f) for f in feats]

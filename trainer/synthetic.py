@@ -1,0 +1,111 @@
+"""Synthetic failures for run-to-failure training: healthy stretches of real runs given a made-up ending.
+
+A run-to-failure data set holds a handful of failures (FEMTO's shared set: four bearings, so a
+leave-one-out model learns from two or three). A recurrent model fitted to so few endings learns
+their particulars — which band happened to move on which bearing — and misses the next bearing's.
+What every failure shares is the prior a vibration analyst brings: the *level* features (log RMS,
+log peak, band powers) of the sensor rise far above its own healthy baseline and keep rising.
+
+`synthetic_failures` teaches that prior from the data itself. For each training run it takes
+`per_run` healthy prefixes (cut at a random healthy window after the sensor's baseline is learned, at least one horizon
+before its last healthy window)
+and, over their last `horizon` windows, adds a rising deviation to a random share (30–100 %) of the
+level features, 6–40 baseline standard deviations at the end (log-uniform per feature; the rise
+starts at 30 % of that). Those windows are labelled degraded; the rest of the prefix keeps its real,
+healthy targets. The real run's own healthy history — including steps in a few bands that did not
+lead to a failure (FEMTO Bearing2_1 and 2_2) — stays in the prefix, so the model also learns that a
+step in one or two bands is not yet a failure.
+
+The features must be baseline-normalised (`edge_agent.baseline`: y = sign(z)·log1p|z|, z in baseline
+standard deviations); the deviation is added in z and mapped back. Deterministic in `seed`. Training
+only: the agent never sees these sequences, and the bundle declares nothing new.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from edge_agent.features import FeatureSpec
+from trainer.sequences import FeatureSequence
+from trainer.train import TrainConfig
+
+SHARE = (0.3, 1.0)  # share of the level features that move in one synthetic failure
+SIGMA = (6.0, 40.0)  # their deviation at the end, in baseline standard deviations (log-uniform)
+RAMP_START = 0.3  # the deviation at the first degraded window, as a share of the final one
+MARGIN_WINDOWS = 10  # a prefix keeps at least this many baseline-ready healthy windows before its ending
+
+
+def level_features(names: Sequence[str]) -> np.ndarray:
+    """Indices of the level features (log RMS, log peak, log band powers): those named log_*."""
+    return np.flatnonzero([n.startswith("log_") for n in names])
+
+
+def synthetic_failures(
+    seqs: Sequence[FeatureSequence],
+    names: Sequence[str],
+    horizon_s: float,
+    per_run: int,
+    seed: int,
+) -> list[FeatureSequence]:
+    """`per_run` synthetic failures from each run's healthy, baseline-ready windows (module docstring).
+
+    Runs too short for a healthy prefix plus an ending of `horizon_s` are skipped.
+    """
+    if per_run <= 0 or horizon_s <= 0:
+        return []
+    cols = level_features(names)
+    if cols.size == 0:
+        return []
+    rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(7,)))
+    out: list[FeatureSequence] = []
+    for s in seqs:
+        if len(s) < 2 or s.interval_s <= 0:
+            continue
+        n_end = max(round(horizon_s / s.interval_s), 3)
+        ready = np.flatnonzero(np.any(s.features != 0.0, axis=1))  # the baseline gives zeros while learning
+        healthy = np.flatnonzero(s.target == 0)
+        if ready.size == 0 or healthy.size == 0:
+            continue
+        lo, hi = int(ready[0]) + n_end + MARGIN_WINDOWS, int(healthy[-1]) - n_end
+        if hi <= lo:
+            continue
+        for k in range(per_run):
+            end = int(rng.integers(lo, hi))
+            y = s.features[:end].astype(np.float64)
+            z = np.sign(y) * np.expm1(np.abs(y))
+            n_move = max(1, round(rng.uniform(*SHARE) * cols.size))
+            moved = rng.choice(cols, size=n_move, replace=False)
+            final = np.exp(rng.uniform(np.log(SIGMA[0]), np.log(SIGMA[1]), size=n_move))
+            ramp = RAMP_START + (1.0 - RAMP_START) * np.linspace(0.0, 1.0, n_end)
+            z[end - n_end :, moved] += ramp[:, None] * final[None, :]
+            target = s.target[:end].copy()
+            target[end - n_end :] = 1.0
+            out.append(
+                FeatureSequence(
+                    run_id=f"{s.run_id}#synthetic{k}",
+                    machine=s.machine,
+                    source=s.source,
+                    features=(np.sign(z) * np.log1p(np.abs(z))).astype(np.float32),
+                    ts=s.ts[:end].copy(),
+                    target=target.astype(np.float32),
+                    fault=s.fault[:end].copy(),
+                )
+            )
+    return out
+
+
+def training_failures(
+    train_seqs: Sequence[FeatureSequence], spec: FeatureSpec, cfg: TrainConfig, *, rank: int = 0
+) -> list[FeatureSequence]:
+    """The synthetic failures `cfg` asks for (none without a per-sensor baseline or a horizon).
+
+    Under torchrun each process makes them from its own shard of the training runs (`rank` varies
+    the seed), so the union is the same kind of set as in one process.
+    """
+    if cfg.synthetic_failures <= 0 or spec.baseline is None or not cfg.horizon_s:
+        return []
+    return synthetic_failures(
+        train_seqs, spec.names, float(cfg.horizon_s), cfg.synthetic_failures, cfg.seed + 1000 * rank
+    )
