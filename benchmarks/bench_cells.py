@@ -166,6 +166,41 @@ def _per_call_us(fn: Callable[[], object], min_time: float) -> float:
             return dt / n * 1e6
 
 
+def profile_cells(hidden: int, n_features: int, batches: Sequence[int], steps: int = 128) -> None:
+    """torch.profiler over one chunk (forward + backward through the cell only) per cell and batch:
+    where the time goes, how many operations each runs per time step."""
+    from torch.profiler import ProfilerActivity, profile
+
+    for B in batches:
+        for cell in ("lstm", "gru"):
+            torch.manual_seed(0)
+            model = HealthModel(n_features, cell=cell, hidden=hidden)
+            x = torch.randn(B, steps, n_features)
+
+            def chunk(m: HealthModel = model, x: torch.Tensor = x) -> None:
+                y, h = m.recur(x, m.initial_state(x.shape[0]))
+                (y.sum() + h.sum()).backward()
+
+            chunk()
+            reps = 5
+            with profile(activities=[ProfilerActivity.CPU]) as prof:
+                for _ in range(reps):
+                    chunk()
+            events = prof.key_averages()
+            total = sum(e.self_cpu_time_total for e in events) / reps
+            views = ("aten::select", "aten::slice", "aten::unbind", "aten::view", "aten::as_strided")
+            views += ("aten::transpose", "aten::t", "aten::expand", "aten::unsqueeze", "aten::empty")
+            ops = sum(e.count for e in events if e.key.startswith("aten::") and e.key not in views) / reps
+            top = sorted(events, key=lambda e: -e.self_cpu_time_total)[:6]
+            print(
+                f"profile B={B} {cell}: {total / 1e3:.1f} ms per {steps}-step chunk (forward + backward), "
+                f"{ops / steps:.1f} aten ops per step (views and allocations not counted); top self CPU: "
+                + ", ".join(
+                    f"{e.key} {e.self_cpu_time_total / reps / 1e3:.1f} ms ×{e.count // reps}" for e in top
+                )
+            )
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument(
@@ -180,7 +215,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=3, help="timed epochs per cell and batch (interleaved)")
     p.add_argument("--epochs", type=int, default=12, help="epochs of the detection-quality training")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--profile", action="store_true", help="only the torch.profiler view of one chunk per cell"
+    )
     args = p.parse_args(argv)
+    if args.profile:
+        torch.set_num_threads(1)
+        profile_cells(args.hidden, 25, args.batches)
+        return 0
     if args.quick:
         args.machines, args.batches, args.windows, args.rounds, args.epochs = 6, [8, 64], 128, 2, 3
     set_seeds(args.seed, 1)

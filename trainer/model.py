@@ -8,7 +8,7 @@ One module serves training and export, for both cells:
 - `step(features, h)` is ONE time step written as plain matrix products (ONNX's GRU and LSTM
   operators are the slowest way to step a batch, see PERFORMANCE-NOTES) with the exact torch
   equations, so the exported graph matches `forward` to float32 rounding, in GEMM form
-  (`step_weights`: biases folded in, one Sigmoid for all sigmoid gates).
+  (`step_weights`: one Gemm per gate, biases folded in, no Split).
 
 On CPU, GRU sequences train through trainer/fast_gru.py (nn.GRU's function with a hand-written
 backward; `fused`), LSTM sequences through nn.LSTM (one oneDNN kernel).
@@ -207,9 +207,9 @@ class HealthModel(nn.Module):
     def step_weights(self) -> list[tuple[torch.Tensor, ...]]:
         """Per layer, the weights of `step` in GEMM form, from the cell's parameters.
 
-        GRU: (W_x [inputs, 3H], b_x, W_h [H, 3H], b_h) with b_x = [b_ir + b_hr, b_iz + b_hz, b_in]
-        and b_h = [0, 0, b_hn] (the reset gate multiplies only the h part of n, so b_hn stays there).
-        LSTM: (W [inputs + H, 4H], b_ih + b_hh) over [input, h], columns reordered to [i, f, o, g].
+        One (W, b) pair per Gemm, W [rows, H]: GRU (W_r, b_r, W_z, b_z) over [input, h] with
+        b = b_i + b_h, then (W_in, b_in) over the input and (W_hn, b_hn) over h apart (the reset gate
+        multiplies only the h part of n); LSTM (W_g, b_g) for g = i, f, g, o over [input, h].
         """
         H = self.hidden
         out: list[tuple[torch.Tensor, ...]] = []
@@ -217,15 +217,25 @@ class HealthModel(nn.Module):
             w_ih, w_hh, b_ih, b_hh = (
                 getattr(self.rnn, f"{n}_l{layer}") for n in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
             )
-            if self.cell == "gru":
-                b_x = torch.cat([b_ih[: 2 * H] + b_hh[: 2 * H], b_ih[2 * H :]])
-                b_h = torch.cat([torch.zeros_like(b_hh[: 2 * H]), b_hh[2 * H :]])
-                out.append((w_ih.t(), b_x, w_hh.t(), b_h))
-            else:
-                order = torch.cat(
-                    [torch.arange(2 * H), torch.arange(3 * H, 4 * H), torch.arange(2 * H, 3 * H)]
+            w = torch.cat([w_ih, w_hh], dim=1)  # rows: gates, columns: [input, h]
+            b = b_ih + b_hh
+            if self.cell == "gru":  # r, z over [input, h]; n's input and h parts apart
+                out.append(
+                    (
+                        w[:H].t(),
+                        b[:H],
+                        w[H : 2 * H].t(),
+                        b[H : 2 * H],
+                        w_ih[2 * H :].t(),
+                        b_ih[2 * H :],
+                        w_hh[2 * H :].t(),
+                        b_hh[2 * H :],
+                    )
                 )
-                out.append((torch.cat([w_ih, w_hh], dim=1)[order].t(), (b_ih + b_hh)[order]))
+            else:  # i, f, g, o over [input, h]
+                out.append(
+                    tuple(t for k in range(4) for t in (w[k * H : (k + 1) * H].t(), b[k * H : (k + 1) * H]))
+                )
         return [tuple(t.contiguous() for t in ws) for ws in out]
 
     def step(
@@ -236,15 +246,15 @@ class HealthModel(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """ONE step: features [B, F], h [state rows, B, hidden] -> (score [B, K], h_out, same shape as h).
 
-        Each layer's products are Gemms with `step_weights()` (given as `weights`, e.g. constants of
-        the exported graph), the biases folded in, one Sigmoid for all sigmoid gates: few graph
-        nodes (what an onnxruntime step costs at small batches) and no multiply by zero (at large).
-        GRU: two Gemms (input, h), since the reset gate splits n's input and hidden parts; LSTM:
-        one Gemm over [input, h] (benchmarks/bench_cells.py measured both forms for both cells).
+        Each gate is one Gemm with `step_weights()` (given as `weights`, e.g. constants of the
+        exported graph), biases folded in: no Split (onnxruntime's Split copies; it cost 15-20 % of
+        a step at B=1,024) and no multiply by zero. Of the forms measured for both cells (one Gemm
+        over [input, h] then Split; input and h Gemms apart; one Gemm per gate), this one was the
+        fastest for each at B = 1, 64 and 1,024 (benchmarks/bench_cells.py, docs/performance.md).
         """
         weights = self.step_weights() if weights is None else weights
         z = self.scale(features)
-        L, H = self.layers, self.hidden
+        L = self.layers
         score_forecast: torch.Tensor | None = None
         if self.mode == "forecast":
             pred = self.forecast_head(h[L - 1])
@@ -254,17 +264,18 @@ class HealthModel(nn.Module):
         hs, cs = [], []
         for layer, ws in enumerate(weights):
             h_prev = h[layer]
+            xh = torch.cat([layer_in, h_prev], dim=-1)
             if self.cell == "gru":  # nn.GRU: r, z, n; the reset gate applied after W_hn·h
-                x_rz, x_n = torch.addmm(ws[1], layer_in, ws[0]).split([2 * H, H], dim=-1)
-                h_rz, h_n = torch.addmm(ws[3], h_prev, ws[2]).split([2 * H, H], dim=-1)
-                r, u = torch.sigmoid(x_rz + h_rz).chunk(2, dim=-1)
-                n = torch.tanh(x_n + r * h_n)
+                r = torch.sigmoid(torch.addmm(ws[1], xh, ws[0]))
+                u = torch.sigmoid(torch.addmm(ws[3], xh, ws[2]))
+                n = torch.tanh(torch.addmm(ws[5], layer_in, ws[4]) + r * torch.addmm(ws[7], h_prev, ws[6]))
                 h_l = n + u * (h_prev - n)
-            else:  # nn.LSTM: i, f, g, o (reordered i, f, o, g)
-                a = torch.addmm(ws[1], torch.cat([layer_in, h_prev], dim=-1), ws[0])
-                gates, g = a.split([3 * H, H], dim=-1)
-                i, f, o = torch.sigmoid(gates).chunk(3, dim=-1)
-                c_l = f * h[L + layer] + i * torch.tanh(g)
+            else:  # nn.LSTM: i, f, g, o
+                i = torch.sigmoid(torch.addmm(ws[1], xh, ws[0]))
+                f = torch.sigmoid(torch.addmm(ws[3], xh, ws[2]))
+                g = torch.tanh(torch.addmm(ws[5], xh, ws[4]))
+                o = torch.sigmoid(torch.addmm(ws[7], xh, ws[6]))
+                c_l = f * h[L + layer] + i * g
                 h_l = o * torch.tanh(c_l)
                 cs.append(c_l)
             hs.append(h_l)
