@@ -256,11 +256,12 @@ class MqttLink:
             self._cycles += 1
             dropped, self._dropped_unacked = self._dropped_unacked, 0
         log.warning("mqtt_cycling", reason="redeliver windows dropped unacked", dropped=dropped)
-        # loop_stop() joins paho's thread: while cycling, _enqueue never waits on our full queue.
-        self._cycling = True
-        client.disconnect()
-        client.loop_stop()
-        self._cycling = False
+        self._cycling = True  # loop_stop() joins paho's thread: meanwhile _enqueue must never wait
+        try:
+            client.disconnect()
+            client.loop_stop()
+        finally:
+            self._cycling = False
         # paho's loop_start makes a new wake-up socket pair without closing the old one: close it here.
         client._reset_sockets(sockpair_only=True)
         self._connect_async()
