@@ -154,6 +154,7 @@ def main() -> int:
     driver = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=opts)
     load0 = _load()
     cpu0, wall0 = _cpu_s(dash.pid), time.monotonic()
+    driver.execute_cdp_cmd("Performance.enable", {})
     pub = subprocess.Popen(
         [sys.executable, __file__, "--sensors", str(args.sensors), "--seconds", str(args.seconds),
          "--publish-only", url, prefix],
@@ -201,6 +202,12 @@ def main() -> int:
     out, _ = pub.communicate(timeout=args.seconds + 30)
     published = json.loads(out.strip().splitlines()[-1])
     cpu_share = (_cpu_s(dash.pid) - cpu0) / (time.monotonic() - wall0)
+    busy = {m["name"]: m["value"] for m in driver.execute_cdp_cmd("Performance.getMetrics", {})["metrics"]}
+    page_s = time.monotonic() - wall0
+    main_thread = " / ".join(
+        f"{100 * busy.get(k, 0.0) / page_s:.0f}"
+        for k in ("TaskDuration", "ScriptDuration", "RecalcStyleDuration", "LayoutDuration")
+    )
     tiles = driver.execute_script("return document.querySelectorAll('.tile').length;")
     rss_end = _rss_mb(dash.pid)
     load1 = _load()
@@ -221,6 +228,7 @@ def main() -> int:
         ("browser: draw to the next frame painted, ms", _pct(frames), "style, layout and paint included"),
         ("browser: one poll of gruwatch/fleet, ms (p50 / max)", _pct(requests), f"{len(requests)} polls"),
         ("dashboard CPU, % of one core", f"{100 * cpu_share:.0f}", "while the fleet publishes"),
+        ("page main thread busy, % of wall", main_thread, "all tasks / script / style / layout"),
         ("server: model snapshot, ms (p50 / max)", _pct(snaps), "20 snapshots, in this process"),
         ("dashboard RSS MB: started / fleet loaded / end", f"{rss0:.0f} / {rss_loaded or float('nan'):.0f} / {rss_end:.0f}", "the `python -m dashboards` process"),
         ("browser JS heap MB", f"{(heap or 0) / 2**20:.0f}", ""),

@@ -6,7 +6,7 @@ detail plots zoom and hover for free.
 
 How the page keeps up with 1,000 sensors at a message a second each: the browser never receives
 messages. `assets/fleet.js` polls `gruwatch/fleet` (dashboards/fragments.py: plain JSON, not a Dash
-callback) and asks again `refresh_ms` (1 s) after the previous answer was drawn, never while one is on
+callback) and asks again `refresh_ms` (0.5 s) after the previous answer was drawn, never while one is on
 its way — Dash drops a callback's older answer when its interval fires again first, which on a busy
 machine could starve the page. Each answer holds only the tiles changed since the previous one (about
 150 bytes a tile); fleet.js keeps one DOM node per tile and writes only what changed, filtered and
@@ -37,6 +37,7 @@ import flask
 from dash import ClientsideFunction, Dash, Input, Output, dcc, html, no_update
 from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
 
+from dashboards import REFRESH_MS
 from dashboards.feed import BrokerFeed
 from dashboards.fleet import STALE, FleetConfig, FleetModel
 from dashboards.fragments import fleet_payload
@@ -348,7 +349,7 @@ def _detail_info(d: dict[str, Any]) -> str:
 
 
 # -------------------------------------------------------------------------------------- the app
-def create_app(model: FleetModel, feed: BrokerFeed, refresh_ms: int = 1000) -> Dash:
+def create_app(model: FleetModel, feed: BrokerFeed, refresh_ms: int = REFRESH_MS) -> Dash:
     """The Dash app over `model` (fed by `feed`); everything it loads is served by itself."""
     app = Dash(
         __name__,
@@ -449,7 +450,7 @@ def serve(
     username: str | None = None,
     password: str | None = None,
     ca_file: str | None = None,
-    refresh_ms: int = 1000,
+    refresh_ms: int = REFRESH_MS,
 ) -> DashboardHandle:
     """Start the live view in background threads and return at once; `port=0` picks a free port.
 

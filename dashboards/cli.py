@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
 
+from dashboards import REFRESH_MS
 from edge_agent.broker_url import parse_broker_url
 from gruwatch.options import DURATION_HELP, Parser, parse_duration
 
@@ -86,7 +87,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--refresh-ms",
         type=int,
-        default=1000,
+        default=REFRESH_MS,
         metavar="MS",
         help="how often the page updates (default: %(default)s)",
     )

@@ -157,6 +157,8 @@
   var last = null;       /* the previous answer's {epoch, version, now}: the next poll asks for a delta */
   var view = { states: ["ok", "warning", "alarm", "stale"], text: "", sort: "urgency" };
   var shownHtml = {};    /* fragment id -> the HTML it shows: swapped only when it changes */
+  var reorder = true;    /* the grid's order or membership may have changed: filter, sort and walk it */
+  var changed = [];      /* rows that came since the last draw (when only they need writing) */
   var failures = 0;
 
   function setHtml(id, html) {
@@ -186,7 +188,21 @@
     listen(grid);
     listen(attn);
     var rows = Object.keys(tiles).map(function (k) { return tiles[k]; });
-    var shown = renderTiles(grid, rows, view.states, view.text, view.sort);
+    var shown;
+    if (reorder || view.sort === "score") {
+      shown = renderTiles(grid, rows, view.states, view.text, view.sort);
+    } else {  /* same tiles in the same order: write only the rows that changed */
+      for (var i = 0; i < changed.length; i++) {
+        var n = nodes[changed[i][0]];
+        if (n && n.row !== changed[i]) {
+          n.row = changed[i];
+          update(n, changed[i]);
+        }
+      }
+      shown = grid.children.length;
+    }
+    reorder = false;
+    changed = [];
     setHtml("attention", renderAttention(last.attention, 8));
     summary.textContent = "showing " + shown + " of " + rows.length + " sensors";
     var r = window.gwRender = { ms: performance.now() - t0, tiles: shown, at: Date.now(), version: last.version };
@@ -197,8 +213,16 @@
   }
 
   function apply(d) {
-    if (d.full) tiles = {};
-    for (var i = 0; i < d.tiles.length; i++) tiles[d.tiles[i][0]] = d.tiles[i];
+    if (d.full) {
+      tiles = {};
+      reorder = true;
+    }
+    for (var i = 0; i < d.tiles.length; i++) {
+      var t = d.tiles[i], before = tiles[t[0]];
+      if (!before || before[1] !== t[1]) reorder = true;  /* a new tile, or one that changed state */
+      tiles[t[0]] = t;
+      changed.push(t);
+    }
     last = d;
     setBanner(d.banner);
     setHtml("chips", d.html.chips);
@@ -246,6 +270,7 @@
     gruwatch: {
       setView: function (states, text, sort) {
         view = { states: states || [], text: text || "", sort: sort || "urgency" };
+        reorder = true;
         draw();
         return view;
       },
