@@ -65,6 +65,8 @@ class BrokerFeed:
         self._client: paho.Client | None = None
         self._lock = threading.Lock()
         self._connected = False
+        self._subscribed = threading.Event()  # the broker acknowledged this connection's subscriptions
+        self._sub_mid: int | None = None
         self._since = time.time()  # wall time of the latest change of `connected`
         self._error: str | None = "connecting"
         self._subscribed_vibration: set[str] = set()
@@ -86,6 +88,7 @@ class BrokerFeed:
         client.on_connect_fail = self._on_connect_fail
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
+        client.on_subscribe = self._on_subscribe
         self._client = client
         client.connect_async(self.address.host, self.address.port, keepalive=KEEPALIVE_S)
         client.loop_start()
@@ -108,6 +111,11 @@ class BrokerFeed:
                 "since": self._since,
                 "error": self._error,
             }
+
+    def wait_subscribed(self, timeout: float) -> bool:
+        """Block until the broker has acknowledged the subscriptions (messages published from then on
+        reach the page); False after `timeout` seconds."""
+        return self._subscribed.wait(timeout)
 
     def _set_connected(self, connected: bool, error: str | None) -> None:
         with self._lock:
@@ -162,12 +170,18 @@ class BrokerFeed:
         ]
         with self._lock:
             topics += [(t, 0) for t in sorted(self._subscribed_vibration)]
-        client.subscribe(topics)
+        self._subscribed.clear()
+        _rc, self._sub_mid = client.subscribe(topics)
+
+    def _on_subscribe(self, _client: paho.Client, _u: Any, mid: int, _codes: Any, _props: Any) -> None:
+        if mid == self._sub_mid:
+            self._subscribed.set()
 
     def _on_connect_fail(self, _client: paho.Client, _u: Any) -> None:
         self._set_connected(False, "cannot reach the broker")
 
     def _on_disconnect(self, _client: paho.Client, _u: Any, _flags: Any, reason: Any, _props: Any) -> None:
+        self._subscribed.clear()
         self._set_connected(False, "connection lost" if reason.is_failure else "disconnected")
         if self._client is not None:  # not our own stop()
             log.warning("dashboard: lost the broker %s (%s); reconnecting", self.address.url, reason)

@@ -258,6 +258,8 @@ class Demo:
         stack.callback(handle.stop)
         self.dashboard = handle
         self.say(f"  dashboard: {handle.url}")
+        if not handle.feed.wait_subscribed(10):  # the fleet starts only once the page can see it all
+            self.say("  dashboard: not subscribed to the broker yet; it may miss the first windows")
 
     def _speedup(self) -> float:
         from gruwatch.demo_model import FLEET

@@ -68,6 +68,7 @@ def dashboard(broker: Any, topic_prefix: str) -> Iterator[DashboardHandle]:
         broker.url, topic_prefix, port=0, config=FleetConfig(watch_lease_s=2.0), thresholds=(0.5, 0.8)
     )
     try:
+        assert handle.feed.wait_subscribed(15), "the dashboard did not subscribe"  # before any publish
         yield handle
     finally:
         handle.stop()
@@ -87,7 +88,7 @@ def test_alarm_turns_the_tile_red_within_two_seconds(
         drawn = "return window.gwRender ? window.gwRender.at : null;"
         first = chrome.execute_script(drawn)
         _wait(lambda: chrome.execute_script(drawn) != first, 10, "the page polls on")
-        assert dashboard.feed.status()["connected"]
+        assert dashboard.feed.wait_subscribed(0)
         _send(pub, topic_prefix, _health("press-1", 2, 0.93, "alarm"))
         sent = time.monotonic()
         _wait(lambda: _tile_state(chrome, "press-1/s0") == "alarm", 2.0, "the tile turns to alarm")
@@ -205,6 +206,7 @@ def test_open_a_sensor_shows_its_history_and_spectrum(
 def test_broker_outage_shows_a_banner_and_recovers(chrome: Any, own_broker: Any, topic_prefix: str) -> None:
     handle = serve(own_broker.url, topic_prefix, port=0)
     try:
+        assert handle.feed.wait_subscribed(15), "the dashboard did not subscribe"  # else the message is lost
         pub = _publisher(own_broker.url)
         _send(pub, topic_prefix, _health("kiln-1", 1, 0.2, "ok"))
         pub.loop_stop()
@@ -220,6 +222,7 @@ def test_broker_outage_shows_a_banner_and_recovers(chrome: Any, own_broker: Any,
         assert _tile_state(chrome, "kiln-1/s0") == "ok"  # the last known state stays on the page
         own_broker.start()
         _wait(lambda: not banner.is_displayed(), 20, "the banner goes once the broker is back")
+        assert handle.feed.wait_subscribed(10), "subscribed again after the outage"
     finally:
         handle.stop()
 

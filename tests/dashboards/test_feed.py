@@ -45,7 +45,7 @@ def test_feed_decodes_health_alerts_status_and_counts_bad_messages(broker: Any, 
     pub.connect(broker.host, broker.port)
     pub.loop_start()
     try:
-        _wait(lambda: handle.feed.status()["connected"], 10, "the feed connects")
+        assert handle.feed.wait_subscribed(15), "the feed subscribes"
         p = topic_prefix
         pub.publish(
             health_topic(p, "m1", "s0"),
@@ -94,7 +94,7 @@ def test_health_batches_and_the_pages_poll(broker: Any, topic_prefix: str) -> No
     pub.connect(broker.host, broker.port)
     pub.loop_start()
     try:
-        _wait(lambda: handle.feed.status()["connected"], 10, "the feed connects")
+        assert handle.feed.wait_subscribed(15), "the feed subscribes"
         p = topic_prefix
         batch = [Health(f"m{k}", "s0", 1, 10**18, 0.2, "ok", "v", {}) for k in range(3)]
         body = b'{"agent":"gw-7","health":[' + b",".join(encode_health(h) for h in batch) + b"]}"
