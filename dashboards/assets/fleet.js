@@ -37,6 +37,7 @@
   }
 
   var SVG = "http://www.w3.org/2000/svg";
+  var stateAt = window.gwStateAt = {};  /* key -> wall ms of the tile's latest state change on the page */
   var nodes = {};  /* key -> {el, state, score, points}: tiles persist; each tick only changes what changed */
 
   var xs = {};  /* n -> the sparkline's n x coordinates, as text */
@@ -121,6 +122,7 @@
       var label = t[1] === "stale" ? "stale (" + t[4] + ")" : t[1];
       n.el.className = "tile s-" + t[1];
       n.el.setAttribute("data-state", t[1]);
+      stateAt[key] = Date.now();  /* when this tile last changed state (the load benchmark reads it) */
       n.st.textContent = label;
       n.state = t[1];
       n.last = t[4];
