@@ -155,6 +155,31 @@ def step_latencies(
     return {k: {b: statistics.median(v) for b, v in per.items()} for k, per in out.items()}
 
 
+def identity_graph(n_features: int) -> bytes:
+    """The cheapest graph with the step's inputs and outputs (score = features, h_out = h): what one
+    onnxruntime `run()` costs before any arithmetic, the floor under every step."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [
+            helper.make_node("Identity", ["features"], ["score"]),
+            helper.make_node("Identity", ["h"], ["h_out"]),
+        ],
+        "floor",
+        [
+            helper.make_tensor_value_info("features", TensorProto.FLOAT, ["batch", n_features]),
+            helper.make_tensor_value_info("h", TensorProto.FLOAT, [None, "batch", None]),
+        ],
+        [
+            helper.make_tensor_value_info("score", TensorProto.FLOAT, ["batch", n_features]),
+            helper.make_tensor_value_info("h_out", TensorProto.FLOAT, [None, "batch", None]),
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    return bytes(onnx.shape_inference.infer_shapes(model).SerializeToString())
+
+
 def _per_call_us(fn: Callable[[], object], min_time: float) -> float:
     fn()
     n, t0 = 0, time.thread_time()
@@ -204,7 +229,7 @@ def profile_cells(hidden: int, n_features: int, batches: Sequence[int], steps: i
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument(
-        "--quick", action="store_true", help="6 machines, batches 8 and 64, 2 rounds, 3 epochs (a smoke run)"
+        "--quick", action="store_true", help="6 machines, batches 8 and 64, 2 rounds, 2 epochs (a smoke run)"
     )
     p.add_argument("--machines", type=int, default=24, help="simulated machines (default 24)")
     p.add_argument("--hidden", type=int, default=64)
@@ -224,7 +249,7 @@ def main(argv: list[str] | None = None) -> int:
         profile_cells(args.hidden, 25, args.batches)
         return 0
     if args.quick:
-        args.machines, args.batches, args.windows, args.rounds, args.epochs = 6, [8, 64], 128, 2, 3
+        args.machines, args.batches, args.windows, args.rounds, args.epochs = 6, [8, 64], 128, 2, 2
     set_seeds(args.seed, 1)
     t_start = time.perf_counter()
 
@@ -274,6 +299,8 @@ def main(argv: list[str] | None = None) -> int:
         params[name] = n_parameters(res.model)
         sessions[name] = (make_session(export_onnx(res.model)), F, (res.model.state_rows, res.model.hidden))
     params[before] = params[gru]
+    floor = "run() floor (Identity graph)"
+    sessions[floor] = (make_session(identity_graph(F)), F, (1, args.hidden))
     lat = step_latencies(sessions, rounds=3 if args.quick else 7, min_time=0.05 if args.quick else 0.2)
 
     n_windows = sum(len(s) for s in train_seqs)
@@ -306,6 +333,19 @@ def main(argv: list[str] | None = None) -> int:
             cells += [f"{lat[k][b]:.1f}", f"{lat[lstm][b] / lat[k][b]:.2f}"] if k in lat else ["-", "-"]
         cells.append(f"{quality[k]:.3f}" if k in quality else "-")
         print("| " + " | ".join(cells) + " |")
+    print(
+        f"| {floor} | - | "
+        + " | ".join("-" for _ in args.batches for _ in range(2))
+        + " | "
+        + " | ".join(f"{lat[floor][b]:.1f} | -" for b in BATCHES)
+        + " | - |"
+    )
+    above = [(lat[lstm][b] - lat[floor][b]) / max(lat[gru][b] - lat[floor][b], 1e-9) for b in BATCHES]
+    print(
+        "cell-dependent part of the step (µs above the run() floor), LSTM / GRU: "
+        + "/".join(f"{a:.2f}×" for a in above)
+        + " at B=1/64/1,024"
+    )
     print("\nevery round's CPU s per epoch:")
     for B in args.batches:
         print(

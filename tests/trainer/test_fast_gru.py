@@ -91,6 +91,9 @@ def test_usable_only_where_it_is_exact_and_faster() -> None:
     dropped = nn.GRU(4, 8, num_layers=2, dropout=0.5, batch_first=True).train()
     assert not fast_gru.usable(dropped, x)  # nn.GRU draws its own dropout masks
     assert fast_gru.usable(dropped.eval(), x)
+    wide = torch.zeros(fast_gru.MAX_BATCH, 3, 4)  # large batches: nn.GRU was as fast
+    assert not fast_gru.usable(gru, wide)
+    assert fast_gru.usable(gru, wide[:-1])
 
 
 def test_health_model_trains_through_the_fused_layer_with_the_same_gradients() -> None:
