@@ -98,7 +98,9 @@ def tune_femto(root: Path, candidates: Sequence[str]) -> None:
             rest = [b for b in bearings if b != outer]
             for inner in rest:
                 fit_runs = [r for r in runs if r.machine in rest and r.machine != inner]
-                plan, result = fit_plan(fit_runs, candidate_settings(cand), 0.5)
+                plan, result = fit_plan(
+                    fit_runs, candidate_settings(cand), 0.2
+                )  # gruwatch train's --val-fraction
                 seqs = build_sequences(
                     [r for r in runs if r.machine == inner], plan.spec, horizon_s=HORIZON_S, progress=False
                 )

@@ -78,7 +78,7 @@ KIND_SETTINGS: dict[str, dict[str, Any]] = {
         "hidden": 32,
         "min_raise_windows": 3,
         "alarm_margin": 0.1,
-        "synthetic_failures": 3,
+        "synthetic_failures": 6,
     },
 }
 
