@@ -176,6 +176,14 @@ def build_parser() -> argparse.ArgumentParser:
         "(a healthy stretch whose level features then rise far above the baseline; the trainer picks "
         "6 for such data; 0 = none)",
     )
+    m.add_argument(
+        "--synthetic-steps",
+        type=int,
+        default=0,
+        metavar="N",
+        help="run-to-failure data with a per-sensor baseline: N copies of each training run with a "
+        "lasting step in a few level features, labelled healthy (a shift that is not a failure; 0 = none)",
+    )
     m.add_argument("--seed", type=int, default=0, help="seed for the split, initialisation and batching")
     m.add_argument(
         "--device", choices=["auto", "cpu", "cuda"], default="auto", help="auto = cuda when available"
@@ -359,6 +367,7 @@ def _train_and_export(args: argparse.Namespace, device: str, dist: ProcessContex
         keep=args.keep,
         refit=args.refit,
         synthetic_failures=args.synthetic_failures,
+        synthetic_steps=args.synthetic_steps,
         min_raise_windows=args.min_raise_windows,
         alarm_margin=args.alarm_margin,
         alarm_grace=args.alarm_grace,

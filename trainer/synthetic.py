@@ -32,6 +32,7 @@ from trainer.sequences import FeatureSequence
 from trainer.train import TrainConfig
 
 SHARE = (0.3, 1.0)  # share of the level features that move in one synthetic failure
+STEP_SHARE = (0.05, 0.4)  # share of the level features in one lasting healthy step
 SIGMA = (6.0, 40.0)  # their deviation at the end, in baseline standard deviations (log-uniform)
 RAMP_START = 0.3  # the deviation at the first degraded window, as a share of the final one
 MARGIN_WINDOWS = 10  # a prefix keeps at least this many baseline-ready healthy windows before its ending
@@ -96,6 +97,63 @@ def synthetic_failures(
     return out
 
 
+def synthetic_steps(
+    seqs: Sequence[FeatureSequence],
+    names: Sequence[str],
+    horizon_s: float,
+    per_run: int,
+    seed: int,
+) -> list[FeatureSequence]:
+    """`per_run` copies of each run with a lasting step in a few level features (healthy, not a failure).
+
+    At a random healthy window in the first half of the run, a random 5–40 % of the level features
+    step up by 6–40 baseline σ and stay there to the end of the run (the real failure, if any, rides
+    on top). The first horizon of windows after the step is unlabelled (NaN: it could be the start of
+    a failure); later windows keep their real targets. FEMTO Bearing2_1 and 2_2 do this: a step in
+    RMS and the 7–13 kHz bands at 15–25 % of life, then hours at that level before the failure.
+    """
+    if per_run <= 0 or horizon_s <= 0:
+        return []
+    cols = level_features(names)
+    if cols.size == 0:
+        return []
+    rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(8,)))
+    out: list[FeatureSequence] = []
+    for s in seqs:
+        if len(s) < 2 or s.interval_s <= 0:
+            continue
+        n_settle = max(round(horizon_s / s.interval_s), 3)
+        ready = np.flatnonzero(np.any(s.features != 0.0, axis=1))
+        healthy = np.flatnonzero(s.target == 0)
+        if ready.size == 0 or healthy.size == 0:
+            continue
+        lo, hi = int(ready[0]) + MARGIN_WINDOWS, min(len(s) // 2, int(healthy[-1]) - 2 * n_settle)
+        if hi <= lo:
+            continue
+        for k in range(per_run):
+            at = int(rng.integers(lo, hi))
+            y = s.features.astype(np.float64)
+            z = np.sign(y) * np.expm1(np.abs(y))
+            n_move = max(1, round(rng.uniform(*STEP_SHARE) * cols.size))
+            moved = rng.choice(cols, size=n_move, replace=False)
+            size = np.exp(rng.uniform(np.log(SIGMA[0]), np.log(SIGMA[1]), size=n_move))
+            z[at:, moved] += size[None, :]
+            target = s.target.copy()
+            target[at : at + n_settle] = np.nan
+            out.append(
+                FeatureSequence(
+                    run_id=f"{s.run_id}#step{k}",
+                    machine=s.machine,
+                    source=s.source,
+                    features=(np.sign(z) * np.log1p(np.abs(z))).astype(np.float32),
+                    ts=s.ts.copy(),
+                    target=target.astype(np.float32),
+                    fault=s.fault.copy(),
+                )
+            )
+    return out
+
+
 def training_failures(
     train_seqs: Sequence[FeatureSequence], spec: FeatureSpec, cfg: TrainConfig, *, rank: int = 0
 ) -> list[FeatureSequence]:
@@ -104,8 +162,11 @@ def training_failures(
     Under torchrun each process makes them from its own shard of the training runs (`rank` varies
     the seed), so the union is the same kind of set as in one process.
     """
-    if cfg.synthetic_failures <= 0 or spec.baseline is None or not cfg.horizon_s:
+    if spec.baseline is None or not cfg.horizon_s:
         return []
-    return synthetic_failures(
-        train_seqs, spec.names, float(cfg.horizon_s), cfg.synthetic_failures, cfg.seed + 1000 * rank
-    )
+    seed = cfg.seed + 1000 * rank
+    horizon = float(cfg.horizon_s)
+    return [
+        *synthetic_failures(train_seqs, spec.names, horizon, cfg.synthetic_failures, seed),
+        *synthetic_steps(train_seqs, spec.names, horizon, cfg.synthetic_steps, seed),
+    ]

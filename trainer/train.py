@@ -87,6 +87,8 @@ class TrainConfig:
     # Run-to-failure data: synthetic failures per training run added to the training sequences by
     # the caller (trainer/synthetic.py; needs baseline-normalised features and a horizon).
     synthetic_failures: int = 0
+    # ... and copies of each training run with a lasting step in a few level features, still healthy.
+    synthetic_steps: int = 0
     seed: int = 0
     device: str = "cpu"
     threads: int = 1

@@ -79,3 +79,21 @@ def test_only_with_a_baseline_and_a_horizon() -> None:
     assert training_failures([s], FeatureSpec(), cfg) == []
     assert training_failures([s], with_baseline, TrainConfig(synthetic_failures=2)) == []
     assert training_failures([s], with_baseline, TrainConfig(horizon_s=200.0)) == []
+
+
+def test_a_synthetic_step_lasts_to_the_end_in_a_few_level_features_and_stays_healthy() -> None:
+    from trainer.synthetic import synthetic_steps
+
+    s = _seq()
+    out = synthetic_steps([s], NAMES, horizon_s=200.0, per_run=3, seed=1)
+    assert len(out) == 3
+    for f in out:
+        assert len(f) == len(s)
+        changed = np.flatnonzero(np.any(f.features != s.features, axis=1))
+        at = int(changed[0])
+        assert 40 <= at < len(s) // 2
+        assert changed[-1] == len(s) - 1  # it lasts to the end
+        np.testing.assert_array_equal(f.features[:, [1, 4]], s.features[:, [1, 4]])
+        assert np.all(np.isnan(f.target[at : at + 20]))  # the first horizon after the step: unknown
+        np.testing.assert_array_equal(f.target[at + 20 :], s.target[at + 20 :])  # then the real targets
+        np.testing.assert_array_equal(f.target[:at], 0.0)

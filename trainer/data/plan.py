@@ -79,6 +79,7 @@ KIND_SETTINGS: dict[str, dict[str, Any]] = {
         "min_raise_windows": 3,
         "alarm_margin": 0.1,
         "synthetic_failures": 6,
+        "synthetic_steps": 3,
     },
 }
 
@@ -330,7 +331,8 @@ def plan_training(
         f"learn over the next {baseline.learn_windows}",
         "few failures to learn from: each training run also gives synthetic failures "
         "(--synthetic-failures; a healthy stretch whose level features then rise far above the "
-        "sensor's baseline, trainer/synthetic.py)",
+        "sensor's baseline) and healthy copies with a lasting step in a few level features "
+        "(--synthetic-steps; trainer/synthetic.py)",
     ]
     if horizon_s is None:
         normalised = [normalise_run(baseline, f) for f in feats]
