@@ -106,6 +106,9 @@ def test_run_to_failure_gets_a_baseline_a_wider_band_and_a_horizon_from_the_data
     assert plan.horizon_s is not None
     assert 0.1 * life <= plan.horizon_s <= 0.4 * life
     assert "median" in plan.horizon_reason
+    assert plan.settings["synthetic_failures"] > 0  # few failures to learn from: made-up ones too
+    assert plan.settings["synthetic_steps"] > 0
+    assert any("synthetic failures" in n for n in plan.notes)
     assert plan.describe()["kind"] == RUN_TO_FAILURE
     given = plan_training(runs, val_fraction=0.34, seed=0, horizon_s=300.0)
     assert given.horizon_s == 300.0
