@@ -335,3 +335,37 @@ def test_fuzzed_payloads_never_crash_and_every_rejection_is_counted(
 @pytest.mark.timeout(3000)  # a long run: beyond the suite's 600 s per test
 def test_fuzzed_payloads_long(broker: Broker, topic_prefix: str, models: Models, tmp_path: Path) -> None:
     _fuzz(broker, topic_prefix, models, tmp_path, 100_000)
+
+
+def test_a_flood_of_million_sample_windows_is_refused_before_it_is_kept(
+    broker: Broker, topic_prefix: str, models: Models, tmp_path: Path
+) -> None:
+    """Before: 120 windows of 1 M samples took the agent to 1.76 GB. Now each is refused (`too_large`,
+    default max_samples) as it arrives; the figure prints the process's RSS before and after."""
+    settings = agent_settings(broker, topic_prefix, models, tmp_path / "a.db", queue_max_size=1024)
+    topic = vibration_topic(topic_prefix, "m", "big")
+    big = encode_binary(Window(1, T0, 25600.0, 0.0, np.full(1 << 20, 0.1, dtype=np.float32)))
+    n = int(os.environ.get("GRUWATCH_BIG_N", "20"))
+
+    def rss_mb() -> float:
+        line = next(x for x in Path("/proc/self/status").read_text().splitlines() if x.startswith("VmRSS:"))
+        return int(line.split()[1]) / 1024
+
+    pub = mqtt_client(broker)
+    try:
+        with running(settings) as agent:
+            before = rss_mb()
+            for _ in range(n):
+                pub.publish(topic, big, qos=1).wait_for_publish(30)
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline and agent.rejections().get("too_large", 0) < n:
+                time.sleep(0.05)
+            after = rss_mb()
+            rejected = agent.rejections().get("too_large", 0)
+    finally:
+        close_client(pub)
+    print(
+        f"\nFIGURE {n} windows of 1 M samples ({len(big) / 1e6:.1f} MB each): {rejected} refused, RSS {before:.0f} -> {after:.0f} MB"
+    )
+    assert rejected == n
+    assert agent.windows_scored == 0
