@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -242,6 +243,14 @@ class AgentProcess:
         )
         self.procs.append(proc)
         return proc
+
+    @staticmethod
+    def stop_cleanly(proc: subprocess.Popen[str], *, timeout: float = 10.0) -> None:
+        """SIGTERM once the last health messages had time to leave; the agent must exit 0 within `timeout`."""
+        time.sleep(0.3)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=timeout)
+        assert proc.returncode == 0, err[-2000:]
 
     def kill_all(self) -> None:
         for proc in self.procs:

@@ -135,10 +135,7 @@ def test_a_killed_agent_loses_no_window(
         assert sub.wait(
             lambda: {(h.sensor, h.seq) for h in sub.health} >= {(s, k) for s in sensors for k in range(n)}
         )
-        time.sleep(0.3)
-        proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=10)
-        assert proc.returncode == 0, err[-2000:]
+        AgentProcess.stop_cleanly(proc)
     finally:
         agent.kill_all()
         close_client(pub)

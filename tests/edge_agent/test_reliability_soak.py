@@ -108,10 +108,7 @@ def _agent_kills(
         assert sub.wait(lambda: {(h.sensor, h.seq) for h in sub.health} >= want, 120), (
             f"{len({(h.sensor, h.seq) for h in sub.health} & want)} of {len(want)} windows scored"
         )
-        time.sleep(0.3)
-        proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=30)
-        assert proc.returncode == 0, err[-2000:]
+        AgentProcess.stop_cleanly(proc, timeout=30)
     finally:
         agent.kill_all()
         close_client(pub)
