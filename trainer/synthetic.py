@@ -43,6 +43,41 @@ def level_features(names: Sequence[str]) -> np.ndarray:
     return np.flatnonzero([n.startswith("log_") for n in names])
 
 
+def _eligible_runs(
+    seqs: Sequence[FeatureSequence], names: Sequence[str], horizon_s: float, per_run: int
+) -> tuple[np.ndarray, list[tuple[FeatureSequence, int, int, int]]]:
+    """The level-feature columns and, per run a generator can use, (run, horizon in windows, first
+    baseline-ready window, last healthy window). Nothing when there is nothing to generate.
+    """
+    cols = level_features(names)
+    if per_run <= 0 or horizon_s <= 0 or cols.size == 0:
+        return cols, []
+    runs: list[tuple[FeatureSequence, int, int, int]] = []
+    for s in seqs:
+        if len(s) < 2 or s.interval_s <= 0:
+            continue
+        n_horizon = max(round(horizon_s / s.interval_s), 3)
+        ready = np.flatnonzero(np.any(s.features != 0.0, axis=1))  # the baseline gives zeros while learning
+        healthy = np.flatnonzero(s.target == 0)
+        if ready.size and healthy.size:
+            runs.append((s, n_horizon, int(ready[0]), int(healthy[-1])))
+    return cols, runs
+
+
+def _variant(s: FeatureSequence, tag: str, z: np.ndarray, target: np.ndarray) -> FeatureSequence:
+    """A made-up copy of the first len(z) windows of `s`: features from z (baseline σ) mapped back."""
+    n = z.shape[0]
+    return FeatureSequence(
+        run_id=f"{s.run_id}#{tag}",
+        machine=s.machine,
+        source=s.source,
+        features=(np.sign(z) * np.log1p(np.abs(z))).astype(np.float32),
+        ts=s.ts[:n].copy(),
+        target=target.astype(np.float32),
+        fault=s.fault[:n].copy(),
+    )
+
+
 def synthetic_failures(
     seqs: Sequence[FeatureSequence],
     names: Sequence[str],
@@ -54,22 +89,11 @@ def synthetic_failures(
 
     Runs too short for a healthy prefix plus an ending of `horizon_s` are skipped.
     """
-    if per_run <= 0 or horizon_s <= 0:
-        return []
-    cols = level_features(names)
-    if cols.size == 0:
-        return []
+    cols, runs = _eligible_runs(seqs, names, horizon_s, per_run)
     rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(7,)))
     out: list[FeatureSequence] = []
-    for s in seqs:
-        if len(s) < 2 or s.interval_s <= 0:
-            continue
-        n_end = max(round(horizon_s / s.interval_s), 3)
-        ready = np.flatnonzero(np.any(s.features != 0.0, axis=1))  # the baseline gives zeros while learning
-        healthy = np.flatnonzero(s.target == 0)
-        if ready.size == 0 or healthy.size == 0:
-            continue
-        lo, hi = int(ready[0]) + n_end + MARGIN_WINDOWS, int(healthy[-1]) - n_end
+    for s, n_end, first_ready, last_healthy in runs:
+        lo, hi = first_ready + n_end + MARGIN_WINDOWS, last_healthy - n_end
         if hi <= lo:
             continue
         for k in range(per_run):
@@ -83,17 +107,7 @@ def synthetic_failures(
             z[end - n_end :, moved] += ramp[:, None] * final[None, :]
             target = s.target[:end].copy()
             target[end - n_end :] = 1.0
-            out.append(
-                FeatureSequence(
-                    run_id=f"{s.run_id}#synthetic{k}",
-                    machine=s.machine,
-                    source=s.source,
-                    features=(np.sign(z) * np.log1p(np.abs(z))).astype(np.float32),
-                    ts=s.ts[:end].copy(),
-                    target=target.astype(np.float32),
-                    fault=s.fault[:end].copy(),
-                )
-            )
+            out.append(_variant(s, f"synthetic{k}", z, target))
     return out
 
 
@@ -112,22 +126,11 @@ def synthetic_steps(
     a failure); later windows keep their real targets. FEMTO Bearing2_1 and 2_2 do this: a step in
     RMS and the 7–13 kHz bands at 15–25 % of life, then hours at that level before the failure.
     """
-    if per_run <= 0 or horizon_s <= 0:
-        return []
-    cols = level_features(names)
-    if cols.size == 0:
-        return []
+    cols, runs = _eligible_runs(seqs, names, horizon_s, per_run)
     rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(8,)))
     out: list[FeatureSequence] = []
-    for s in seqs:
-        if len(s) < 2 or s.interval_s <= 0:
-            continue
-        n_settle = max(round(horizon_s / s.interval_s), 3)
-        ready = np.flatnonzero(np.any(s.features != 0.0, axis=1))
-        healthy = np.flatnonzero(s.target == 0)
-        if ready.size == 0 or healthy.size == 0:
-            continue
-        lo, hi = int(ready[0]) + MARGIN_WINDOWS, min(len(s) // 2, int(healthy[-1]) - 2 * n_settle)
+    for s, n_settle, first_ready, last_healthy in runs:
+        lo, hi = first_ready + MARGIN_WINDOWS, min(len(s) // 2, last_healthy - 2 * n_settle)
         if hi <= lo:
             continue
         for k in range(per_run):
@@ -140,17 +143,7 @@ def synthetic_steps(
             z[at:, moved] += size[None, :]
             target = s.target.copy()
             target[at : at + n_settle] = np.nan
-            out.append(
-                FeatureSequence(
-                    run_id=f"{s.run_id}#step{k}",
-                    machine=s.machine,
-                    source=s.source,
-                    features=(np.sign(z) * np.log1p(np.abs(z))).astype(np.float32),
-                    ts=s.ts.copy(),
-                    target=target.astype(np.float32),
-                    fault=s.fault.copy(),
-                )
-            )
+            out.append(_variant(s, f"step{k}", z, target))
     return out
 
 
