@@ -175,6 +175,26 @@ def calibrate(
     return thresholds, metrics
 
 
+def median_run_alarm(
+    runs: Sequence[ScoredRun], n_raise: int, n_clear: int, margin: float = 0.0
+) -> float | None:
+    """The median over runs of each run's own lowest false-alarm-free alarm threshold (N, M, margin fixed).
+
+    One run whose healthy life scores unusually high (a step that did not lead to a failure) then
+    moves the threshold by one rank instead of setting it. None when no run has healthy windows.
+    """
+    per_run = []
+    for r in runs:
+        if len(r.scores) == 0 or not np.any(r.target == 0):
+            continue
+        thr = _candidates([r])
+        thr = np.unique(np.clip(np.concatenate([[0.0], thr, thr + margin]), 0.0, 1.0))
+        false, _ = _evaluate([r], thr, n_raise, n_clear, margin)
+        ok = np.flatnonzero(false == 0)
+        per_run.append(float(thr[ok[0]]) if ok.size else 1.0)
+    return float(np.median(per_run)) if per_run else None
+
+
 def alarm_metrics(
     runs: Sequence[ScoredRun], thresholds: dict[str, Any], target_false_alarms_per_day: float | None = None
 ) -> dict[str, Any]:

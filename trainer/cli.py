@@ -215,6 +215,15 @@ def build_parser() -> argparse.ArgumentParser:
         "higher (default 0.05)",
     )
     c.add_argument(
+        "--alarm-pool",
+        choices=("pooled", "median-run"),
+        default="pooled",
+        help="how the alarm level is set: 'pooled' (default) the lowest level free of false alarms on all "
+        "validation runs together; 'median-run' the median of each validation and training run's own "
+        "such level, so one run with a high healthy step does not set it alone (run-to-failure data "
+        "gets median-run unless given)",
+    )
+    c.add_argument(
         "--alarm-grace",
         type=float,
         default=0.0,
@@ -370,6 +379,7 @@ def _train_and_export(args: argparse.Namespace, device: str, dist: ProcessContex
         synthetic_steps=args.synthetic_steps,
         min_raise_windows=args.min_raise_windows,
         alarm_margin=args.alarm_margin,
+        alarm_pool=args.alarm_pool,
         alarm_grace=args.alarm_grace,
         progress=progress,
     )

@@ -44,7 +44,7 @@ from sklearn.metrics import average_precision_score, roc_auc_score
 from torch import nn
 from tqdm.auto import tqdm
 
-from trainer.calibrate import ScoredRun, calibrate
+from trainer.calibrate import ScoredRun, alarm_metrics, calibrate, median_run_alarm
 from trainer.data.runs import DataError
 from trainer.distributed import LOCAL, ProcessContext, per_rank_batch
 from trainer.model import LOG_EPS, HealthModel
@@ -99,6 +99,9 @@ class TrainConfig:
     # alarm on validation even with every score `alarm_margin` higher (trainer.calibrate).
     min_raise_windows: int = 2
     alarm_margin: float = 0.05
+    # "pooled": thresholds from all validation runs at once; "median-run": the alarm level is the median
+    # of each validation and real training run's own false-alarm-free threshold.
+    alarm_pool: str = "pooled"
     # Calibration only: the healthy windows within `alarm_grace` horizons before a run's final
     # degraded stretch count as neither healthy nor degraded (an alarm there is an early warning,
     # not a false alarm). 0 = every window before the horizon is healthy.
@@ -558,6 +561,21 @@ def train(
         min_raise_windows=cfg.min_raise_windows,
         margin=cfg.alarm_margin,
     )
+    if cfg.alarm_pool == "median-run":  # docs/training.md "Alarm thresholds"
+        # The real training runs (synthetic ones carry "#" in their id); under torchrun rank 0's shard.
+        real_train = [s for s in train_seqs if "#" not in s.run_id]
+        extra = [
+            ScoredRun(sc[:, 0].astype(np.float64), np.nan_to_num(s.target, nan=0.0), s.interval_s)
+            for sc, s in zip(score_sequences(model, real_train, device=cfg.device), real_train, strict=True)
+        ]
+        med = median_run_alarm(
+            [*scored, *extra], thresholds["raise_windows"], thresholds["clear_windows"], cfg.alarm_margin
+        )
+        if med is not None:
+            thresholds["alarm"] = med
+            thresholds["warning"] = min(thresholds["warning"], med)
+            alarms = alarm_metrics(scored, thresholds, cfg.target_false_alarms_per_day)
+    alarms["pool"] = cfg.alarm_pool
     validation["alarms"] = alarms
     validation["final_train_loss"] = history[-1]["train_loss"] if history else None
     validation["best_val_loss"] = min(h["val_loss"] for h in history) if history else None

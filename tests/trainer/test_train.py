@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from edge_agent.alarms import ALARM, AlarmState, Thresholds, step
-from trainer.calibrate import ScoredRun, _in_alarm, alarm_metrics, calibrate
+from trainer.calibrate import ScoredRun, _in_alarm, alarm_metrics, calibrate, median_run_alarm
 from trainer.data.runs import Run, RunLabels, split_by_machine
 from trainer.model import HealthModel
 from trainer.sequences import (
@@ -383,3 +383,16 @@ def test_calibration_grace_makes_the_windows_just_before_the_horizon_neither_hea
     strict, _ = calibrate([ScoredRun(scores, target, 10.0)], min_raise_windows=2)
     graced, _ = calibrate([ScoredRun(scores, cal, 10.0)], min_raise_windows=2)
     assert graced["alarm"] <= 0.9 < strict["alarm"]
+
+
+def test_median_run_alarm_is_not_set_by_one_run_with_a_high_healthy_step() -> None:
+    quiet = [ScoredRun(np.r_[np.full(50, 0.2), np.full(10, 0.9)], np.r_[np.zeros(50), np.ones(10)], 10.0)] * 2
+    step = ScoredRun(
+        np.r_[np.full(20, 0.2), np.full(30, 0.8), np.full(10, 0.9)], np.r_[np.zeros(50), np.ones(10)], 10.0
+    )
+    pooled, _ = calibrate([*quiet, step], min_raise_windows=3, margin=0.05)
+    med = median_run_alarm([*quiet, step], 3, 1, margin=0.05)
+    assert pooled["alarm"] > 0.8 + 0.05 - 1e-9  # the step run sets the pooled threshold
+    assert med is not None
+    assert 0.2 + 0.05 <= med < 0.8  # the median follows the two quiet runs
+    assert median_run_alarm([ScoredRun(np.full(5, 0.9), np.ones(5), 10.0)], 3, 1) is None  # no healthy time

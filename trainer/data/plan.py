@@ -78,6 +78,7 @@ KIND_SETTINGS: dict[str, dict[str, Any]] = {
         "hidden": 32,
         "min_raise_windows": 3,
         "alarm_margin": 0.1,
+        "alarm_pool": "median-run",
         "synthetic_failures": 6,
         "synthetic_steps": 3,
     },
