@@ -13,7 +13,7 @@ Loading is `edge_agent.bundle.load_bundle`: signature against the trusted keys, 
 feature-spec compatibility, model shapes and the replay of the test vectors. The worker never
 touches the scorer: the daemon calls `take()` between two batches and swaps there (atomically for
 the scoring loop); on a refusal the old model keeps serving and the daemon publishes the reason on
-`.../model/result`. `deploy_bundle` is the deployer's side.
+`.../model/result`. `deploy_bundle` (and `deploy_archive`, for bytes already packed) is the deployer's side.
 """
 
 from __future__ import annotations
@@ -381,7 +381,28 @@ def deploy_bundle(
     deliberate rollback). Raises DeployError when the broker is unreachable or no answer comes
     within `timeout_s`.
     """
-    payload = pack_bundle(bundle_dir)
+    return deploy_archive(
+        pack_bundle(bundle_dir), broker=broker, agent=agent, prefix=prefix, timeout_s=timeout_s,
+        username=username, password=password, ca_file=ca_file, force=force, cert_file=cert_file,
+        key_file=key_file,
+    )  # fmt: skip
+
+
+def deploy_archive(
+    payload: bytes,
+    *,
+    broker: str,
+    agent: str,
+    prefix: str = "gruwatch",
+    timeout_s: float = 30.0,
+    username: str | None = None,
+    password: str | None = None,
+    ca_file: str | None = None,
+    force: bool = False,
+    cert_file: str | None = None,
+    key_file: str | None = None,
+) -> dict[str, Any]:
+    """`deploy_bundle` for an archive already packed (any bytes: the agent checks them)."""
     topic = (model_force_topic if force else model_topic)(prefix, agent)
     result_topic = model_result_topic(prefix, agent)
     try:

@@ -6,11 +6,13 @@ never from each other (CONVENTIONS 17).
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import signal
 import subprocess
 import sys
+import tarfile
 import threading
 import time
 import uuid
@@ -90,6 +92,39 @@ def make_bundle(
     if key is not None:
         sign_bundle(out, key)
     return out
+
+
+def sign_anyway(bundle: Path, key: Path) -> Path:
+    """Sign every file of `bundle` with `key` as it is: unlike `sign_bundle`, without checking its
+    contents first (a signer's mistake or a stolen key: the agent must still refuse a bad model)."""
+    from edge_agent.signing import load_private_key, sha256_file, sign_digests
+
+    digests = {p.name: sha256_file(p) for p in sorted(bundle.iterdir()) if p.name != "signature.json"}
+    doc = sign_digests(digests, load_private_key(key))
+    (bundle / "signature.json").write_text(json.dumps(doc))
+    return bundle
+
+
+# ------------------------------------------------------------------------------- hostile archives
+
+
+def tar_with(entries: list[tuple[tarfile.TarInfo, bytes]]) -> bytes:
+    """A tar of exactly these members (any names, types and links), as an attacker would pack it."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for info, data in entries:
+            tar.addfile(info, io.BytesIO(data) if info.isreg() else None)
+    return buf.getvalue()
+
+
+def member(
+    name: str, data: bytes = b"x", kind: bytes = tarfile.REGTYPE, link: str = ""
+) -> tuple[tarfile.TarInfo, bytes]:
+    info = tarfile.TarInfo(name)
+    info.type = kind
+    info.size = len(data) if kind == tarfile.REGTYPE else 0
+    info.linkname = link
+    return info, data
 
 
 # ------------------------------------------------------------------------------------ MQTT peers

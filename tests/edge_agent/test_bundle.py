@@ -28,6 +28,7 @@ from edge_agent.bundle import (
 from edge_agent.bundle_cli import bundle_main
 from edge_agent.errors import BundleError
 from edge_agent.signing import generate_keypair
+from tests.edge_agent.agent_testing import member, tar_with
 from tests.edge_agent.gru_fixtures import (
     GruParams,
     build_bundle,
@@ -353,24 +354,6 @@ def test_pack_is_deterministic_and_round_trips(signed: Path, keys: tuple[Path, P
         names = tar.getnames()
         assert all(m.mtime == 0 and m.uid == 0 for m in tar.getmembers())
     assert names == sorted(names)
-
-
-def tar_with(entries: list[tuple[tarfile.TarInfo, bytes]]) -> bytes:
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as tar:
-        for info, data in entries:
-            tar.addfile(info, io.BytesIO(data) if info.isreg() else None)
-    return buf.getvalue()
-
-
-def member(
-    name: str, data: bytes = b"x", kind: bytes = tarfile.REGTYPE, link: str = ""
-) -> tuple[tarfile.TarInfo, bytes]:
-    info = tarfile.TarInfo(name)
-    info.type = kind
-    info.size = len(data) if kind == tarfile.REGTYPE else 0
-    info.linkname = link
-    return info, data
 
 
 @pytest.mark.parametrize(

@@ -1,5 +1,6 @@
 """Reliability against a real private Mosquitto: shutdown under load, full disks, bad saved states, poisoned
-states, missed windows, hostile bundles. docs/reliability.md quotes the figures these tests measure.
+states, missed windows (hostile bundles: test_reliability_bundles.py). docs/reliability.md quotes the figures
+these tests measure.
 
 Tests marked `reliability` are the long versions (`make test-reliability`); each has a reduced
 version here that runs in `make test`.
@@ -31,7 +32,6 @@ from tests.edge_agent.agent_testing import (
     Subscriber,
     agent_settings,
     close_client,
-    make_bundle,
     mqtt_client,
     running,
 )
@@ -445,86 +445,6 @@ def test_broker_restarts_long(
     assert scored + missed == published
     if not kill:
         assert missed == 0
-
-
-# ------------------------------------------- 6. forged signatures, unsigned bundles, rollback, binding
-
-
-def _swapper_for(models: Models, root: Path, **kw: Any) -> Any:
-    from edge_agent.model_swap import ModelSwapper
-
-    return ModelSwapper(models_dir=root / "models", agent_id="gw-1", **kw)
-
-
-def test_a_forged_signature_is_refused_under_every_setting(models: Models, tmp_path: Path) -> None:
-    """Signed by a key the agent does not trust (key id of its own choosing, thresholds at 1.0: it
-    would never alarm): refused with trusted keys, and refused with allow_unsigned too."""
-    from edge_agent.signing import generate_keypair
-
-    forger, _ = generate_keypair(tmp_path / "forger")
-    never = {"warning": 1.0, "alarm": 1.0, "raise_windows": 1, "clear_windows": 1}
-    forged = make_bundle(tmp_path / "forged", forger, version="forged", thresholds=never)
-    for kw in (
-        {"trusted_keys": [models.pub], "allow_unsigned": False},
-        {"trusted_keys": [], "allow_unsigned": True},
-    ):
-        offer = _swapper_for(models, tmp_path, **kw).load(forged, "mqtt")
-        assert (offer.accepted, offer.reason) == (False, "untrusted_key"), kw
-    unsigned = make_bundle(tmp_path / "unsigned", None, version="unsigned")
-    assert (
-        _swapper_for(models, tmp_path, trusted_keys=[models.pub], allow_unsigned=False)
-        .load(unsigned, "mqtt")
-        .reason
-        == "unsigned"
-    )
-    assert (
-        _swapper_for(models, tmp_path, trusted_keys=[], allow_unsigned=True).load(unsigned, "mqtt").accepted
-    )
-
-
-def test_allow_unsigned_never_goes_with_trusted_keys(models: Models, tmp_path: Path) -> None:
-    from edge_agent.errors import SettingsError
-
-    with pytest.raises(SettingsError, match="exclude each other"):
-        load_settings(
-            None, broker="mqtt://h", agent_id="a", model=models.v1, store=tmp_path / "a.db",
-            trusted_keys=[models.pub], allow_unsigned=True,
-        )  # fmt: skip
-
-
-def test_no_rollback_unless_forced_and_bundles_bound_to_agents(models: Models, tmp_path: Path) -> None:
-    old = make_bundle(tmp_path / "old", models.key, version="old", created="2026-01-01T00:00:00+00:00")
-    new = make_bundle(tmp_path / "new", models.key, version="new", created="2026-06-01T00:00:00+00:00")
-    s = _swapper_for(models, tmp_path, trusted_keys=[models.pub], allow_unsigned=False)
-    s.serving_created = "2026-06-01T00:00:00+00:00"
-    assert s.load(old, "mqtt").reason == "rollback"
-    assert s.load(old, "mqtt", force=True).accepted
-    assert s.load(new, "mqtt").accepted  # the same age: a redeploy, not a rollback
-    mine = make_bundle(tmp_path / "mine", models.key, version="mine", agents=["gw-1", "gw-2"])
-    theirs = make_bundle(tmp_path / "theirs", models.key, version="theirs", agents=["gw-9"])
-    assert s.load(mine, "mqtt").accepted
-    assert s.load(theirs, "mqtt", force=True).reason == "wrong_agent"
-
-
-def test_deploy_refuses_an_older_bundle_and_force_takes_it(
-    broker: Broker, topic_prefix: str, models: Models, tmp_path: Path
-) -> None:
-    from edge_agent.model_swap import deploy_bundle
-
-    newest = make_bundle(tmp_path / "v9", models.key, version="v9", created="2027-01-01T00:00:00+00:00")
-    settings = agent_settings(broker, topic_prefix, models, tmp_path / "a.db", model=newest)
-    with running(settings) as agent:
-        kw: dict[str, Any] = {
-            "broker": broker.url,
-            "agent": settings.agent_id,
-            "prefix": topic_prefix,
-            "timeout_s": 30,
-        }
-        refused = deploy_bundle(models.v1, **kw)
-        assert (refused["accepted"], refused["reason"], refused["serving"]) == (False, "rollback", "v9")
-        forced = deploy_bundle(models.v1, force=True, **kw)
-        assert (forced["accepted"], forced["serving"]) == (True, "rms-v1")
-        assert agent.model_version == "rms-v1"
 
 
 # ----------------------------------------------------------- 5. the disk budget holds at every commit
