@@ -13,11 +13,12 @@ over the evaluation runs, so every row of the comparison is computed by `trainer
   training windows, standardised; score = the anomaly score, mapped to [0, 1] the same way.
 - ``logistic regression``: scikit-learn LogisticRegression (class-balanced) on degraded vs
   healthy windows; with fault classes, a second multinomial one predicts the fault type.
-- ``LSTM``: `trainer.model.HealthModel` with `cell="lstm"` of the bundle's hidden size and layers,
-  trained and calibrated by the trainer itself (`trainer.train.train`, the bundle's training
-  configuration) on a split of the training runs.
-- ``GRU``: the bundle itself (quality from the step-wise evaluation). For a like-for-like training
-  time and parameter count, the same GRU is retrained here with the same loop and data as the LSTM.
+- ``LSTM`` (or ``GRU`` for an LSTM bundle): `trainer.model.HealthModel` with the other cell, of the
+  bundle's hidden size and layers, trained and calibrated by the trainer itself (`trainer.train.train`,
+  the bundle's training configuration) on a split of the training runs.
+- ``GRU (bundle)`` (or ``LSTM (bundle)``, as the card's ``cell`` says): the bundle itself (quality from
+  the step-wise evaluation). For a like-for-like training time and parameter count, the same cell is
+  retrained here with the same loop and data as the other one.
 
 Costs per baseline: parameters (fitted numbers), training time on this machine, and step latency:
 the median time to score ONE window of ONE sensor (features excluded; they are the same for all):
@@ -45,7 +46,7 @@ from edge_agent.features import FeatureSpec
 from trainer.calibrate import ScoredRun, calibrate
 from trainer.data.runs import Run, split_by_machine
 from trainer.export import export_onnx
-from trainer.metrics import RunEval, fault_classes_of, quality, summary_row
+from trainer.metrics import RunEval, cell_of, fault_classes_of, quality, summary_row
 from trainer.model import HealthModel
 from trainer.sequences import FeatureSequence, build_sequences
 from trainer.synthetic import training_failures
@@ -248,7 +249,9 @@ def run_baselines(
     rows: list[dict[str, Any]] = []
     bar = tqdm(total=6, desc="baselines", unit="model", disable=not progress)
 
-    # The GRU: quality from the bundle, costs from a like-for-like retrain.
+    # The bundle's cell: quality from the bundle, costs from a like-for-like retrain.
+    cell = cell_of(card)
+    other = "lstm" if cell == "gru" else "gru"
     by_id = {s.run_id: s for s in all_train}
     if fit_split is None:
         tr_seqs, va_seqs = inner_split(train_runs, by_id, cfg)
@@ -257,16 +260,16 @@ def run_baselines(
         va_seqs = [by_id[r.run_id] for r in fit_split[1]]
     # Warm torch up once (first-call allocations and kernel choices) so neither fit pays for it.
     warm = TrainConfig(**{**asdict(cfg), "epochs": 1, "progress": False})
-    for cell in ("gru", "lstm"):
-        _fit_recurrent(cell, tr_seqs, [], warm, classes, spec)
-    gru, _, gru_fit_s = _fit_recurrent("gru", tr_seqs, va_seqs, cfg, classes, spec)
+    for warm_cell in ("gru", "lstm"):
+        _fit_recurrent(warm_cell, tr_seqs, [], warm, classes, spec)
+    own, _, own_fit_s = _fit_recurrent(cell, tr_seqs, va_seqs, cfg, classes, spec)
     rows.append(
         {
             **gru_row,
-            "parameters": n_parameters(gru),
-            "train_s": gru_fit_s,
+            "parameters": n_parameters(own),
+            "train_s": own_fit_s,
             "step_latency_us": onnx_step_latency_us(bundle.session, spec.n_features, bundle.state_shape),
-            "note": "the bundle; train_s from a retrain with the LSTM's loop and data",
+            "note": f"the bundle; train_s from a retrain with the {other.upper()}'s loop and data",
         }
     )
     bar.update(1)
@@ -366,18 +369,18 @@ def run_baselines(
         )
     bar.update(1)
 
-    # The LSTM of equal hidden size, same loop and data as the GRU retrain.
-    lstm, thr, lstm_fit_s = _fit_recurrent("lstm", tr_seqs, va_seqs, cfg, classes, spec)
-    scores = score_sequences(lstm, test_seqs)
-    q = quality(_results(gru_results, scores, thr), classes if lstm.fault_classes else ())
-    session = make_session(export_onnx(lstm))
+    # The other cell at equal hidden size, same loop and data as the retrain of the bundle's cell.
+    rival, thr, rival_fit_s = _fit_recurrent(other, tr_seqs, va_seqs, cfg, classes, spec)
+    scores = score_sequences(rival, test_seqs)
+    q = quality(_results(gru_results, scores, thr), classes if rival.fault_classes else ())
+    session = make_session(export_onnx(rival))
     rows.append(
         summary_row(
-            "LSTM (same hidden size)",
+            f"{other.upper()} (same hidden size)",
             q,
-            parameters=n_parameters(lstm),
-            train_s=lstm_fit_s,
-            step_latency_us=onnx_step_latency_us(session, spec.n_features, lstm.state_shape),
+            parameters=n_parameters(rival),
+            train_s=rival_fit_s,
+            step_latency_us=onnx_step_latency_us(session, spec.n_features, rival.state_shape),
             thresholds=thr,
         )
     )

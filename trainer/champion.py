@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from edge_agent.errors import GruwatchError
+from trainer.metrics import cell_of
 from trainer.model import HealthModel
 
 MATCH_ATOL = 1e-4
@@ -40,7 +41,7 @@ def _initializers(onnx_path: Path) -> dict[str, np.ndarray]:
 
 def _skeleton(card: dict[str, Any], n_features: int) -> HealthModel:
     rows, hidden = (int(v) for v in card["state_shape"])
-    cell = str(card.get("cell") or (card.get("training") or {}).get("cell") or "gru")
+    cell = cell_of(card)
     layers = rows if cell == "gru" else rows // 2  # an LSTM's state holds h and c of every layer
     outputs = list(card.get("outputs") or ["health"])
     classes = tuple(o[2:] for o in outputs[1:] if o.startswith("p_"))

@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 from edge_agent.alarms import STATE_NAMES
 from edge_agent.scorer import Scorer
 from trainer.data.runs import Run
-from trainer.metrics import RunEval, fault_classes_of, quality, summary_row
+from trainer.metrics import RunEval, cell_of, fault_classes_of, quality, summary_row
 from trainer.sequences import FeatureSequence, build_sequences
 
 STATE_CODES = {name: i for i, name in enumerate(STATE_NAMES)}
@@ -170,7 +170,7 @@ def evaluate_bundle(
             seqs,
             results,
             horizon_s=horizon_s,
-            gru_row=summary_row("GRU (bundle)", q),
+            gru_row=summary_row(f"{cell_of(card).upper()} (bundle)", q),
             lstm_epochs=lstm_epochs,
             seed=seed,
             progress=progress,

@@ -155,6 +155,11 @@ def fault_classes_of(outputs: Sequence[str]) -> tuple[str, ...]:
     return tuple(o[2:] for o in outputs[1:] if o.startswith("p_"))
 
 
+def cell_of(card: dict[str, Any]) -> str:
+    """The recurrent cell a bundle's card names ("gru" or "lstm"; bundles from before `--cell` hold a GRU)."""
+    return str(card.get("cell") or (card.get("training") or {}).get("cell") or "gru")
+
+
 def run_row(r: RunEval) -> dict[str, Any]:
     """The per-run entry of json "runs"."""
     raises = alarm_raises(r.states)

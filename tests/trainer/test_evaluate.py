@@ -356,6 +356,37 @@ def test_lstm_baseline_steps_in_onnx_like_torch(mode: str) -> None:
     assert rec(lstm) * 3 == rec(gru) * 4  # an LSTM has a third more recurrent weights than a GRU
 
 
+def test_an_lstm_bundle_is_named_as_one_and_compared_with_a_gru(tiny: Tiny, tmp_path: Path) -> None:
+    from trainer.cli import main as train
+    from trainer.evaluate_cli import main
+
+    bundle = tmp_path / "lstm"
+    argv = [
+        "--data",
+        str(tiny.data),
+        "--out",
+        str(bundle),
+        "--hidden",
+        "8",
+        "--epochs",
+        "2",
+        "--cell",
+        "lstm",
+    ]
+    argv += ["--chunk-len", "16", "--val-fraction", "0.34", "--seed", "1", "--no-progress", "--device", "cpu"]
+    assert train(argv) == 0
+    out = tmp_path / "eval"
+    argv = ["--model", str(bundle), "--data", str(tiny.data), "--out", str(out), "--held-out"]
+    argv += ["--baselines", "--lstm-epochs", "2", "--no-progress"]
+    assert main(argv) == 0
+    rows = {b["name"]: b for b in json.loads((out / "metrics.json").read_text())["baselines"]}
+    assert next(iter(rows)) == "LSTM (bundle)"
+    assert "GRU (same hidden size)" in rows
+    assert "LSTM (same hidden size)" not in rows
+    # Equal hidden size: the LSTM (the bundle's retrain) has a third more recurrent weights than the GRU.
+    assert rows["LSTM (bundle)"]["parameters"] > rows["GRU (same hidden size)"]["parameters"]
+
+
 def test_replayed_alarms_match_the_agent_state_machine() -> None:
     from edge_agent.alarms import AlarmState, Thresholds, step
     from trainer.baselines import replay_alarms
