@@ -22,11 +22,12 @@ import numpy.typing as npt
 import structlog
 
 from edge_agent import saved_states
+from edge_agent.alarms import Transition
 from edge_agent.baseline_reset import ResetInbox, ResetOutcome
 from edge_agent.bundle import Bundle
 from edge_agent.errors import StoreError
 from edge_agent.housekeeping import Gauges, RejectionLog, enforce_budget, trim_memory
-from edge_agent.messages import HealthEncoder, SensorTopics, log_transition
+from edge_agent.messages import HealthEncoder, SensorTopics, alert_message, log_transition
 from edge_agent.metrics import AgentMetrics
 from edge_agent.model_swap import (
     DEPLOYED_META_KEY,
@@ -56,6 +57,8 @@ BUDGET_EVERY_S: Final = 30.0
 REJECTION_LOG_EVERY_S: Final = 10.0
 SHUTDOWN_FLUSH_S: Final = 1.0
 TRIM_EVERY_S: Final = 10.0
+# The reason of the "ok" alert a baseline reset publishes (docs/agent.md, "Bearing replaced").
+_RESET_REASON: Final = "baseline reset: bearing replaced, relearning the healthy baseline"
 
 
 class Agent:
@@ -453,17 +456,28 @@ class Agent:
         return states
 
     def _reset_baseline(self, outcome: ResetOutcome) -> None:
-        """A bearing replaced: forget the sensor's state, baseline included (stored at once); answer."""
+        """A bearing replaced: forget the sensor's state, baseline included, and replace its retained
+        alert by an "ok" one (the old bearing's alarm must not stay on the new one); stored at once; answer."""
         c, tracked = outcome.command, False
         if c is not None:
             key = f"{c.machine}/{c.sensor}"
+            before = self.scorer.state_of(key)  # "ok" for a sensor this agent does not track
             tracked = self.scorer.forget(key)
             self._pending.mark([key], "maintenance")
             self._count_reset("maintenance")
             last = self.tracker.last(key)
-            if last is not None:
-                self.store.record_batch([], states=saved_states.batch_states(self.scorer, {key: last}))
-            log.info("baseline_reset", sensor=key, tracked=tracked, key_id=c.key_id)
+            seq = last[0] if last is not None else 0
+            tr = Transition(
+                key, seq, time.time_ns(), before, "ok", 0.0, self.scorer.model_version, _RESET_REASON
+            )
+            alert = alert_message(self._topics.of(key, c.machine, c.sensor)[1], c.machine, c.sensor, tr)
+            states = saved_states.batch_states(self.scorer, {key: last}) if last is not None else None
+            ids = self.storage.commit(self.store, [], transitions=[tr], outbox=[alert], states=states)
+            self.transitions_total += 1
+            self.metrics.alarms.labels(state="ok").inc()
+            log_transition(c.machine, c.sensor, tr)
+            self.outbox.publish_new([alert], ids)
+            log.info("baseline_reset", sensor=key, tracked=tracked, previous_state=before, key_id=c.key_id)
         self.commands.answer(outcome, tracked=tracked)
 
     # ---------------------------------------------------------------------------------- housekeeping

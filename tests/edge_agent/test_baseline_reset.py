@@ -113,6 +113,8 @@ def test_a_signed_reset_clears_the_baseline_and_forged_ones_are_refused(
         )
         assert refused == 2.0
 
+        assert agent.scorer.state_of("m/s") == "alarm"  # the old bearing alarmed (its retained alert says so)
+
         # Signed by the trusted key, through the command line: the sensor forgets its baseline.
         cli = ["reset-baseline", "--machine", "m", "--sensor", "s", "--broker", broker.url]
         cli += [
@@ -133,6 +135,18 @@ def test_a_signed_reset_clears_the_baseline_and_forged_ones_are_refused(
         assert (answer["machine"], answer["sensor"]) == ("m", "s")
         assert "m/s" not in agent.scorer.table
         assert agent.resets["maintenance"] == 1
+        # ... and its retained alert says "ok" again: the old bearing's alarm does not stay on the new one.
+        assert subscriber.wait(lambda: len(subscriber.alerts) == 2, 10)
+        alert, _ = subscriber.alerts[1]
+        assert (alert.state, alert.previous_state, alert.seq) == ("ok", "alarm", 5)
+        assert alert.reason.startswith("baseline reset")
+        late = Subscriber(broker, topic_prefix)  # a dashboard that connects later gets the retained one
+        try:
+            assert late.wait(lambda: len(late.alerts) == 1, 10)
+            assert late.alerts[0][0].state == "ok"
+            assert late.alerts[0][1] is True
+        finally:
+            late.close()
 
         # The next windows learn it again; the first says why its state started afresh.
         for k in range(6, 8):
