@@ -204,19 +204,32 @@ class HealthModel(nn.Module):
         rnn = self.rnn
         return tuple(getattr(rnn, f"{n}_l{layer}") for n in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"))
 
+    @property
+    def folds_scale(self) -> bool:
+        """Does `step` fold the division by feature_scale into the first layer's input weights?
+
+        Supervised mode does: the graph computes (features − mean)·(W / scale), one Div node fewer
+        than ((features − mean) / scale)·W, with the same float32 rounding (each weight rounded once
+        instead of each scaled feature). The mean is NOT folded into the bias: x·(W / scale) −
+        (mean / scale)·W subtracts large products when a feature's mean is far above its spread.
+        Forecast mode needs the scaled features themselves (its error) and keeps the Div.
+        """
+        return self.mode == "supervised"
+
     def step_weights(self) -> list[tuple[torch.Tensor, ...]]:
         """Per layer, the weights of `step` in GEMM form, from the cell's parameters.
 
         One (W, b) pair per Gemm, W [rows, H]: GRU (W_r, b_r, W_z, b_z) over [input, h] with
         b = b_i + b_h, then (W_in, b_in) over the input and (W_hn, b_hn) over h apart (the reset gate
         multiplies only the h part of n); LSTM (W_g, b_g) for g = i, f, g, o over [input, h].
+        With `folds_scale`, layer 0's input rows are divided by feature_scale.
         """
         H = self.hidden
         out: list[tuple[torch.Tensor, ...]] = []
         for layer in range(self.layers):
-            w_ih, w_hh, b_ih, b_hh = (
-                getattr(self.rnn, f"{n}_l{layer}") for n in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
-            )
+            w_ih, w_hh, b_ih, b_hh = self._weights(layer)
+            if layer == 0 and self.folds_scale:
+                w_ih = w_ih / self.feature_scale
             w = torch.cat([w_ih, w_hh], dim=1)  # rows: gates, columns: [input, h]
             b = b_ih + b_hh
             if self.cell == "gru":  # r, z over [input, h]; n's input and h parts apart
@@ -253,17 +266,20 @@ class HealthModel(nn.Module):
         fastest for each at B = 1, 64 and 1,024 (benchmarks/bench_cells.py, docs/performance.md).
         """
         weights = self.step_weights() if weights is None else weights
-        z = self.scale(features)
+        z = features - self.feature_mean if self.folds_scale else self.scale(features)
         L = self.layers
+        # The state's rows: one row is a Squeeze (a view in onnxruntime), several one Split, where
+        # indexing h[k] exports as Gather (a copy per row).
+        rows = [h.squeeze(0)] if self.state_rows == 1 else list(h.unbind(0))
         score_forecast: torch.Tensor | None = None
         if self.mode == "forecast":
-            pred = self.forecast_head(h[L - 1])
+            pred = self.forecast_head(rows[L - 1])
             err = ((z - pred) ** 2).mean(dim=-1, keepdim=True)
             score_forecast = torch.sigmoid((torch.log(err + LOG_EPS) - self.err_center) / self.err_width)
         layer_in = z
         hs, cs = [], []
         for layer, ws in enumerate(weights):
-            h_prev = h[layer]
+            h_prev = rows[layer]
             xh = torch.cat([layer_in, h_prev], dim=-1)
             if self.cell == "gru":  # nn.GRU: r, z, n; the reset gate applied after W_hn·h
                 r = torch.sigmoid(torch.addmm(ws[1], xh, ws[0]))
@@ -275,7 +291,7 @@ class HealthModel(nn.Module):
                 f = torch.sigmoid(torch.addmm(ws[3], xh, ws[2]))
                 g = torch.tanh(torch.addmm(ws[5], xh, ws[4]))
                 o = torch.sigmoid(torch.addmm(ws[7], xh, ws[6]))
-                c_l = f * h[L + layer] + i * g
+                c_l = f * rows[L + layer] + i * g
                 h_l = o * torch.tanh(c_l)
                 cs.append(c_l)
             hs.append(h_l)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 
 import numpy as np
@@ -168,7 +169,8 @@ def test_write_model_bundle_files(tmp_path: pytest.TempPathFactory) -> None:
 # --------------------------------------------------------------------------- parity over many models
 def _graph_constants(model: HealthModel) -> dict[str, np.ndarray]:
     """What the exported graph holds: the scaler and heads, and the cell's weights in step (GEMM) form."""
-    out = {k: v.numpy() for k, v in model.state_dict().items() if not k.startswith(f"{model.cell}.")}
+    skip = (f"{model.cell}.", "feature_scale") if model.folds_scale else (f"{model.cell}.",)
+    out = {k: v.numpy() for k, v in model.state_dict().items() if not k.startswith(skip)}
     for layer, ws in enumerate(model.step_weights()):
         out.update({f"l{layer}_{k}": w.detach().numpy() for k, w in enumerate(ws)})
     return out
@@ -233,3 +235,49 @@ def test_parity_holds_over_many_seeds_and_recurrent_gains(cell: str) -> None:
         wrong.rnn.weight_hh_l0[0, 0] += 1e-3
     with pytest.raises(ExportError, match="one step from the same state"):
         check_parity(model, _carrying(proto, exported, wrong), held_out)
+
+
+# --------------------------------------------------------------------------- the exported form
+@pytest.mark.parametrize("cell", ["gru", "lstm"])
+def test_exported_form_folds_the_scale_and_matches_nn_rnn(cell: str) -> None:
+    """Issue 12: the step graph divides the first layer's input weights by feature_scale instead of
+    dividing the features (one Div node fewer), and reads one state row by Squeeze (a view) instead
+    of Gather (a copy). It must still be torch's nn.GRU / nn.LSTM to 1e-5, also for features whose
+    mean lies far above their spread and whose spreads span six decades (what folding the mean into
+    the bias would not survive, so the mean stays a Sub)."""
+    torch.manual_seed(7)
+    model = HealthModel(F, cell=cell, hidden=16, layers=1, fault_classes=("a", "b", "c"))
+    spread = np.logspace(-3, 3, F)
+    mean = np.linspace(-50.0, 400.0, F) * spread
+    model.set_scaler(mean, spread)
+    model.fused = False  # the sequence forward through torch's own nn.GRU / nn.LSTM
+    model.eval()
+    onnx_bytes = export_onnx(model)
+    ops = [n.op_type for n in onnx.load_from_string(onnx_bytes).graph.node]
+    assert "Div" not in ops
+    assert ops.count("Sub") == (1 if cell == "lstm" else 2)  # the mean; the GRU's h − n
+    if cell == "gru":
+        assert "Gather" not in ops
+        assert "Squeeze" in ops
+    rng = np.random.default_rng(3)
+    x = mean + spread * rng.normal(size=(3, 200, F))  # [B, T, F] around each feature's mean
+    exact = copy.deepcopy(model).double()
+    L = model.state_rows
+    with torch.no_grad():
+        ref_score, _ = exact(torch.as_tensor(x), torch.zeros(L, 3, 16, dtype=torch.float64))
+        h = torch.zeros(L, 3, 16, dtype=torch.float64)
+        ref_states = []
+        for t in range(x.shape[1]):  # nn.GRU / nn.LSTM one window at a time: the state before each
+            ref_states.append(h)
+            _, h = exact(torch.as_tensor(x[:, t : t + 1]), h)
+    session = make_session(onnx_bytes)
+    # One step from torch's exact state, every window: the graph is nn.GRU / nn.LSTM to 1e-5.
+    for t in range(0, x.shape[1], 7):
+        score, _ = session.run(
+            ["score", "h_out"],
+            {"features": x[:, t].astype(np.float32), "h": ref_states[t].numpy().astype(np.float32)},
+        )
+        assert np.max(np.abs(score - ref_score[:, t].numpy())) <= 1e-5, t
+    # And carried from a zero state as the agent runs it.
+    got, _, _ = onnx_sequence(session, x.astype(np.float32), np.zeros((L, 3, 16), np.float32))
+    assert np.max(np.abs(got - ref_score.numpy())) <= 1e-5
