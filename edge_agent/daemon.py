@@ -121,7 +121,8 @@ class Agent:
         """Load and verify the model (BundleError if refused; a bundle deployed over MQTT earlier is
         served while it verifies) and prepare the link; `run()` opens the store in its own thread."""
         with _open_store(settings) as store:
-            store.set_meta("agent_id", settings.agent_id)
+            if store.get_meta("agent_id") != settings.agent_id:  # a commit (an fsync) only when it changed
+                store.set_meta("agent_id", settings.agent_id)
             deployed = store.get_meta(DEPLOYED_META_KEY)
         bundle = initial_bundle(settings, deployed)
         scorer = Scorer.from_loaded(bundle, max_sensors=settings.max_tracked_sensors)

@@ -30,6 +30,8 @@ from tests.edge_agent.agent_testing import (
 )
 
 FORBIDDEN = ("torch", "pandas", "sklearn", "scipy", "pyarrow")
+#: Not needed to serve and slow to import on a loaded gateway (docs/performance.md, "Agent start").
+NOT_AT_START = ("rich", "pydantic_settings")
 
 CHILD = """
 import json, sys
@@ -49,7 +51,7 @@ def test_agent_process_scores_stops_on_sigterm_and_stays_light(
     sub = Subscriber(broker, topic_prefix)
     watcher = StatusWatcher(broker, topic_prefix, agent.agent_id)
     status = watcher.status
-    proc = agent.start(CHILD.format(forbidden=repr(set(FORBIDDEN))), stdout=subprocess.PIPE)
+    proc = agent.start(CHILD.format(forbidden=repr(set(FORBIDDEN + NOT_AT_START))), stdout=subprocess.PIPE)
     pub = mqtt_client(broker)
     try:
         assert sub.wait(watcher.online, 30), "agent never came online"
