@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import threading
 from dataclasses import dataclass, field, fields
 from functools import lru_cache
 from typing import Any
@@ -36,6 +37,7 @@ from edge_agent.spectra import (
     band_stop,
     envelope_power_spectrum,
     hann_from_rect,
+    hann_window,
     range_means,
 )
 
@@ -338,41 +340,140 @@ def extract_batch(
         bad = int(np.count_nonzero(~np.isfinite(x)))
         raise ProtocolError("nan", f"{bad} of {x.size} samples are NaN or infinite")
 
-    out = np.empty((n_windows, spec.n_features), dtype=np.float32)
-    # Blocks of about _BLOCK_SAMPLES samples: big enough to amortise numpy's per-call costs, small
-    # enough that the temporaries stay in cache instead of being mapped fresh from the OS each call.
+    # The heavy passes over the samples run block by block (_block_spectra), in a per-thread
+    # workspace; the per-window scalars are turned into features once for the whole batch.
+    mean = np.empty(n_windows)
+    moments = np.empty((n_windows, 3))  # 2nd, 3rd, 4th central moments
+    powers = np.empty((n_windows, spec.n_bands))
+    envelope = np.zeros((n_windows, len(DEFECTS)))
     rows = max(4, _BLOCK_SAMPLES // length)
+    ws = _workspace(min(rows, n_windows), length)
     for start in range(0, n_windows, rows):
-        block = slice(start, start + rows)
-        out[block] = _extract_block(x[block], high[block], low[block], fs_value, speeds[block], spec)
-    return out
+        b = slice(start, start + rows)
+        _block_spectra(
+            x[b], fs_value, speeds[b], spec, ws, high[b], low[b], mean[b], moments[b], powers[b], envelope[b]
+        )
+    return _assemble(mean, moments, high, low, powers, envelope, spec)
 
 
+# Blocks of about _BLOCK_SAMPLES samples: big enough to amortise numpy's per-call costs, small
+# enough that the block's arrays stay in cache.
 _BLOCK_SAMPLES = 32_768
 
 
-def _extract_block(
-    x: npt.NDArray[np.floating[Any]], high: F64, low: F64, fs: float, speeds: F64, spec: FeatureSpec
-) -> F64:
-    """Features of a block of validated windows [n, L] (float32 or float64, each row's max and min
-    given) -> float64 [n, F]. One rFFT per window feeds every spectral feature."""
-    n_windows, length = x.shape
-    out = np.zeros((n_windows, spec.n_features), dtype=np.float64)
-    floor = spec.power_floor_g2
+class _Workspace:
+    """A block's float64 arrays, reused from call to call. Fresh numpy arrays of this size may be
+    handed back to the OS by malloc when freed and faulted in again page by page on the next call:
+    on the development VM a bare rFFT of 64 windows cost 4-5x more on a fresh array than on a reused
+    one (docs/performance.md)."""
 
-    # Time domain, about the window's mean (an accelerometer's DC offset is not vibration).
+    def __init__(self, rows: int, length: int) -> None:
+        self.centred = np.empty((rows, length))
+        self.scratch = np.empty((rows, length))
+        self.spectrum: C128 = np.empty((rows, length // 2 + 1), dtype=np.complex128)
+
+
+_local = threading.local()
+_WORKSPACES_PER_THREAD = 4
+
+
+def _workspace(rows: int, length: int) -> _Workspace:
+    """This thread's workspace for blocks of `rows` windows of `length` samples (a few shapes kept)."""
+    cache: dict[tuple[int, int], _Workspace] | None = getattr(_local, "workspaces", None)
+    if cache is None:
+        cache = _local.workspaces = {}
+    ws = cache.get((rows, length))
+    if ws is None:
+        if len(cache) >= _WORKSPACES_PER_THREAD:
+            cache.pop(next(iter(cache)))
+        ws = cache[(rows, length)] = _Workspace(rows, length)
+    return ws
+
+
+def _block_spectra(
+    x: npt.NDArray[np.floating[Any]],
+    fs: float,
+    speeds: F64,
+    spec: FeatureSpec,
+    ws: _Workspace,
+    high: F64,
+    low: F64,
+    mean: F64,
+    moments: F64,
+    powers: F64,
+    envelope: F64,
+) -> None:
+    """A block of validated windows [n, L] (float32 or float64, never written): each row's mean and
+    central moments, band powers, and (with a geometry) envelope features, into the given rows."""
+    n_rows, length = x.shape
     inv_len = 1.0 / length  # sum·(1/L), not .mean(): the same moments without numpy's Python wrapper
-    x64 = x.astype(np.float64, copy=False)  # per block, in cache; the caller's rows are never written
-    mean = x64.sum(axis=-1) * inv_len
-    centred = x64 - mean[:, None]
-    sq = centred * centred
-    m2 = sq.sum(axis=-1) * inv_len
-    m3 = (sq * centred).sum(axis=-1) * inv_len
-    np.multiply(sq, sq, out=sq)
-    m4 = sq.sum(axis=-1) * inv_len
-    # max(x − mean) = max(x) − mean exactly (rounding is monotonic): no pass over `centred`.
+    centred, scratch = ws.centred[:n_rows], ws.scratch[:n_rows]
+    # Time domain, about the window's mean (an accelerometer's DC offset is not vibration); float32
+    # samples are widened exactly by the copy.
+    np.copyto(centred, x)
+    np.multiply(centred.sum(axis=-1), inv_len, out=mean)
+    np.subtract(centred, mean[:, None], out=centred)
+    _row_dots(centred, centred, moments[:, 0])
+    np.multiply(centred, centred, out=scratch)
+    _row_dots(scratch, centred, moments[:, 1])
+    _row_dots(scratch, scratch, moments[:, 2])
+    moments *= inv_len
+
+    # Band powers (g²) on the Hann-tapered periodogram, integrated over each band in Hz. One rFFT
+    # per window: of the tapered window when only the bands need it, else of the window itself (the
+    # envelope's input), tapered in the frequency domain.
+    stop = band_stop(length, fs, spec.band_edges_hz)  # only the bins the bands reach
+    spectrum = ws.spectrum[:n_rows]
+    if spec.geometry is None:
+        np.multiply(centred, hann_window(length), out=scratch)
+        np.fft.rfft(scratch, axis=-1, out=spectrum)
+        powers[:] = band_powers(spectrum[:, :stop], fs, length, spec.band_edges_hz)
+        return
+    np.fft.rfft(centred, axis=-1, out=spectrum)
+    powers[:] = band_powers(hann_from_rect(spectrum, length, stop), fs, length, spec.band_edges_hz)
+
+    # Envelope spectrum at the bearing's defect frequencies (needs a speed, and vibration).
+    known = (speeds > 0.0) & ~_constant(moments[:, 0], high, low)
+    if bool(known.all()):
+        envelope[:] = _envelope_features(spectrum, length, fs, speeds, spec)
+    elif bool(known.any()):
+        rows = np.flatnonzero(known)
+        envelope[rows] = _envelope_features(spectrum[rows], length, fs, speeds[rows], spec)
+
+
+# Row dot products run as BLAS dots (np.vecdot, twice as fast as np.einsum here) of at most this
+# many samples, which OpenBLAS computes on the calling thread (it may spread longer ones over
+# threads: on a busy gateway that turned microseconds into milliseconds).
+_DOT_CHUNK = 8192
+
+
+def _row_dots(a: F64, b: F64, out: F64) -> None:
+    """out[i] = a[i] · b[i] for each row."""
+    length = a.shape[1]
+    if length <= _DOT_CHUNK:
+        np.vecdot(a, b, out=out)
+        return
+    out[:] = 0.0
+    for start in range(0, length, _DOT_CHUNK):
+        out += np.vecdot(a[:, start : start + _DOT_CHUNK], b[:, start : start + _DOT_CHUNK])
+
+
+def _constant(m2: F64, high: F64, low: F64) -> npt.NDArray[np.bool_]:
+    """Windows whose spread is float noise beside their largest |sample| (a stuck sensor)."""
+    result: npt.NDArray[np.bool_] = m2 <= (_CONSTANT_RELATIVE_STD * np.maximum(high, -low)) ** 2
+    return result
+
+
+def _assemble(
+    mean: F64, moments: F64, high: F64, low: F64, powers: F64, envelope: F64, spec: FeatureSpec
+) -> F32:
+    """The feature rows [N, F] (float32) from each window's scalars, for the whole batch at once."""
+    floor = spec.power_floor_g2
+    out = np.empty((len(mean), spec.n_features), dtype=np.float64)
+    m2, m3, m4 = moments[:, 0], moments[:, 1], moments[:, 2]
+    # max(x − mean) = max(x) − mean exactly (rounding is monotonic): no pass over the samples.
     peak = np.maximum(high - mean, mean - low)
-    constant = m2 <= (_CONSTANT_RELATIVE_STD * np.maximum(high, -low)) ** 2
+    constant = _constant(m2, high, low)
     m2 = np.where(constant, 0.0, m2)
     peak = np.where(constant, 0.0, peak)
     safe_m2 = np.where(constant, 1.0, m2)
@@ -381,27 +482,14 @@ def _extract_block(
     out[:, 2] = np.where(constant, 0.0, peak / np.sqrt(safe_m2))
     out[:, 3] = np.where(constant, 0.0, m4 / (safe_m2 * safe_m2))
     out[:, 4] = np.where(constant, 0.0, m3 / (safe_m2 * np.sqrt(safe_m2)))
-
-    # Band powers (g²) on the Hann-tapered periodogram, integrated over each band in Hz.
-    spectrum: C128 = np.fft.rfft(centred, axis=-1)
-    n_time = len(TIME_FEATURES)
-    n_bands = spec.n_bands
-    stop = band_stop(length, fs, spec.band_edges_hz)  # taper only the bins the bands reach
-    powers = band_powers(hann_from_rect(spectrum, length, stop), fs, length, spec.band_edges_hz)
-    out[:, n_time : n_time + n_bands] = np.log10(powers + floor)
-    out[constant, n_time : n_time + n_bands] = math.log10(floor)  # not float noise from the mean
+    n_time, n_bands = len(TIME_FEATURES), spec.n_bands
+    bands = out[:, n_time : n_time + n_bands]
+    bands[:] = np.log10(powers + floor)
+    bands[constant] = math.log10(floor)  # not float noise from the mean
     if spec.relative_bands:  # the spectrum's shape: each band relative to the window's variance
-        out[:, n_time : n_time + n_bands] -= np.log10(m2 + floor)[:, None]
-
-    # Envelope spectrum at the bearing's defect frequencies (needs geometry, a speed, and vibration).
-    known = (speeds > 0.0) & ~constant
-    if spec.geometry is not None and bool(known.any()):
-        if bool(known.all()):
-            out[:, n_time + n_bands :] = _envelope_features(spectrum, length, fs, speeds, spec)
-        else:
-            rows = np.flatnonzero(known)
-            out[rows, n_time + n_bands :] = _envelope_features(spectrum[rows], length, fs, speeds[rows], spec)
-    return out
+        bands -= np.log10(m2 + floor)[:, None]
+    out[:, n_time + n_bands :] = envelope
+    return out.astype(np.float32)
 
 
 def _check_fs(fs: object) -> float:

@@ -119,9 +119,13 @@ def band_powers(hann_spectrum: C128, fs: float, n: int, edges_hz: tuple[float, .
     its first `band_stop(n, fs, edges_hz)` bins or more (the rest is never read); result [N, B].
     """
     width, bins, into, scale = _band_plan(n, float(fs), edges_hz)
-    power = hann_spectrum.real**2 + hann_spectrum.imag**2  # ∝ g²/Hz; scale applied at the end
-    below = np.zeros((power.shape[0], power.shape[1] + 1), dtype=np.float64)
-    np.cumsum(power * width[: power.shape[1]], axis=-1, out=below[:, 1:])
+    reach = int(bins[-1]) + 1  # the bins past the last edge are never read
+    head = hann_spectrum[:, :reach]
+    power = head.real * head.real  # ∝ g²/Hz; scale applied at the end
+    power += head.imag * head.imag
+    below = np.empty((power.shape[0], reach + 1), dtype=np.float64)
+    below[:, 0] = 0.0
+    np.cumsum(power * width[:reach], axis=-1, out=below[:, 1:])
     integral = below[:, bins] + power[:, bins] * into  # I(edge) for every edge, [N, E]
     result: F64 = (integral[:, 1:] - integral[:, :-1]) * scale
     return result

@@ -614,3 +614,20 @@ def test_relative_bands_are_the_band_powers_less_the_window_variance() -> None:
     np.testing.assert_allclose(b[:, 5:21], a[:, 5:21] - 2.0 * a[:, [0]], atol=1e-4)
     # a louder copy of the same signal has the same relative bands
     np.testing.assert_allclose(extract_batch(10 * x, 12000.0, 0.0, rel)[:, 5:21], b[:, 5:21], atol=1e-4)
+
+
+def test_reused_workspace_and_chunked_moments() -> None:
+    """extract_batch keeps its block arrays from call to call (per thread) and takes long windows'
+    moments as sums of BLAS dots over chunks: a batch's features must not depend on what the
+    workspace held before, and the chunked moments must be the windows' own."""
+    rng = np.random.default_rng(11)
+    spec = FeatureSpec.with_geometry(PRESETS["femto_6804"])
+    long = (rng.standard_normal((3, 20480)) * 0.3 + 2.0).astype(np.float32)  # 20,480 > _DOT_CHUNK
+    first = extract_batch(long, 25600.0, 1800.0, spec)
+    extract_batch(rng.standard_normal((3, 20480)) * 50.0, 25600.0, 1800.0, spec)  # dirties the workspace
+    extract_batch(np.full((1, 20480), 7.0), 25600.0, 1800.0, spec)  # a constant window, shorter block
+    np.testing.assert_array_equal(extract_batch(long, 25600.0, 1800.0, spec), first)
+    xd = long.astype(np.float64)
+    np.testing.assert_allclose(first[:, 3], scipy.stats.kurtosis(xd, axis=-1, fisher=False), rtol=1e-5)
+    np.testing.assert_allclose(first[:, 4], scipy.stats.skew(xd, axis=-1), rtol=1e-5)
+    np.testing.assert_allclose(10 ** first[:, 0], xd.std(axis=-1), rtol=1e-5)
