@@ -23,6 +23,7 @@ Columns:
 
     .venv/bin/python benchmarks/bench_cells.py            # 24 machines, batches 8..128, 12 epochs
     .venv/bin/python benchmarks/bench_cells.py --quick    # 6 machines, batches 8 and 64 (a smoke run)
+    .venv/bin/python benchmarks/bench_cells.py --step-only  # the ONNX step only, both forms of each cell
 
 Prints a table; asserts nothing.
 """
@@ -180,6 +181,102 @@ def identity_graph(n_features: int) -> bytes:
     return bytes(onnx.shape_inference.infer_shapes(model).SerializeToString())
 
 
+class OperatorStep(torch.nn.Module):
+    """The model's step through its nn.GRU / nn.LSTM: the exporter emits ONNX's GRU / LSTM operator
+    (one node for the cell; `HealthModel.step` exports plain Gemms instead). Supervised mode only."""
+
+    def __init__(self, model: HealthModel) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, features: torch.Tensor, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        m, L = self.model, self.model.layers
+        z = m.scale(features).unsqueeze(1)
+        if m.cell == "gru":
+            _, h_out = m.rnn(z, h)
+        else:
+            _, (h_n, c_n) = m.rnn(z, (h[:L], h[L:]))
+            h_out = torch.cat([h_n, c_n], dim=0)
+        top = h_out[L - 1]
+        cols = [torch.sigmoid(m.health_head(top))]
+        if m.fault_head is not None:
+            cols.append(torch.softmax(m.fault_head(top), dim=-1))
+        return torch.cat(cols, dim=-1), h_out
+
+
+def export_operator_form(model: HealthModel) -> bytes:
+    """`OperatorStep(model)` as ONNX bytes, exported as trainer.export exports the step."""
+    from trainer.export import _quiet_exporter
+
+    model = model.cpu().eval()
+    features, h = torch.zeros(2, model.n_features), torch.zeros(model.state_rows, 2, model.hidden)
+    batch = torch.export.Dim("batch", min=1, max=1 << 20)
+    with _quiet_exporter(), torch.no_grad():
+        program = torch.onnx.export(
+            OperatorStep(model).eval(),
+            (features, h),
+            input_names=["features", "h"],
+            output_names=["score", "h_out"],
+            dynamo=True,
+            dynamic_shapes={"features": {0: batch}, "h": {1: batch}},
+            optimize=True,
+            verbose=False,
+        )
+    assert program is not None
+    return bytes(program.model_proto.SerializeToString())
+
+
+def step_forms(hidden: int, rounds: int, min_time: float) -> None:
+    """The exported step of each cell in both forms (the shipped Gemm form, ONNX's GRU / LSTM
+    operator), untrained weights with a fitted-looking scaler (the speed does not depend on the
+    values), every form timed in the same interleaved blocks; then each cell's fastest form per
+    batch size against the other's."""
+    F, classes = 25, ("healthy", "outer", "inner", "ball", "cage")
+    rng = np.random.default_rng(0)
+    sessions: dict[str, tuple[object, int, tuple[int, int]]] = {}
+    for cell in ("gru", "lstm"):
+        torch.manual_seed(0)
+        model = HealthModel(F, cell=cell, hidden=hidden, fault_classes=classes)
+        model.set_scaler(rng.normal(size=F), rng.uniform(0.5, 2.0, size=F))
+        shape = (model.state_rows, hidden)
+        sessions[f"{cell.upper()} Gemm form (exported)"] = (make_session(export_onnx(model)), F, shape)
+        sessions[f"{cell.upper()} ONNX {cell.upper()} operator"] = (
+            make_session(export_operator_form(model)),
+            F,
+            shape,
+        )
+    floor = "run() floor (Identity graph)"
+    sessions[floor] = (make_session(identity_graph(F)), F, (1, hidden))
+    lat = step_latencies(sessions, rounds=rounds, min_time=min_time)
+    print(
+        f"\nONNX step, H={hidden}, F={F}, 5 classes, onnxruntime 1 thread: CPU µs per run(), median of {rounds} interleaved blocks\n"
+    )
+    print("| form | B=1 | B=64 | B=1,024 |")
+    print("| --- | ---: | ---: | ---: |")
+    for k, per in lat.items():
+        print(f"| {k} | " + " | ".join(f"{per[b]:.1f}" for b in BATCHES) + " |")
+    gru, lstm = "GRU Gemm form (exported)", "LSTM Gemm form (exported)"
+    best = {
+        c: {b: min(v[b] for k, v in lat.items() if k.startswith(c)) for b in BATCHES} for c in ("GRU", "LSTM")
+    }
+    print(
+        "LSTM / GRU, exported forms: "
+        + " / ".join(f"{lat[lstm][b] / lat[gru][b]:.2f}×" for b in BATCHES)
+        + "; fastest form of each: "
+        + " / ".join(f"{best['LSTM'][b] / best['GRU'][b]:.2f}×" for b in BATCHES)
+        + " at B=1/64/1,024 (goal ≥ 1.3×)"
+    )
+    print(
+        "share of the exported GRU step that is the bare run() call: "
+        + " / ".join(f"{lat[floor][b] / lat[gru][b]:.0%}" for b in BATCHES)
+        + "; cell-dependent part above the floor, LSTM / GRU: "
+        + " / ".join(
+            f"{(lat[lstm][b] - lat[floor][b]) / (lat[gru][b] - lat[floor][b]):.2f}×" for b in BATCHES
+        )
+    )
+    print(Path("/proc/loadavg").read_text().strip(), "(load average)")
+
+
 def _per_call_us(fn: Callable[[], object], min_time: float) -> float:
     fn()
     n, t0 = 0, time.thread_time()
@@ -243,7 +340,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--profile", action="store_true", help="only the torch.profiler view of one chunk per cell"
     )
+    p.add_argument(
+        "--step-only",
+        action="store_true",
+        help="only the ONNX step: both cells in the exported Gemm form and as ONNX's GRU/LSTM operator (~2 min)",
+    )
     args = p.parse_args(argv)
+    if args.step_only:
+        step_forms(args.hidden, rounds=31, min_time=0.02)
+        return 0
     if args.profile:
         torch.set_num_threads(1)
         profile_cells(args.hidden, 25, args.batches)

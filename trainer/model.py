@@ -260,10 +260,13 @@ class HealthModel(nn.Module):
         """ONE step: features [B, F], h [state rows, B, hidden] -> (score [B, K], h_out, same shape as h).
 
         Each gate is one Gemm with `step_weights()` (given as `weights`, e.g. constants of the
-        exported graph), biases folded in: no Split (onnxruntime's Split copies; it cost 15-20 % of
+        exported graph), biases folded in, and in supervised mode the division by feature_scale
+        too (`folds_scale`): no Split of the gates (onnxruntime's Split copies; it cost 15-20 % of
         a step at B=1,024) and no multiply by zero. Of the forms measured for both cells (one Gemm
-        over [input, h] then Split; input and h Gemms apart; one Gemm per gate), this one was the
-        fastest for each at B = 1, 64 and 1,024 (benchmarks/bench_cells.py, docs/performance.md).
+        over [input, h] then Split; input and h Gemms apart; one Gemm per gate; ONNX's GRU / LSTM
+        operator; the heads as one Gemm), this one was the fastest for each at B = 64 and 1,024 and
+        within noise of the fastest at B = 1 (benchmarks/bench_cells.py --step-only,
+        docs/performance.md).
         """
         weights = self.step_weights() if weights is None else weights
         z = features - self.feature_mean if self.folds_scale else self.scale(features)
