@@ -52,7 +52,7 @@ test-arm: venv broker
 	GRUWATCH_ARM_ENV=$(CURDIR)/.arm $(BIN)/python -m pytest -m arm tests/arm
 
 # Long reliability runs (docs/reliability.md; -s prints their FIGURE lines); reduced versions of each run in
-# make test. About an hour on 2 shared cores.
+# make test. About 65 minutes on 2 shared cores.
 RELIABILITY_TESTS := tests/edge_agent/test_reliability.py tests/edge_agent/test_reliability_input.py \
 	tests/edge_agent/test_reliability_soak.py
 test-reliability: venv broker

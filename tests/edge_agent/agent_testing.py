@@ -280,12 +280,14 @@ class AgentProcess:
         return proc
 
     @staticmethod
-    def stop_cleanly(proc: subprocess.Popen[str], *, timeout: float = 10.0) -> None:
-        """SIGTERM once the last health messages had time to leave; the agent must exit 0 within `timeout`."""
+    def stop_cleanly(proc: subprocess.Popen[str], *, timeout: float = 10.0) -> str:
+        """SIGTERM once the last health messages had time to leave; the agent must exit 0 within
+        `timeout`. Returns its stderr (the log)."""
         time.sleep(0.3)
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=timeout)
         assert proc.returncode == 0, err[-2000:]
+        return err
 
     def kill_all(self) -> None:
         for proc in self.procs:
