@@ -322,7 +322,7 @@ class Agent:
             feats = feats[ok]
         if not chunk:
             # Nothing to score, but the tracker moved on: keep the store in step with it.
-            self.store.record_batch([], states=saved_states.batch_states(self.scorer, last))
+            self.store.record_batch([], states=saved_states.batch_states(self.scorer, last, self.tracker))
             return
         windows = [p.item.window for p in chunk]
         result = self.scorer.score_features(
@@ -372,7 +372,7 @@ class Agent:
             self.transitions_total += 1
             self.metrics.alarms.labels(state=tr.state).inc()
             log_transition(machine, sensor, tr)
-        states = saved_states.batch_states(self.scorer, last)
+        states = saved_states.batch_states(self.scorer, last, self.tracker)
         ids = self.storage.commit(
             self.store,
             c.rows,
@@ -472,7 +472,11 @@ class Agent:
                 key, seq, time.time_ns(), before, "ok", 0.0, self.scorer.model_version, _RESET_REASON
             )
             alert = alert_message(self._topics.of(key, c.machine, c.sensor)[1], c.machine, c.sensor, tr)
-            states = saved_states.batch_states(self.scorer, {key: last}) if last is not None else None
+            states = (
+                saved_states.batch_states(self.scorer, {key: last}, self.tracker)
+                if last is not None
+                else None
+            )
             ids = self.storage.commit(self.store, [], transitions=[tr], outbox=[alert], states=states)
             self.transitions_total += 1
             self.metrics.alarms.labels(state="ok").inc()

@@ -3,8 +3,9 @@
 Each batch commits its sensors' rows with its windows (`batch_states`, in `Store.record_batch`);
 `save_all` rewrites the whole table from memory (a compaction); `restore` fills the scorer and the
 sequence tracker from the table at start. The one-off migrations of older stores live here too:
-schema 1's table lacked the alarm counters (`migrate_1_to_2`), and older agents kept every state
-in one snapshot blob in `meta` (`STATES_META_KEY`, moved into the table on first start).
+schema 1's table lacked the alarm counters (`migrate_1_to_2`), later columns are added in place
+(`add_columns`: the baseline, the sequence tracker's run), and older agents kept every state in one
+snapshot blob in `meta` (`STATES_META_KEY`, moved into the table on first start).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Final
 import numpy as np
 import structlog
 
+from edge_agent.sequencing import Run
 from edge_agent.states import SensorState, StateColumns, states_from_bytes
 
 if TYPE_CHECKING:
@@ -46,9 +48,21 @@ CREATE TABLE IF NOT EXISTS states (
     below_warning INTEGER NOT NULL DEFAULT 0,
     steps INTEGER NOT NULL DEFAULT 0,
     touched INTEGER NOT NULL DEFAULT 0,
-    baseline BLOB NOT NULL DEFAULT x''
+    baseline BLOB NOT NULL DEFAULT x'',
+    run_lo_ts_ns INTEGER,
+    run_hi_ts_ns INTEGER,
+    run_zero_ts_ns INTEGER
 );
 """
+
+#: Columns added after schema 2 (additive: NULL in older rows, and older agents ignore them), with
+#: their SQL types. The run columns: `sequencing.Run` (run_lo_ts_ns NULL: not known).
+_ADDED_COLUMNS: Final = (
+    ("baseline", "BLOB NOT NULL DEFAULT x''"),
+    ("run_lo_ts_ns", "INTEGER"),
+    ("run_hi_ts_ns", "INTEGER"),
+    ("run_zero_ts_ns", "INTEGER"),
+)
 
 #: Columns schema 1 lacked (added by the 1 -> 2 migration, with their defaults).
 _V2_COLUMNS: Final = (
@@ -63,12 +77,13 @@ _V2_COLUMNS: Final = (
 
 UPSERT: Final = (
     "INSERT OR REPLACE INTO states (sensor, h, shape, model, last_seq, last_ts_ns, alarm, above_warning,"
-    " above_alarm, below_ok, below_warning, steps, touched, baseline)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    " above_alarm, below_ok, below_warning, steps, touched, baseline, run_lo_ts_ns, run_hi_ts_ns,"
+    " run_zero_ts_ns) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 _SELECT: Final = (
     "SELECT sensor, h, shape, model, last_seq, last_ts_ns, alarm, above_warning, above_alarm,"
-    " below_ok, below_warning, steps, baseline FROM states ORDER BY touched, rowid"
+    " below_ok, below_warning, steps, baseline, run_lo_ts_ns, run_hi_ts_ns, run_zero_ts_ns"
+    " FROM states ORDER BY touched, rowid"
 )
 
 
@@ -98,6 +113,7 @@ def row_params(states: Mapping[str, SensorState], touched: int) -> list[tuple[An
                 int(s.steps),
                 touched,
                 b"" if s.baseline is None else np.ascontiguousarray(s.baseline, dtype="<f8").tobytes(),
+                *((None, None, None) if s.run is None else s.run),
             )
         )
     return out
@@ -119,7 +135,7 @@ def read_rows(
 
 def _state_of(row: tuple[Any, ...]) -> SensorState:
     """One row of the states table as a SensorState (ValueError when it is not a possible one)."""
-    sensor, blob, shape, model, last_seq, last_ts, alarm, aw, aa, bo, bw, steps, base_blob = row
+    sensor, blob, shape, model, last_seq, last_ts, alarm, aw, aa, bo, bw, steps, base_blob, *run = row
     if not isinstance(sensor, str) or not isinstance(model, str):
         raise ValueError("sensor or model is not text")
     ints = (last_seq, last_ts, alarm, aw, aa, bo, bw, steps)
@@ -156,13 +172,28 @@ def _state_of(row: tuple[Any, ...]) -> SensorState:
         below=(bo, bw),
         steps=steps,
         baseline=baseline,
+        run=_run_of(run, last_ts),
     )
 
 
-def add_baseline_column(conn: sqlite3.Connection) -> None:
-    """Stores written before the per-sensor baseline gain its column (empty = none); idempotent."""
-    if "baseline" not in {r[1] for r in conn.execute("PRAGMA table_info(states)")}:
-        conn.execute("ALTER TABLE states ADD COLUMN baseline BLOB NOT NULL DEFAULT x''")
+def _run_of(cols: list[Any], last_ts: int) -> Run | None:
+    """The run columns as a `Run` (None when not saved: a row an older agent wrote)."""
+    lo, hi, zero = cols
+    if lo is None:
+        return None
+    if not all(isinstance(v, int) for v in (lo, hi)) or not (zero is None or isinstance(zero, int)):
+        raise ValueError("a run column holds something else")
+    if not lo <= min(last_ts, hi) or hi < last_ts:
+        raise ValueError("impossible run: its earliest timestamp after its latest")
+    return Run(lo, hi, zero)
+
+
+def add_columns(conn: sqlite3.Connection) -> None:
+    """Stores written before a column of `_ADDED_COLUMNS` gain it (NULL or empty: none); idempotent."""
+    have = {r[1] for r in conn.execute("PRAGMA table_info(states)")}
+    for name, sql_type in _ADDED_COLUMNS:
+        if name not in have:
+            conn.execute(f"ALTER TABLE states ADD COLUMN {name} {sql_type}")
 
 
 def migrate_1_to_2(conn: sqlite3.Connection, schema_version: int) -> None:
@@ -183,21 +214,25 @@ def migrate_1_to_2(conn: sqlite3.Connection, schema_version: int) -> None:
 # ------------------------------------------------------------------------------ scorer <-> table
 
 
-def batch_states(scorer: Scorer, last: Mapping[str, tuple[int, int]]) -> dict[str, SensorState]:
-    """The state of these sensors as the scorer holds it now (`last`: sensor -> (seq, ts_ns))."""
+def batch_states(
+    scorer: Scorer, last: Mapping[str, tuple[int, int]], tracker: SequenceTracker | None = None
+) -> dict[str, SensorState]:
+    """The state of these sensors as the scorer holds it now (`last`: sensor -> (seq, ts_ns)), with
+    each one's run from `tracker` where its last window is that (seq, ts_ns)."""
     table = scorer.table
     data = table.data
     model = scorer.model_version
     out: dict[str, SensorState] = {}
     for key, (seq, ts) in last.items():
+        run = None if tracker is None else tracker.run(key, seq, ts)
         if key not in table:
-            out[key] = SensorState(h=None, model=model, last_seq=seq, last_ts_ns=ts)
+            out[key] = SensorState(h=None, model=model, last_seq=seq, last_ts_ns=ts, run=run)
             continue
         r = table.row(key)
         above, below = data["above"][r].tolist(), data["below"][r].tolist()
         out[key] = SensorState(
             data["h"][r], model, seq, ts, int(data["alarm"][r]), (above[0], above[1]), (below[0], below[1]),
-            int(data["steps"][r]), data["baseline"][r].copy() if table.baseline_width else None,
+            int(data["steps"][r]), data["baseline"][r].copy() if table.baseline_width else None, run,
         )  # fmt: skip
     return out
 
@@ -212,10 +247,11 @@ def all_states(scorer: Scorer, tracker: SequenceTracker) -> dict[str, SensorStat
     for key in keys:
         seq, ts = last.get(key, (0, 0))
         i = index.get(key)
+        run = tracker.run(key, seq, ts)
         out[key] = (
-            SensorState(h=None, model=cols.model_version, last_seq=seq, last_ts_ns=ts)
+            SensorState(h=None, model=cols.model_version, last_seq=seq, last_ts_ns=ts, run=run)
             if i is None
-            else cols.row(i, last_seq=seq, last_ts_ns=ts)
+            else cols.row(i, last_seq=seq, last_ts_ns=ts, run=run)
         )
     return out
 
@@ -242,7 +278,7 @@ def state_chunks(
     last = tracker.export()
     keys = [k for k in scorer.table.ids() if k not in last] + list(last)
     for start in range(0, len(keys), size):
-        yield batch_states(scorer, {k: last.get(k, (0, 0)) for k in keys[start : start + size]})
+        yield batch_states(scorer, {k: last.get(k, (0, 0)) for k in keys[start : start + size]}, tracker)
 
 
 def save_all(store: Store, scorer: Scorer, tracker: SequenceTracker) -> None:
@@ -275,7 +311,10 @@ def restore(
         return set()
     shape = tuple(scorer.state_shape)
     try:
-        tracker.restore({k: (s.last_seq, s.last_ts_ns) for k, s in saved.items()})
+        tracker.restore(
+            {k: (s.last_seq, s.last_ts_ns) for k, s in saved.items()},
+            {k: s.run for k, s in saved.items() if s.run is not None},
+        )
         with_h = {k: s for k, s in saved.items() if s.h is not None and tuple(s.h.shape) == shape}
         # Hidden states of another shape belong to a model swapped out with its states reset.
         other = {k for k, s in saved.items() if s.h is not None and tuple(s.h.shape) != shape}
@@ -310,7 +349,7 @@ def reload(store: Store, scorer: Scorer, tracker: SequenceTracker, keys: Iterabl
             scorer.forget(key)
             tracker.forget(key)
             continue
-        tracker.put(key, st.last_seq, st.last_ts_ns)
+        tracker.put(key, st.last_seq, st.last_ts_ns, st.run)
         if st.h is not None and tuple(st.h.shape) == tuple(scorer.state_shape):
             scorer.table.put(key, st)
         else:

@@ -21,9 +21,10 @@ so 0 follows 4294967295); the sensor's clock only tells a reboot from a replay a
   run's earliest (the clock was fast and the reboot corrected it);
 - a sensor never seen (or forgotten) → accepted with reset ``new``.
 
-After an agent restart the run is known only by its last accepted timestamp (the store keeps that
-one), so until the sensor's next reset an older seq within `replay_window` and not later than that
-timestamp counts as stale (a crash's redeliveries are exactly that).
+The run since the last reset (its earliest and latest timestamps and that of its seq 0: `run`) is
+saved with the sensor's state, so after an agent restart reboots and replays are told apart as
+before it. A row saved without one (an older agent) knows only the last accepted timestamp: until
+the sensor's next reset, an older seq within `replay_window` and not later than it counts as stale.
 
 At most `max_sensors` sensors are tracked; the least recently accepted one is forgotten first.
 
@@ -44,7 +45,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter, OrderedDict
-from collections.abc import Callable, Container, Iterable
+from collections.abc import Callable, Container, Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final, Generic, Literal, NamedTuple, Protocol, TypeVar
 
@@ -94,6 +95,14 @@ class _Last(NamedTuple):
     lo: int | None  # earliest / latest sensor timestamp accepted since the sensor's last reset
     hi: int  # (lo None: not known, the entry was restored from the store)
     zero: int | None  # timestamp of this run's seq 0 (None: the run has none, or lo is None)
+
+
+class Run(NamedTuple):
+    """A sensor's run since its last reset, as the states table keeps it (`SequenceTracker.run`)."""
+
+    lo: int  # earliest sensor timestamp accepted
+    hi: int  # latest sensor timestamp accepted
+    zero: int | None  # timestamp of the run's seq 0 (None: the run has none)
 
 
 class SequenceTracker:
@@ -179,27 +188,41 @@ class SequenceTracker:
             rebooted = rebooted or ts_ns < prev.lo - self._gap_ns or (seq == 0 and ts_ns != prev.zero)
         return Verdict("restart" if rebooted else "stale", gap_s)
 
+    def run(self, key: str, seq: int, ts_ns: int) -> Run | None:
+        """`key`'s run since its last reset, when its last accepted window is (seq, ts_ns) and the run
+        is known (not restored from a row without one); None otherwise."""
+        prev = self._last.get(key)
+        if prev is None or prev.lo is None or (prev.seq, prev.ts) != (seq, ts_ns):
+            return None
+        return Run(prev.lo, prev.hi, prev.zero)
+
     def forget(self, key: str) -> bool:
         """Stop tracking `key`; its next window counts as new. True if it was tracked."""
         return self._last.pop(key, None) is not None
 
-    def put(self, key: str, seq: int, ts_ns: int) -> None:
+    def put(self, key: str, seq: int, ts_ns: int, run: Run | None = None) -> None:
         """Set `key`'s last accepted window (a rollback to what the store holds)."""
-        self._last[key] = _restored(seq, ts_ns)
+        self._last[key] = _restored(seq, ts_ns, run)
 
     def export(self) -> dict[str, tuple[int, int]]:
         """Every tracked sensor's (seq, ts_ns), least recently accepted first."""
         return {k: (v.seq, v.ts) for k, v in self._last.items()}
 
-    def restore(self, last: dict[str, tuple[int, int]]) -> None:
-        """Replace everything with an `export()` (most recent entries kept when more than fit)."""
+    def restore(self, last: dict[str, tuple[int, int]], runs: Mapping[str, Run] | None = None) -> None:
+        """Replace everything with an `export()` and the sensors' saved runs (most recent entries kept
+        when more than fit)."""
         items = list(last.items())[-self.max_sensors :]
-        self._last = OrderedDict((k, _restored(s, t)) for k, (s, t) in items)
+        runs = runs or {}
+        self._last = OrderedDict((k, _restored(s, t, runs.get(k))) for k, (s, t) in items)
 
 
-def _restored(seq: int, ts_ns: int) -> _Last:
-    """What a saved (seq, ts_ns) tells: the agent's wait and the run's earliest timestamp are unknown."""
-    return _Last(int(seq), int(ts_ns), None, None, int(ts_ns), None)
+def _restored(seq: int, ts_ns: int, run: Run | None = None) -> _Last:
+    """What a saved (seq, ts_ns) and run tell: the agent's wait is unknown; without the run, so are
+    the run's earliest timestamp and seq 0."""
+    if run is None:
+        return _Last(int(seq), int(ts_ns), None, None, int(ts_ns), None)
+    zero = None if run.zero is None else int(run.zero)
+    return _Last(int(seq), int(ts_ns), None, int(run.lo), max(int(run.hi), int(ts_ns)), zero)
 
 
 class _Keyed(Protocol):

@@ -28,6 +28,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from edge_agent.sequencing import Run
+
 EXPORT_FORMAT = 1
 #: The per-sensor fields saved and restored (the table also keeps `seen` and `tick` for eviction).
 FIELDS = ("h", "alarm", "above", "below", "steps")
@@ -56,7 +58,8 @@ class SensorState:
 
     `h` is None for a sensor known by sequence number only (its hidden state was evicted or reset);
     its next window starts from a fresh state. `above` / `below` are the alarm state machine's
-    hysteresis counters (edge_agent.alarms), `steps` the windows its state has seen.
+    hysteresis counters (edge_agent.alarms), `steps` the windows its state has seen, `run` what
+    tells a sensor reboot from a replay after an agent restart (edge_agent.sequencing).
     """
 
     h: npt.NDArray[np.float32] | None  # any shape, typically [layers, hidden]
@@ -68,6 +71,7 @@ class SensorState:
     below: tuple[int, int] = (0, 0)
     steps: int = 0
     baseline: npt.NDArray[np.float64] | None = None  # [1 + 2F] healthy baseline (edge_agent.baseline)
+    run: Run | None = None  # the sequence tracker's run since the last reset (None: not known)
 
 
 @dataclass(slots=True)
@@ -118,7 +122,7 @@ class StateColumns:
             baseline,
         )
 
-    def row(self, i: int, *, last_seq: int, last_ts_ns: int) -> SensorState:
+    def row(self, i: int, *, last_seq: int, last_ts_ns: int, run: Run | None = None) -> SensorState:
         """Sensor `i` as a SensorState."""
         above, below = self.above[i].tolist(), self.below[i].tolist()
         return SensorState(
@@ -131,6 +135,7 @@ class StateColumns:
             below=(below[0], below[1]),
             steps=int(self.steps[i]),
             baseline=None if self.baseline is None else self.baseline[i],
+            run=run,
         )
 
     def with_model(self, model_version: str) -> StateColumns:

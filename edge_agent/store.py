@@ -14,8 +14,9 @@ Tables (schema version in `meta.schema`):
 - ``outbox``: messages for the broker not yet acknowledged by it; `outbox_pending` yields alerts
   before health, each in insertion order; `mark_sent` deletes them.
 - ``states``: per-sensor hidden state (float32 blob + shape; empty when the sensor is tracked by
-  sequence only), alarm state and hysteresis counters, steps, model version, last seq and ts, and
-  `touched` (a counter: least recently used first). `record_batch(..., states=)` upserts the
+  sequence only), alarm state and hysteresis counters, steps, model version, last seq and ts, the
+  sequence tracker's run since the last reset (NULL in rows older agents wrote), the healthy
+  baseline, and `touched` (a counter: least recently used first). `record_batch(..., states=)` upserts the
   sensors of a batch in the batch's own transaction; `save_states` replaces the whole table.
 - ``meta``: key → value (text or bytes) for small facts and blobs.
 
@@ -239,7 +240,7 @@ class Store:
                     "export it with the agent that wrote it, then move it aside",
                     reason="bad_schema",
                 )
-            saved_states.add_baseline_column(conn)  # additive: older agents ignore the column
+            saved_states.add_columns(conn)  # additive: older agents ignore the new columns
         except sqlite3.Error as exc:
             conn.close()
             raise store_error(exc, f"store {path}") from exc

@@ -80,6 +80,49 @@ def test_a_sensor_a_day_fast_that_reboots_with_the_right_time_is_scored(
     assert resets.get("restart") == 1
 
 
+@pytest.mark.parametrize("case", ["day_fast", "seq0_same_clock"])
+def test_after_an_agent_restart_a_sensor_reboot_is_still_told_from_a_replay(
+    broker: Broker, topic_prefix: str, models: Models, subscriber: Subscriber, tmp_path: Path, case: str
+) -> None:
+    """The agent restarts between a sensor's last windows and its reboot; the broker first resends
+    some old windows. From the states table's run: the resent ones are `stale`, the reboot is a
+    `restart` and every window after it is scored, as without the agent's restart (day_fast: a
+    clock a day fast corrected by the reboot; seq0_same_clock: seq 0 again inside the old run's
+    span). Before the run was saved, the reboot's windows were `stale` until seq_replay_window."""
+    settings = agent_settings(broker, topic_prefix, models, tmp_path / "a.db")
+    topic = vibration_topic(topic_prefix, "m", "s0")
+    if case == "day_fast":
+        old = [window(k, T0 + DAY + k * 10 * S) for k in range(30)]
+        resent = old[25:29]
+        reboot = [window(k, T0 + 400 * S + k * 10 * S) for k in range(60)]
+    else:
+        old = [window(k, T0 + k * 10 * S) for k in range(50)]
+        resent = [old[0], *old[40:49]]  # the run's own seq 0 among them
+        reboot = [window(k, T0 + 100 * S + k * 10 * S) for k in range(20)]
+    pub = mqtt_client(broker)
+    try:
+        with running(settings):
+            _send(pub, topic, [encode_binary(w) for w in old])
+            assert subscriber.wait(lambda: len(subscriber.health) >= len(old))
+        with running(settings) as agent:
+            _send(pub, topic, [encode_binary(w) for w in resent + reboot])
+            n = len(old) + len(reboot)
+            assert subscriber.wait(lambda: len(subscriber.health) >= n), len(subscriber.health)
+            time.sleep(0.3)
+            dropped, resets = dict(agent.dropped), dict(agent.resets)
+    finally:
+        close_client(pub)
+    after = subscriber.health[len(old) :]
+    print(
+        f"\nFIGURE reboot after an agent restart ({case}): {len(after)}/{len(reboot)} scored, dropped={dropped}"
+    )
+    assert [h.seq for h in after] == [w.seq for w in reboot]
+    assert after[0].extra["state_reset"] == "restart"
+    assert [h.extra["step"] for h in after] == list(range(1, len(reboot) + 1))
+    assert dropped == {"stale": len(resent)}
+    assert resets == {"restart": 1}
+
+
 def test_an_ntp_step_beyond_gap_reset_s_does_not_reset_the_state(
     broker: Broker, topic_prefix: str, models: Models, subscriber: Subscriber, tmp_path: Path
 ) -> None:

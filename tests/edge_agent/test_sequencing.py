@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -219,3 +221,68 @@ def test_a_replay_of_accepted_windows_is_never_accepted_again(
     for k in replayed:
         if k < n and n - 1 - k <= REPLAY_WINDOW:  # further back is never a replay: a reboot
             assert t.check("m/s", k, ts[k]).outcome in ("stale", "duplicate")
+
+
+# ------------------------------------------ an agent restart decides reboots and replays as before it
+
+
+def _restarted(t: SequenceTracker, clock: Callable[[], int], *, runs: bool = True) -> SequenceTracker:
+    """A new tracker restored from `t` as the states table holds it: each sensor's (seq, ts) and, with
+    `runs`, its run since the last reset (without: a row an older agent wrote)."""
+    u = SequenceTracker(
+        gap_reset_s=t.gap_reset_s, max_sensors=t.max_sensors, replay_window=t.replay_window, clock=clock
+    )
+    last = t.export()
+    saved = {k: r for k, (s, ts) in last.items() if (r := t.run(k, s, ts)) is not None} if runs else None
+    u.restore(last, saved)
+    return u
+
+
+def test_a_reboot_with_the_right_time_after_an_agent_restart_is_a_reboot() -> None:
+    """A day fast, the agent restarts, the sensor reboots with the right time: `restart`, as without
+    the agent's restart (an older store row, without the run, left the windows `stale`)."""
+    day = 86_400 * S
+    t = SequenceTracker(gap_reset_s=600.0, max_sensors=10)
+    for k in range(30):
+        t.check("m/s", k, day + k * 10 * S)
+    right = [(k, 2000 * S + k * 10 * S) for k in range(5)]
+    u = _restarted(t, t._clock)
+    assert [u.check("m/s", *w).outcome for w in right] == ["restart"] + ["ok"] * 4
+    old = _restarted(t, t._clock, runs=False)
+    assert [old.check("m/s", *w).outcome for w in right] == ["stale"] * 5
+
+
+def test_a_new_seq_0_after_an_agent_restart_is_a_reboot_and_the_old_one_a_replay() -> None:
+    t = SequenceTracker(gap_reset_s=600.0, max_sensors=10)
+    for k in range(50):
+        t.check("m/s", k, 1000 * S + k * S)
+    u = _restarted(t, t._clock)
+    assert u.check("m/s", 0, 1000 * S).outcome == "stale"  # the run's own seq 0, resent
+    assert u.check("m/s", 3, 1003 * S).outcome == "stale"  # a redelivery
+    assert u.check("m/s", 0, 1020 * S).outcome == "restart"  # a new seq 0 inside the old span
+    assert _restarted(t, t._clock, runs=False).check("m/s", 0, 1020 * S).outcome == "stale"  # before
+
+
+@given(
+    st.lists(st.tuples(st.integers(0, 40), st.integers(0, 3000)), min_size=2, max_size=60),
+    st.data(),
+)
+def test_a_restored_tracker_judges_every_window_as_the_one_that_never_stopped(
+    events: list[tuple[int, int]], data: st.DataObject
+) -> None:
+    """Any windows (seq 0-40, sensor clock 0-3000 s, two sensors), the agent restarted anywhere (down
+    longer than gap_reset_s): from the restart on, the restored tracker's verdicts equal those of the
+    tracker that never stopped. (Its wait for a sensor is not saved: the downtime makes it moot.)"""
+    now = [0]
+    t = SequenceTracker(gap_reset_s=600.0, max_sensors=10, replay_window=16, clock=lambda: now[0])
+    cut = data.draw(st.integers(1, len(events) - 1))
+    keys = [f"m/s{i % 2}" for i in range(len(events))]
+    for i in range(cut):
+        now[0] += S
+        t.check(keys[i], events[i][0], events[i][1] * S)
+    now[0] += 700 * S  # the agent was down longer than gap_reset_s
+    u = _restarted(t, lambda: now[0])
+    for i in range(cut, len(events)):
+        now[0] += S
+        seq, ts = events[i][0], events[i][1] * S
+        assert u.check(keys[i], seq, ts) == t.check(keys[i], seq, ts), (i, events[: i + 1])

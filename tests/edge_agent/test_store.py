@@ -309,6 +309,48 @@ def test_outbox_ids_are_those_of_the_rows(tmp_path: Path) -> None:
     st.close()
 
 
+def test_a_store_without_the_run_columns_gains_them_and_its_rows_still_load(tmp_path: Path) -> None:
+    """A states table as agents wrote it before the sequence tracker's run was saved: opened, it
+    gains the run columns; its rows load with no run (the tracker then knows only the last
+    timestamp); rows written now carry the run, and a run that cannot be is a skipped row."""
+    from edge_agent.sequencing import Run
+
+    db = tmp_path / "no-run.db"
+    conn = sqlite3.connect(db)
+    conn.executescript(
+        "CREATE TABLE meta (key TEXT PRIMARY KEY, value BLOB);"
+        "INSERT INTO meta VALUES ('schema', '2');"
+        "CREATE TABLE states (sensor TEXT PRIMARY KEY, h BLOB NOT NULL, shape TEXT NOT NULL,"
+        " model TEXT NOT NULL, last_seq INTEGER NOT NULL, last_ts_ns INTEGER NOT NULL,"
+        " alarm INTEGER NOT NULL DEFAULT 0, above_warning INTEGER NOT NULL DEFAULT 0,"
+        " above_alarm INTEGER NOT NULL DEFAULT 0, below_ok INTEGER NOT NULL DEFAULT 0,"
+        " below_warning INTEGER NOT NULL DEFAULT 0, steps INTEGER NOT NULL DEFAULT 0,"
+        " touched INTEGER NOT NULL DEFAULT 0, baseline BLOB NOT NULL DEFAULT x'');"
+    )
+    conn.execute(
+        "INSERT INTO states (sensor, h, shape, model, last_seq, last_ts_ns, steps)"
+        " VALUES ('m/old', ?, '[1, 2]', 'v1', 5, 50, 5)",
+        (np.ones(2, "<f4").tobytes(),),
+    )
+    conn.commit()
+    conn.close()
+    h = np.zeros((1, 2), np.float32)
+    with Store.open(db, budget_bytes=10**7) as st:
+        old = st.load_states()["m/old"]
+        assert (old.last_seq, old.last_ts_ns, old.steps, old.run) == (5, 50, 5, None)
+        st.save_states(
+            {
+                "m/new": SensorState(h, "v1", 7, 70, run=Run(10, 80, 10)),
+                "m/nozero": SensorState(None, "v1", 3, 30, run=Run(20, 30, None)),
+                "m/bad": SensorState(h, "v1", 3, 30, run=Run(40, 35, None)),  # earliest after latest
+            }
+        )
+    with Store.open(db, budget_bytes=10**7) as st:  # a second open: the migration is idempotent
+        loaded = st.load_states()
+    assert (loaded["m/new"].run, loaded["m/nozero"].run) == (Run(10, 80, 10), Run(20, 30, None))
+    assert "m/bad" not in loaded
+
+
 def test_schema_1_store_is_migrated(tmp_path: Path) -> None:
     db = tmp_path / "v1.db"
     conn = sqlite3.connect(db)
