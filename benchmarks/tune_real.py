@@ -8,7 +8,8 @@
   protocol only (for "load 0 -> loads 1, 2" the trainer's own split, the last 20 % of every
   recording, is the only honest validation).
 
-Candidates are KEY=VALUE TrainConfig settings separated by commas, applied over the kind's defaults.
+Candidates are KEY=VALUE TrainConfig settings separated by commas, applied over the kind's defaults
+(`spectral_kurtosis=true|false` chooses the feature spec through `plan_training` instead).
 
     .venv/bin/python benchmarks/tune_real.py --only femto --candidate "" --candidate "hidden=64"
 """
@@ -62,8 +63,14 @@ def candidate_settings(candidate: str) -> dict[str, Any]:
     return out
 
 
+# Candidate keys that choose the plan (the feature spec), not a TrainConfig setting.
+PLAN_KEYS = ("spectral_kurtosis", "sk_segment_s")
+
+
 def fit_plan(runs: Sequence[Run], settings: dict[str, Any], val_fraction: float) -> tuple[Any, Any]:
-    plan = plan_training(runs, val_fraction=val_fraction, seed=0)
+    settings = dict(settings)
+    plan_opts = {k: settings.pop(k) for k in PLAN_KEYS if k in settings}
+    plan = plan_training(runs, val_fraction=val_fraction, seed=0, **plan_opts)
     cfg = TrainConfig(progress=False, horizon_s=plan.horizon_s, **{**plan.settings, **settings})
     tr = build_sequences(
         plan.train_runs, plan.spec, horizon_s=plan.horizon_s, classes=plan.classes, progress=False

@@ -39,6 +39,7 @@ from edge_agent.spectra import (
     hann_from_rect,
     hann_window,
     range_means,
+    spectral_kurtosis,
 )
 
 F32 = npt.NDArray[np.float32]
@@ -46,10 +47,11 @@ F64 = npt.NDArray[np.float64]
 C128 = npt.NDArray[np.complex128]
 
 SPEC_NAME = "gruwatch-vib"
-SUPPORTED_VERSIONS: frozenset[int] = frozenset({1, 2})
+SUPPORTED_VERSIONS: frozenset[int] = frozenset({1, 2, 3})
 # v2 = v1 + two optional parameters: the per-sensor healthy baseline (`baseline`, edge_agent/baseline.py)
 # and band powers relative to the window's total power (`relative_bands`). v1 has neither.
 V2 = 2
+V3 = 3  # v3 = v2 + spectral kurtosis per band (`sk_band_edges_hz`, `sk_segment_s`); v1, v2 hold neither
 
 # v1 default band edges (Hz): 16 log-spaced bands from 10 Hz to 5 kHz (ratio 500^(1/16) ≈ 1.475,
 # rounded to 3 significant figures). Written out, not computed, so the spec can never drift.
@@ -105,6 +107,10 @@ class FeatureSpec:
     # v2: band powers as log10(P_b + ε) − log10(m2 + ε), the spectrum's shape rather than its level
     # (named rel_band_*): seeded-fault classes transfer across motor loads (docs/features.md).
     relative_bands: bool = False
+    # v3: spectral kurtosis of the short-time spectrum (segments of `sk_segment_s`) per band between these
+    # edges (Hz), appended after the envelope features as sk_<lo>_<hi>hz; () = none (docs/features.md).
+    sk_band_edges_hz: tuple[float, ...] = ()
+    sk_segment_s: float = 0.0025
     _names: tuple[str, ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -148,9 +154,19 @@ class FeatureSpec:
                 f"feature spec version {self.version} cannot hold a per-sensor baseline or relative bands "
                 f"(version {V2} can)"
             )
+        sk_edges = self.sk_band_edges_hz
+        if sk_edges and (len(sk_edges) < 2 or not all(_positive_finite(e) for e in sk_edges)):
+            raise FeatureError("sk_band_edges_hz needs no edges or at least 2 finite edges > 0 Hz")
+        if any(b <= a for a, b in itertools.pairwise(sk_edges)):
+            raise FeatureError(f"sk_band_edges_hz must increase strictly, got {list(sk_edges)}")
+        if not (_positive_finite(self.sk_segment_s) and self.sk_segment_s <= 1.0):
+            raise FeatureError(f"sk_segment_s must be in (0, 1] seconds, got {self.sk_segment_s!r}")
+        if self.version < V3 and sk_edges:
+            raise FeatureError(f"spec version {self.version} cannot hold spectral kurtosis (v{V3} can)")
         kind = "rel_band" if self.relative_bands else "log_band"
         bands = tuple(f"{kind}_{_edge_label(a)}_{_edge_label(b)}hz" for a, b in itertools.pairwise(edges))
-        names = TIME_FEATURES + bands + tuple(f"env_{suffix}" for suffix, _, _ in DEFECTS)
+        sk = tuple(f"sk_{_edge_label(a)}_{_edge_label(b)}hz" for a, b in itertools.pairwise(sk_edges))
+        names = TIME_FEATURES + bands + tuple(f"env_{suffix}" for suffix, _, _ in DEFECTS) + sk
         if len(set(names)) != len(names):
             raise FeatureError(f"band_edges_hz {list(edges)} are too close to name each band uniquely")
         object.__setattr__(self, "_names", names)
@@ -169,13 +185,17 @@ class FeatureSpec:
         return len(self.band_edges_hz) - 1
 
     @property
+    def n_sk_bands(self) -> int:
+        return max(len(self.sk_band_edges_hz) - 1, 0)
+
+    @property
     def min_full_sample_rate(self) -> float:
         """Lowest sample rate (Hz) at which every band and the whole envelope band lie below Nyquist.
 
         Windows sampled slower are still scored (docs/features.md says what the features become), but
         an agent may warn about them.
         """
-        return 2.0 * max(self.band_edges_hz[-1], self.envelope_band_hz[1])
+        return 2.0 * max(self.band_edges_hz[-1], self.envelope_band_hz[1], *self.sk_band_edges_hz)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form for a model bundle's card; `from_dict(to_dict())` gives an equal spec."""
@@ -192,6 +212,8 @@ class FeatureSpec:
             "geometry": None if self.geometry is None else self.geometry.to_dict(),
             **({} if self.baseline is None else {"baseline": self.baseline.to_dict()}),
             **({"relative_bands": True} if self.relative_bands else {}),
+            **({"sk_band_edges_hz": list(self.sk_band_edges_hz)} if self.sk_band_edges_hz else {}),
+            **({"sk_segment_s": self.sk_segment_s} if self.sk_band_edges_hz else {}),
             "names": list(self.names),
         }
 
@@ -233,7 +255,9 @@ class FeatureSpec:
                     if len(pair) != 2:
                         raise FeatureError(f"{key} must hold 2 numbers, got {params[key]!r}")
                     kwargs[key] = pair
-            for key in ("defect_tolerance", "nominal_rpm", "power_floor_g2"):
+            if "sk_band_edges_hz" in params:
+                kwargs["sk_band_edges_hz"] = tuple(_number(v) for v in params["sk_band_edges_hz"])
+            for key in ("defect_tolerance", "nominal_rpm", "power_floor_g2", "sk_segment_s"):
                 if key in params:
                     kwargs[key] = _number(params[key])
             if "defect_harmonics" in params:
@@ -270,8 +294,11 @@ class FeatureSpec:
     def with_geometry(cls, geometry: BearingGeometry | None, **params: Any) -> FeatureSpec:
         """The default spec with a bearing geometry (enables the envelope features) and overrides.
 
-        A `baseline=` or `relative_bands=True` override selects version 2 unless a version is given.
+        A `baseline=` or `relative_bands=True` override selects version 2, `sk_band_edges_hz=` version
+        3, unless a version is given.
         """
+        if params.get("sk_band_edges_hz"):
+            params.setdefault("version", V3)
         if params.get("baseline") is not None or params.get("relative_bands"):
             params.setdefault("version", V2)
         try:
@@ -346,6 +373,7 @@ def extract_batch(
     moments = np.empty((n_windows, 3))  # 2nd, 3rd, 4th central moments
     powers = np.empty((n_windows, spec.n_bands))
     envelope = np.zeros((n_windows, len(DEFECTS)))
+    sk = np.zeros((n_windows, spec.n_sk_bands))
     rows = max(4, _BLOCK_SAMPLES // length)
     ws = _workspace(min(rows, n_windows), length)
     for start in range(0, n_windows, rows):
@@ -353,7 +381,10 @@ def extract_batch(
         _block_spectra(
             x[b], fs_value, speeds[b], spec, ws, high[b], low[b], mean[b], moments[b], powers[b], envelope[b]
         )
-    return _assemble(mean, moments, high, low, powers, envelope, spec)
+        if spec.n_sk_bands:  # v3: from the block's mean-removed windows, still in the workspace
+            n = sk[b].shape[0]
+            sk[b] = spectral_kurtosis(ws.centred[:n], fs_value, spec.sk_band_edges_hz, spec.sk_segment_s)
+    return _assemble(mean, moments, high, low, powers, envelope, sk, spec)
 
 
 # Blocks of about _BLOCK_SAMPLES samples: big enough to amortise numpy's per-call costs, small
@@ -465,7 +496,7 @@ def _constant(m2: F64, high: F64, low: F64) -> npt.NDArray[np.bool_]:
 
 
 def _assemble(
-    mean: F64, moments: F64, high: F64, low: F64, powers: F64, envelope: F64, spec: FeatureSpec
+    mean: F64, moments: F64, high: F64, low: F64, powers: F64, envelope: F64, sk: F64, spec: FeatureSpec
 ) -> F32:
     """The feature rows [N, F] (float32) from each window's scalars, for the whole batch at once."""
     floor = spec.power_floor_g2
@@ -488,7 +519,8 @@ def _assemble(
     bands[constant] = math.log10(floor)  # not float noise from the mean
     if spec.relative_bands:  # the spectrum's shape: each band relative to the window's variance
         bands -= np.log10(m2 + floor)[:, None]
-    out[:, n_time + n_bands :] = envelope
+    out[:, n_time + n_bands : n_time + n_bands + len(DEFECTS)] = envelope
+    out[:, n_time + n_bands + len(DEFECTS) :] = np.where(constant[:, None], 0.0, sk)
     return out.astype(np.float32)
 
 

@@ -184,6 +184,21 @@ def build_parser() -> argparse.ArgumentParser:
         help="run-to-failure data with a per-sensor baseline: N copies of each training run with a "
         "lasting step in a few level features, labelled healthy (a shift that is not a failure; 0 = none)",
     )
+    m.add_argument(
+        "--health-target",
+        choices=("binary", "hi-linear", "life-fraction"),
+        default="binary",
+        help="what the loss fits for runs that end in a failure: 'binary' (default) degraded or not; "
+        "'hi-linear' a health indicator 0 until --hi-cap horizons before the end, then rising to 1; "
+        "'life-fraction' the share of life elapsed (trainer/targets.py; alarms still calibrate on the horizon)",
+    )
+    m.add_argument(
+        "--hi-cap",
+        type=float,
+        default=2.0,
+        metavar="HORIZONS",
+        help="--health-target hi-linear: where the indicator starts to rise, in horizons before the end (default 2)",
+    )
     m.add_argument("--seed", type=int, default=0, help="seed for the split, initialisation and batching")
     m.add_argument(
         "--device", choices=["auto", "cpu", "cuda"], default="auto", help="auto = cuda when available"
@@ -377,6 +392,8 @@ def _train_and_export(args: argparse.Namespace, device: str, dist: ProcessContex
         refit=args.refit,
         synthetic_failures=args.synthetic_failures,
         synthetic_steps=args.synthetic_steps,
+        health_target=args.health_target,
+        hi_cap=args.hi_cap,
         min_raise_windows=args.min_raise_windows,
         alarm_margin=args.alarm_margin,
         alarm_pool=args.alarm_pool,

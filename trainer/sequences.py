@@ -45,6 +45,8 @@ class FeatureSequence:
     target: np.ndarray  # float32 [N]: 1 degraded, 0 healthy, NaN unknown
     fault: np.ndarray  # int64 [N]: fault class index, -1 unknown
     raw: np.ndarray | None = None  # float32 [N, F] extracted features when `features` are baseline-normalised
+    # float32 [N] what the loss fits when it is not `target` (a health indicator, trainer/targets.py)
+    loss_target: np.ndarray | None = None
 
     @property
     def extracted(self) -> np.ndarray:
@@ -156,7 +158,10 @@ class Batch:
 
 
 def pad_batch(seqs: Sequence[FeatureSequence], offsets: Sequence[int] | None = None) -> Batch:
-    """Stack sequences, each from its offset on, padded at the end to the longest."""
+    """Stack sequences, each from its offset on, padded at the end to the longest.
+
+    The batch's target is each sequence's `loss_target` where it has one, else its `target`.
+    """
     offsets = list(offsets) if offsets is not None else [0] * len(seqs)
     lengths = [len(s) - o for s, o in zip(seqs, offsets, strict=True)]
     T = max(lengths) if lengths else 0
@@ -169,7 +174,7 @@ def pad_batch(seqs: Sequence[FeatureSequence], offsets: Sequence[int] | None = N
         x[i, :n] = s.features[o:]
         if n < T:  # repeat the last window in the padding: keeps the state finite and harmless
             x[i, n:] = s.features[-1]
-        target[i, :n] = s.target[o:]
+        target[i, :n] = (s.target if s.loss_target is None else s.loss_target)[o:]
         fault[i, :n] = s.fault[o:]
         mask[i, :n] = True
     return Batch(x, target, fault, mask)

@@ -49,6 +49,7 @@ from trainer.data.runs import DataError
 from trainer.distributed import LOCAL, ProcessContext, per_rank_batch
 from trainer.model import LOG_EPS, HealthModel
 from trainer.sequences import Batch, FeatureSequence, chunk_slices, pad_batch
+from trainer.targets import check_health_target, with_health_targets
 
 
 @dataclass
@@ -106,6 +107,10 @@ class TrainConfig:
     # degraded stretch count as neither healthy nor degraded (an alarm there is an early warning,
     # not a false alarm). 0 = every window before the horizon is healthy.
     alarm_grace: float = 0.0
+    # What the loss fits (trainer/targets.py): "binary", or on runs ending in a failure "hi-linear" (rising
+    # from `hi_cap` horizons before the end) or "life-fraction"; calibration keeps the binary target.
+    health_target: str = "binary"
+    hi_cap: float = 2.0
     progress: bool = True
 
 
@@ -371,7 +376,9 @@ def fit(
     has_val = bool(dist.all_sum([len(val_seqs)])[0] > 0)
     batch_cfg = replace(cfg, batch_size=per_rank_batch(cfg.batch_size, dist.world_size))
     ddp = dist.wrap(model)
-    pos_weight = torch.tensor(min(max(n_neg / max(n_pos, 1.0), 1.0), 50.0), device=device)
+    # A health-indicator target is a regression onto [0, 1]: no re-weighting of the degraded windows.
+    weight = 1.0 if cfg.health_target != "binary" else min(max(n_neg / max(n_pos, 1.0), 1.0), 50.0)
+    pos_weight = torch.tensor(weight, device=device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(cfg.epochs, 1))
     val_batches = _batches(val_seqs, batch_cfg, rng, train=False) if has_val else []
@@ -494,6 +501,7 @@ def train(
         raise DataError("no training runs; pass --data with at least one run")
     set_seeds(cfg.seed, cfg.threads)
     rng = dist.rng(cfg.seed)
+    check_health_target(cfg.health_target, cfg.horizon_s)
     if cfg.device == "cuda" and not torch.cuda.is_available():
         raise DataError("--device cuda: no CUDA device is available here; use --device cpu")
     if init is not None:
@@ -517,13 +525,17 @@ def train(
         )
         model.set_scaler(*dist.scaler(train_seqs))
     t0 = time.perf_counter()
-    history = fit(model, train_seqs, val_seqs, cfg, rng, dist=dist)
+    fit_train, fit_val = (
+        with_health_targets(seqs, cfg.health_target, cfg.horizon_s, cfg.hi_cap)
+        for seqs in (train_seqs, val_seqs)
+    )
+    history = fit(model, fit_train, fit_val, cfg, rng, dist=dist)
     validation: dict[str, Any] = {"mode": mode, "epochs": len(history)}
     if cfg.refit and dist.world_size == 1 and val_seqs and history:
         best = min(range(len(history)), key=lambda i: history[i]["val_loss"])
         n_epochs = len(history) if cfg.keep == "last" else best + 1
         refitted = _fresh_like(model, cfg.seed)
-        fit(refitted, [*train_seqs, *val_seqs], [], replace(cfg, epochs=n_epochs), rng)
+        fit(refitted, [*fit_train, *fit_val], [], replace(cfg, epochs=n_epochs), rng)
         model = refitted
         validation["refit_epochs"] = n_epochs
     timings = {"fit_s": time.perf_counter() - t0}

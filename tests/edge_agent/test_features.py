@@ -101,7 +101,11 @@ def test_to_dict_names_every_parameter() -> None:
     ("change", "message"),
     [
         ({"name": "other-features"}, "unknown feature spec"),
-        ({"version": 3}, "version 3 is not supported"),
+        ({"version": 4}, "version 4 is not supported"),
+        ({"sk_band_edges_hz": [500.0, 1600.0]}, "cannot hold spectral kurtosis"),
+        ({"version": 3, "sk_band_edges_hz": [500.0]}, "at least 2"),
+        ({"version": 3, "sk_band_edges_hz": [1600.0, 500.0]}, "increase strictly"),
+        ({"version": 3, "sk_band_edges_hz": [500.0, 1600.0], "sk_segment_s": 0.0}, "sk_segment_s"),
         ({"baseline": {"skip_windows": 1, "learn_windows": 5}}, "cannot hold a per-sensor baseline"),
         ({"relative_bands": True}, "cannot hold"),
         ({"version": 2, "relative_bands": 1}, "relative_bands must be"),
@@ -631,3 +635,51 @@ def test_reused_workspace_and_chunked_moments() -> None:
     np.testing.assert_allclose(first[:, 3], scipy.stats.kurtosis(xd, axis=-1, fisher=False), rtol=1e-5)
     np.testing.assert_allclose(first[:, 4], scipy.stats.skew(xd, axis=-1), rtol=1e-5)
     np.testing.assert_allclose(10 ** first[:, 0], xd.std(axis=-1), rtol=1e-5)
+
+
+SK = FeatureSpec.with_geometry(None, sk_band_edges_hz=(500.0, 1600.0, 3200.0, 6400.0, 12800.0))
+
+
+def test_spectral_kurtosis_is_zero_for_noise_minus_one_for_a_tone_and_large_for_impacts() -> None:
+    assert SK.version == 3
+    assert SK.names[-4:] == ("sk_500_1600hz", "sk_1600_3200hz", "sk_3200_6400hz", "sk_6400_12800hz")
+    assert FeatureSpec.from_dict(json.loads(json.dumps(SK.to_dict()))) == SK
+    assert SK.min_full_sample_rate == 25_600.0  # the top spectral-kurtosis band reaches 12.8 kHz
+    fs, n = 25_600.0, 2560
+    rng = np.random.default_rng(0)
+    noise = extract_batch(rng.standard_normal((32, n)), fs, 0.0, SK)[:, -4:]
+    assert np.abs(noise.mean(axis=0)).max() < 0.1
+    tone = _tones(fs, n, np.array([2000.0]), np.array([1.0])) + 1e-3 * rng.standard_normal(n)
+    sk_tone = extract(tone, fs, 0.0, SK)
+    assert sk_tone[SK.names.index("sk_1600_3200hz")] < -0.5  # a steady tone: constant magnitude
+    impacts = extract(_impacts(fs, n, 100.0, resonance_hz=4500.0), fs, 0.0, SK)
+    assert impacts[SK.names.index("sk_3200_6400hz")] > 3.0  # ringing bursts at 4.5 kHz
+    # the features before the spectral kurtosis are the v1 features, unchanged
+    x = rng.standard_normal((3, n))
+    np.testing.assert_array_equal(
+        extract_batch(x, fs, 0.0, SK)[:, :-4], extract_batch(x, fs, 0.0, DEFAULT_SPEC)
+    )
+
+
+def test_spectral_kurtosis_matches_a_scipy_stft_reference() -> None:
+    fs, n = 25_600.0, 2560
+    x = _impacts(fs, n, 60.0, resonance_hz=9000.0, seed=2)
+    got = extract(x, fs, 0.0, SK)[-4:]
+    nw = 64
+    _, _, z = scipy.signal.stft(
+        x - x.mean(), fs, window="hann", nperseg=nw, noverlap=nw // 2, boundary=None, padded=False
+    )
+    p = np.abs(z) ** 2
+    sk = (p**2).mean(axis=1) / p.mean(axis=1) ** 2 - 2.0
+    freqs = np.arange(nw // 2 + 1) * fs / nw
+    edges = SK.sk_band_edges_hz
+    want = [sk[1:-1][(freqs[1:-1] >= a) & (freqs[1:-1] < b)].mean() for a, b in itertools.pairwise(edges)]
+    np.testing.assert_allclose(got, want, rtol=1e-4)
+
+
+def test_spectral_kurtosis_of_short_or_constant_windows_is_zero() -> None:
+    assert np.all(extract(np.ones(2560), 25_600.0, 0.0, SK)[-4:] == 0.0)
+    assert np.all(extract(np.random.default_rng(1).standard_normal(100), 25_600.0, 0.0, SK)[-4:] == 0.0)
+    low = extract(np.random.default_rng(1).standard_normal(2048), 12_000.0, 0.0, SK)
+    assert low[-1] == 0.0
+    assert np.isfinite(low).all()

@@ -108,10 +108,20 @@ def test_run_to_failure_gets_a_baseline_a_wider_band_and_a_horizon_from_the_data
     assert "median" in plan.horizon_reason
     assert plan.settings["synthetic_failures"] > 0  # few failures to learn from: made-up ones too
     assert plan.settings["synthetic_steps"] > 0
+    assert plan.settings["health_target"] == "binary"  # the loss target is a decision the card records
     assert any("synthetic failures" in n for n in plan.notes)
     assert plan.describe()["kind"] == RUN_TO_FAILURE
     given = plan_training(runs, val_fraction=0.34, seed=0, horizon_s=300.0)
     assert given.horizon_s == 300.0
+    assert not any(n.startswith("sk_") for n in plan.spec.names)  # spectral kurtosis is off by default
+    sk = plan_training(runs, val_fraction=0.34, seed=0, spectral_kurtosis=True, sk_segment_s=0.005)
+    assert sk.spec.version == 3
+    assert sk.spec.sk_band_edges_hz == (500.0, 1600.0, 3200.0, 6400.0, 12800.0)
+    assert sk.spec.sk_segment_s == 0.005
+    assert any("spectral kurtosis in 4 bands" in n for n in sk.notes)
+    assert sk.spec.baseline is not None
+    assert sk.spec.baseline.mean_ceiling is not None
+    assert len(sk.spec.baseline.mean_ceiling) == sk.spec.n_features == plan.spec.n_features + 4
 
 
 def test_kind_settings_never_override_an_option_the_user_gave() -> None:

@@ -260,7 +260,7 @@ def sim_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.mark.parametrize("cell", ["gru", "lstm"])
 def test_gruwatch_train_writes_a_signed_bundle_the_scorer_reproduces(
-    sim_dataset: Path, tmp_path: Path, cell: str
+    sim_dataset: Path, tmp_path: Path, cell: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """Either cell (--cell): the card says which, and the agent's scorer carries its state (an
     LSTM's holds h and c: two rows per layer) and reproduces torch's full-sequence scores."""
@@ -277,8 +277,15 @@ def test_gruwatch_train_writes_a_signed_bundle_the_scorer_reproduces(
     argv = ["--data", str(sim_dataset), "--out", str(out), "--signing-key", str(priv), "--hidden", "16"]
     argv += ["--epochs", "8", "--chunk-len", "16", "--val-fraction", "0.3", "--seed", "2", "--no-progress"]
     argv += ["--checkpoint", str(ckpt), "--device", "cpu", "--cell", cell]
+    target = "life-fraction" if cell == "lstm" else "binary"  # the loss target option, end to end
+    argv += ["--health-target", target, "--hi-cap", "1.5"]
+    if cell == "lstm":  # simulator onsets give no horizon for the piecewise-linear indicator to rise over
+        assert main([*argv[:-3], "hi-linear", *argv[-2:], "--out", str(tmp_path / "no")]) == 1
+        assert "no horizon" in capsys.readouterr().err
     assert main(argv) == 0
     card = json.loads((out / "card.json").read_text())
+    assert card["training"]["health_target"] == target
+    assert card["training"]["hi_cap"] == 1.5
     assert card["mode"] == "supervised"
     assert card["cell"] == cell
     assert card["training"]["cell"] == cell
