@@ -3,7 +3,8 @@
 A bundle is a flat folder (docs/model-bundle.md):
 
 - `model.onnx`  one GRU time step: (features [B, F], h [layers, B, hidden]) -> (score [B, K], h_out)
-- `card.json`   schema 1: versions, feature spec, state shape, outputs, thresholds, file digests, ...
+- `card.json`   schema 1: versions, feature spec, state shape, outputs, thresholds, file digests,
+                what the model was trained on (optional `trained_on`, edge_agent.trained_on), ...
 - `test_vectors.json`  input sequences with the outputs they must produce, replayed at load
 - `signature.json`     optional: Ed25519 over the sha256 of every other file (edge_agent.signing)
 
@@ -40,6 +41,7 @@ from edge_agent.signing import (
     sign_digests,
     verify_signature,
 )
+from edge_agent.trained_on import TrainedOn
 
 __all__ = [
     "BUNDLE_REASONS",
@@ -102,6 +104,7 @@ class Bundle:
     thresholds: Thresholds
     key_id: str | None  # who signed it (None when unsigned)
     verified: bool  # True when the signature was verified against a trusted key
+    trained_on: TrainedOn | None = None  # the card's `trained_on` (None: a card made before it existed)
 
     @property
     def model_version(self) -> str:
@@ -181,6 +184,10 @@ def validate_card(card: Any, *, need_files: bool = True) -> dict[str, Any]:
     srcs = td.get("sources")
     if not (isinstance(srcs, list) and all(isinstance(s, str) for s in srcs)):
         raise _fail("training_data.sources must be a list of strings")
+    try:
+        TrainedOn.from_card(card)  # optional; when present the agent refuses windows outside it
+    except ValueError as exc:
+        raise _fail(str(exc)) from exc
     if need_files:
         files = card.get("files")
         if not isinstance(files, dict):
@@ -472,6 +479,7 @@ def load_bundle(
         thresholds=Thresholds.from_dict(card["thresholds"]),
         key_id=kid,
         verified=verified,
+        trained_on=TrainedOn.from_card(card),
     )
 
 

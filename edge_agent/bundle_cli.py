@@ -105,6 +105,7 @@ def bundle_main(argv: list[str]) -> int:
                 f"state {list(loaded.state_shape)}, outputs {list(loaded.outputs)}\n"
                 f"  thresholds warning {t.warning:g} alarm {t.alarm:g}, "
                 f"raise after {t.raise_windows} windows, clear after {t.clear_windows}\n"
+                f"  trained on {loaded.trained_on.describe() if loaded.trained_on else 'not recorded'}\n"
             )
         elif args.action == "pack":
             data = b.pack_bundle(args.bundle)

@@ -141,7 +141,7 @@ class Agent:
             thresholds=(scorer.thresholds.warning, scorer.thresholds.alarm),  # announced on the status topic
         )
         tracker = SequenceTracker.from_settings(settings)
-        link.rules.use_spec(scorer.spec, scorer.model_version)  # windows the model was made for
+        link.rules.use_spec(scorer.spec, scorer.model_version, bundle.trained_on)  # windows it was made for
         return cls(
             settings, scorer=scorer, link=link, swapper=swapper, metrics=AgentMetrics(), tracker=tracker
         )
@@ -451,7 +451,7 @@ class Agent:
         self.scorer = new
         self.swapper.serving_created = bundle.card["created"]
         self.link.set_model_version(new.model_version, (new.thresholds.warning, new.thresholds.alarm))
-        self.link.rules.use_spec(new.spec, new.model_version)
+        self.link.rules.use_spec(new.spec, new.model_version, bundle.trained_on)
         self.metrics.set_model(new.model_version)
         log.info("model_swapped", previous=old.model_version, model=new.model_version, states=states)
         return states

@@ -5,9 +5,12 @@ is read) and refuses, with a `ProtocolError` reason, what the served model was n
 fewer than `min_samples` samples (`too_short`); a sample rate above `max_fs_hz`, a shaft speed
 above `max_rpm` or a sample beyond ±`max_abs_g` (`implausible`); a sample rate below what the
 model's feature spec needs for its bands and envelope (`model_mismatch`,
-`FeatureSpec.min_full_sample_rate`). A timestamp between 10^12 and 10^13 is milliseconds
-(JavaScript's `Date.now()`, Node-RED: 2001 to 2286), not nanoseconds of 1970: it is converted and
-said. docs/protocol.md ("What the agent scores") is the reference.
+`FeatureSpec.min_full_sample_rate`), or a sample rate, length or shaft speed outside what the
+card says the model was trained on (`model_mismatch`, `edge_agent.trained_on`; a card without
+`trained_on` gets only the checks before it, and the log says so once per model). A timestamp
+between 10^12 and 10^13 is milliseconds (JavaScript's `Date.now()`, Node-RED: 2001 to 2286), not
+nanoseconds of 1970: it is converted and said. docs/protocol.md ("What the agent scores") is the
+reference.
 
 Every rejection is counted by the link; `RejectionLogger` also says it once per reason every
 `every_s` seconds at most, with the topic and the detail, and how many more it did not say.
@@ -29,6 +32,7 @@ from edge_agent.protocol import Window, decode_vibration
 if TYPE_CHECKING:
     from edge_agent.features import FeatureSpec
     from edge_agent.settings import AgentSettings
+    from edge_agent.trained_on import TrainedOn
 
 log = structlog.get_logger("edge_agent.mqtt")
 
@@ -40,7 +44,8 @@ LOG_EVERY_S: Final = 10.0
 
 @dataclass
 class WindowRules:
-    """The agent's limits for incoming windows (settings) and the served model's lowest sample rate."""
+    """The agent's limits for incoming windows (settings), the served model's lowest sample rate and
+    what it was trained on (None: the card does not say)."""
 
     max_samples: int
     min_samples: int
@@ -49,6 +54,7 @@ class WindowRules:
     max_abs_g: float
     min_fs_hz: float = 0.0  # the served model's (use_spec)
     model: str = ""  # the served model's version, for the rejection's detail
+    trained: TrainedOn | None = None  # the served model's (use_spec)
 
     @classmethod
     def from_settings(cls, s: AgentSettings) -> WindowRules:
@@ -58,9 +64,19 @@ class WindowRules:
         self.log = RejectionLogger()
         self.ms_converted = 0
 
-    def use_spec(self, spec: FeatureSpec, model: str) -> None:
-        """Check sample rates against the model served from now on."""
-        self.min_fs_hz, self.model = spec.min_full_sample_rate, model
+    def use_spec(self, spec: FeatureSpec, model: str, trained: TrainedOn | None = None) -> None:
+        """Check windows against the model served from now on (`trained`: its card's `trained_on`)."""
+        self.min_fs_hz, self.model, self.trained = spec.min_full_sample_rate, model, trained
+        if trained is None:
+            # A fresh logger, not the module's: its first use would cache it (cache_logger_on_first_use)
+            # with whatever configuration is current at start-up.
+            structlog.get_logger("edge_agent.model").warning(
+                "model_trained_on_unknown",
+                model=model,
+                detail="the card does not say what windows the model was trained on (a bundle made "
+                f"before cards recorded it): only fs >= {self.min_fs_hz:g} Hz and min_samples/"
+                "max_samples are checked; retrain or rebuild the bundle to check sample rate and length",
+            )
 
     def window(self, payload: bytes | bytearray | memoryview, topic: str = "") -> Window:
         """Decode and check one payload; raises only ProtocolError (reasons in PROTOCOL_REASONS)."""
@@ -70,13 +86,16 @@ class WindowRules:
             raise ProtocolError("too_short", f"{n} samples < min_samples={self.min_samples}")
         if w.fs > self.max_fs_hz:
             raise ProtocolError("implausible", f"sample rate fs={w.fs:g} Hz > max_fs_hz={self.max_fs_hz:g}")
+        if w.rpm > self.max_rpm:
+            raise ProtocolError("implausible", f"rpm={w.rpm:g} > max_rpm={self.max_rpm:g}")
         if w.fs < self.min_fs_hz:
             raise ProtocolError(
                 "model_mismatch",
                 f"sample rate fs={w.fs:g} Hz: model {self.model} needs >= {self.min_fs_hz:g} Hz for its bands",
             )
-        if w.rpm > self.max_rpm:
-            raise ProtocolError("implausible", f"rpm={w.rpm:g} > max_rpm={self.max_rpm:g}")
+        why = None if self.trained is None else self.trained.mismatch(n, w.fs, w.rpm)
+        if why is not None:
+            raise ProtocolError("model_mismatch", f"model {self.model}: {why}")
         lim = self.max_abs_g
         if float(w.samples.max()) > lim or float(w.samples.min()) < -lim:
             raise ProtocolError("implausible", f"a sample beyond ±{lim:g} g (max_abs_g)")

@@ -53,7 +53,7 @@ def build_bundle(out: Path, *, seed: int = 0, progress: bool = False) -> Path:
     """Train the demo's model on a simulated history and write its (unsigned) bundle to `out`."""
     import torch
 
-    from trainer.data import fingerprint, split_by_machine
+    from trainer.data import fingerprint, split_by_machine, trained_on
     from trainer.export import write_model_bundle
     from trainer.sequences import build_sequences, fault_classes, spec_for_runs
     from trainer.train import TrainConfig, train
@@ -85,6 +85,7 @@ def build_bundle(out: Path, *, seed: int = 0, progress: bool = False) -> Path:
             "validation_runs": [r.run_id for r in va],
         },
         training={k: v for k, v in vars(result.config).items() if k != "progress"},
+        trained_on=trained_on(runs),
     )
 
 

@@ -167,7 +167,10 @@ def test_collect_export_retrain_deploy_swap(broker: Broker, topic_prefix: str, t
             for side in ("champion", "challenger"):
                 assert comparison[side]["failing_runs"] >= 1
                 assert comparison[side]["auroc"] is not None
-            assert json.loads((out / "bundle" / "card.json").read_text())["parent_version"] == v1_version
+            v2_card = json.loads((out / "bundle" / "card.json").read_text())
+            assert v2_card["parent_version"] == v1_version
+            # trained on the windows the champion accepted: the same rates, lengths and speeds
+            assert v2_card["trained_on"] == json.loads((v1 / "card.json").read_text())["trained_on"]
             assert agent.model_version == v2_version
             swapped_at = time.monotonic()
             deadline = swapped_at + 60

@@ -303,7 +303,7 @@ def run_training(args: argparse.Namespace) -> dict[str, Any]:
 def _train_and_export(args: argparse.Namespace, device: str, dist: ProcessContext) -> dict[str, Any]:
     import torch
 
-    from trainer.data import apply_events, fingerprint, load_events_csv, load_runs
+    from trainer.data import apply_events, fingerprint, load_events_csv, load_runs, trained_on
     from trainer.data.plan import apply_kind_settings, describe_plan, plan_training
     from trainer.data.runs import DataError
     from trainer.distributed import shard_indices
@@ -348,6 +348,7 @@ def _train_and_export(args: argparse.Namespace, device: str, dist: ProcessContex
         "train_runs": [r.run_id for r in train_runs],
         "validation_runs": [r.run_id for r in val_runs],
     }
+    windows_seen = trained_on(train_runs + val_runs) if is_main else None  # what the agent will accept
     if dist.world_size > 1:  # keep this process's shard of the runs (features are computed per shard)
         if len(train_runs) < dist.world_size:
             raise DataError(
@@ -420,6 +421,7 @@ def _train_and_export(args: argparse.Namespace, device: str, dist: ProcessContex
         training_data=training_data,
         parent_version=parent,
         training=training,
+        trained_on=windows_seen,
         signing_key=args.signing_key,
     )
     t_export = time.perf_counter() - t2

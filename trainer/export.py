@@ -6,7 +6,8 @@ can freeze the batch axis to 1), and checks the graph in onnxruntime as the agen
 (`edge_agent.bundle.check_shapes`: names, dynamic batch axis, shapes at B=1 and 3). `check_parity`
 steps the ONNX graph over >= 1,000 windows of held-out features and compares it with torch's
 full-sequence forward; the export raises `ExportError` if any score or state differs by more than
-1e-5. `write_model_bundle` writes model.onnx, card.json and test_vectors.json through
+1e-5. `write_model_bundle` writes model.onnx, card.json (with `trained_on`, the windows the model
+was fitted on, when given) and test_vectors.json through
 `edge_agent.bundle.write_bundle`, after replaying the test vectors as the agent does at load
 (`edge_agent.bundle.replay_test_vectors`), and signs with `sign_bundle` when given a key.
 """
@@ -276,6 +277,7 @@ def build_card(
     training_data: dict[str, Any],
     parent_version: str | None = None,
     training: dict[str, Any] | None = None,
+    trained_on: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     now = datetime.now(UTC)
     card: dict[str, Any] = {
@@ -300,6 +302,8 @@ def build_card(
     }
     if training is not None:
         card["training"] = training
+    if trained_on is not None:
+        card["trained_on"] = trained_on
     return card
 
 
@@ -314,10 +318,15 @@ def write_model_bundle(
     training_data: dict[str, Any],
     parent_version: str | None = None,
     training: dict[str, Any] | None = None,
+    trained_on: dict[str, Any] | None = None,
     signing_key: str | Path | None = None,
     parity_steps: int = PARITY_STEPS,
 ) -> Path:
-    """Export, check parity (raises ExportError), and write (and sign) the bundle. Returns its folder."""
+    """Export, check parity (raises ExportError), and write (and sign) the bundle. Returns its folder.
+
+    `trained_on` (trainer.data.trained_on of the runs fitted and calibrated on) tells the agent which
+    windows the model was made for; without it the agent checks less (docs/model-bundle.md).
+    """
     model = model.cpu().eval()
     onnx_bytes = export_onnx(model)
     parity = check_parity(model, onnx_bytes, held_out, steps=parity_steps)
@@ -338,6 +347,7 @@ def write_model_bundle(
         training_data=training_data,
         parent_version=parent_version,
         training=training,
+        trained_on=trained_on,
     )
     path = Path(write_bundle(Path(out_dir), onnx_bytes=onnx_bytes, card=card, test_vectors=vectors))
     if signing_key is not None:

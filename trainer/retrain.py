@@ -368,6 +368,8 @@ def _train_challenger(
         },
         parent_version=bundle.model_version,
         training=training,
+        # the collected windows passed the champion's checks: the challenger was trained on the same
+        trained_on=card.get("trained_on"),
         signing_key=opts.signing_key,
     )
 

@@ -27,6 +27,7 @@ from tests.edge_agent.agent_testing import (
     Subscriber,
     agent_settings,
     close_client,
+    make_bundle,
     mqtt_client,
     running,
 )
@@ -197,6 +198,55 @@ def test_windows_the_model_was_not_made_for_are_refused_counted_and_never_advanc
     assert {e["reason"] for e in lines} == set(bad)
     assert all(e["topic"] == topic and e["detail"] for e in lines)
     assert metric == {r: float(len(p)) for r, p in bad.items()}
+    # The fixture's card predates `trained_on`: it still serves, with the checks above, said once.
+    old_card = [e for e in logs if e["event"] == "model_trained_on_unknown"]
+    assert len(old_card) == 1
+    assert "min_samples" in old_card[0]["detail"]
+
+
+def test_windows_outside_what_the_card_says_the_model_was_trained_on_are_refused(
+    broker: Broker, topic_prefix: str, models: Models, subscriber: Subscriber, tmp_path: Path
+) -> None:
+    """A model trained on 25.6 kHz windows of 2,560 samples at 1,400-1,600 rpm (FEMTO-like) refuses a
+    12 kHz CWRU window, lengths beyond a factor 2 and speeds beyond ±25 %; near matches are scored."""
+    trained = {"sample_rates_hz": [25600.0], "window_samples": [2560, 2560], "rpm": [1400.0, 1600.0]}
+    bundle = make_bundle(tmp_path / "femto", models.key, version="femto-trained", trained_on=trained)
+    settings = agent_settings(broker, topic_prefix, models, tmp_path / "a.db", model=bundle, max_samples=8192)
+    topic = vibration_topic(topic_prefix, "m", "s0")
+    rng = np.random.default_rng(0)
+
+    def w(seq: int, fs: float, n: int, rpm: float = 1500.0) -> bytes:
+        x = (0.1 * rng.standard_normal(n)).astype(np.float32)
+        return encode_binary(Window(seq, T0 + seq * 10 * S, fs, rpm, x))
+
+    refused = [
+        w(2, 12000.0, 2048, rpm=1797.0),  # a CWRU window
+        w(3, 25600.0 * 1.02, 2560),  # 2 % off the trained rate
+        w(4, 25600.0, 1000),  # above min_samples (256), under half the trained length
+        w(5, 25600.0, 6000),  # under max_samples (8192), over twice the trained length
+        w(6, 25600.0, 2560, rpm=2500.0),  # under max_rpm, over 1,600 × 1.25
+    ]
+    scored = [w(1, 25600.0, 2560), w(7, 25600.0 * 1.005, 3000, rpm=1700.0), w(8, 25600.0, 2560, rpm=0.0)]
+    pub = mqtt_client(broker)
+    try:
+        with capture_logs() as logs, running(settings) as agent:
+            _send(pub, topic, scored[:1] + refused + scored[1:])
+            assert subscriber.wait(lambda: len(subscriber.health) >= 3)
+            time.sleep(1.3)  # the metric follows the link's counts every second
+            rejected = agent.rejections()
+            metric = agent.metrics.value("gruwatch_agent_rejected_total", reason="model_mismatch")
+    finally:
+        close_client(pub)
+    print(f"\nFIGURE windows outside the card's trained_on: {rejected}")
+    assert rejected.get("model_mismatch") == len(refused)
+    assert metric == float(len(refused))
+    assert [h.seq for h in subscriber.health] == [1, 7, 8]
+    assert subscriber.health[-1].extra["step"] == 3  # the refused ones never advanced the state
+    assert subscriber.health[1].extra["missed"] == len(refused)  # their seqs never reached the tracker
+    details = [e["detail"] for e in logs if e["event"] == "window_rejected"]
+    assert len(details) == 1  # rate-limited: one line per reason every 10 s, the rest counted
+    assert "sample rate fs=12000 Hz is not one the model was trained on (25600 Hz, ±1 %)" in details[0]
+    assert not [e for e in logs if e["event"] == "model_trained_on_unknown"]
 
 
 def test_rejection_logs_are_rate_limited_and_say_how_many_they_left_out() -> None:

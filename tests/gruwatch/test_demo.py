@@ -110,3 +110,23 @@ def test_an_interrupt_stops_cleanly_and_still_summarizes(
     assert seen["health_per_s"] is not None  # its health messages name it: counted per agent
     t = agent.scorer.thresholds
     assert run.dashboard.model.thresholds_for(agent.model_version) == (t.warning, t.alarm)
+
+
+def test_the_shipped_bundle_was_trained_on_what_the_demo_and_the_simulator_publish() -> None:
+    """The card's `trained_on` (issue 14, point 8) admits every window of the demo's live fleet and
+    the simulator's defaults, and refuses a CWRU-like 12 kHz window; `make demo-bundle` rebuilds it."""
+    from edge_agent.bundle import load_bundle
+    from gruwatch.demo_model import SHIPPED
+    from simulator.cli import build_parser
+
+    trained = load_bundle(SHIPPED, allow_unsigned=True).trained_on
+    assert trained is not None
+    defaults = build_parser().parse_args(["fleet"])
+    assert trained.mismatch(defaults.window, defaults.fs, 0.0) is None
+    live = build_fleet(
+        demo.DEFAULT_MACHINES, demo.DEFAULT_SEED, healthy_fraction=demo.HEALTHY_FRACTION, **FLEET
+    )
+    for r in live:
+        for k in (0, r.n_windows - 1):
+            assert trained.mismatch(r.window_length, r.fs, r.rpm_at(k)) is None, (r.machine, k)
+    assert "sample rate" in str(trained.mismatch(2048, 12000.0, 1797.0))

@@ -299,11 +299,24 @@ def test_gruwatch_train_writes_a_signed_bundle_the_scorer_reproduces(
 
     bundle = load_bundle(out, trusted_keys=[pub])
     assert bundle.verified
+    # The card says what the model was fitted and calibrated on; the agent holds windows to it.
+    runs = {r.run_id: r for r in load_runs([sim_dataset], progress=False)}
+    val_ids = card["training_data"]["validation_runs"]
+    seen = [runs[i] for i in card["training_data"]["train_runs"] + val_ids]
+    rms = np.concatenate([np.sqrt(np.mean(r.windows.astype(np.float64) ** 2, axis=1)) for r in seen])
+    assert card["trained_on"] == {
+        "sample_rates_hz": [12800.0],
+        "window_samples": [1024, 1024],
+        "rpm": [min(r.rpm for r in seen), max(r.rpm for r in seen)],
+        "rms_g": [pytest.approx(rms.min()), pytest.approx(rms.max())],
+        "windows": sum(r.n_windows for r in seen),
+    }
+    assert bundle.trained_on is not None
+    assert bundle.trained_on.mismatch(1024, 12800.0, seen[0].rpm) is None
+    assert "not one the model was trained on" in str(bundle.trained_on.mismatch(1024, 25600.0, 0.0))
     # The agent's scorer, stepping window by window, reproduces torch's full-sequence scores.
     model = HealthModel.from_checkpoint(torch.load(ckpt, weights_only=True))
     assert model.cell == cell
-    runs = {r.run_id: r for r in load_runs([sim_dataset], progress=False)}
-    val_ids = card["training_data"]["validation_runs"]
     scorer = Scorer.from_loaded(bundle)
     for rid in val_ids[:2]:
         run = runs[rid]

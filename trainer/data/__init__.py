@@ -21,6 +21,7 @@ from trainer.data.runs import (
     resample,
     resample_run,
     split_by_machine,
+    trained_on,
 )
 from trainer.data.sim import load_sim_dataset
 
@@ -49,4 +50,5 @@ __all__ = [
     "resample",
     "resample_run",
     "split_by_machine",
+    "trained_on",
 ]

@@ -257,3 +257,26 @@ def resample_run(run: Run, target_fs: float) -> Run:
     windows = resample(run.windows, run.fs, target_fs, axis=1)
     meta = {**run.meta, "fs_original": run.meta.get("fs_original", run.fs)}
     return replace(run, fs=float(target_fs), windows=windows, meta=meta)
+
+
+def trained_on(runs: Sequence[Run]) -> dict[str, Any] | None:
+    """The bundle card's `trained_on` for a model fitted and calibrated on `runs` (None: no windows).
+
+    Distinct sample rates, shortest and longest window (samples), lowest and highest known shaft
+    speed (runs with rpm 0 = unknown left out; None when no run knows it), lowest and highest
+    per-window RMS (g), and the number of windows. The agent refuses windows outside it
+    (edge_agent.trained_on, docs/model-bundle.md).
+    """
+    used = [r for r in runs if r.n_windows > 0]
+    if not used:
+        return None
+    speeds = [r.rpm for r in used if r.rpm > 0]
+    rms = np.concatenate([np.sqrt(np.mean(np.square(r.windows, dtype=np.float64), axis=1)) for r in used])
+    rms = rms[np.isfinite(rms)]
+    return {
+        "sample_rates_hz": sorted({float(r.fs) for r in used}),
+        "window_samples": [min(r.window_length for r in used), max(r.window_length for r in used)],
+        "rpm": [min(speeds), max(speeds)] if speeds else None,
+        "rms_g": [float(rms.min()), float(rms.max())] if rms.size else None,
+        "windows": int(sum(r.n_windows for r in used)),
+    }
