@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import pwd
 import signal
 import subprocess
 import sys
@@ -321,7 +322,12 @@ SHIPPED_BROKER_CONF = REPO / "deploy" / "mosquitto" / "gruwatch.conf"
 
 class PrivateBroker:
     """A Mosquitto of the test's own, from the shipped config (`deploy/mosquitto/gruwatch.conf`) with
-    the listener, credentials and data folder made local; it can be restarted, killed and paused."""
+    the listener, credentials and data folder made local; it can be restarted, killed and paused.
+
+    It runs as the test's own user (`user`): started as root, Mosquitto would otherwise switch to the
+    `mosquitto` user, which cannot write a data folder under pytest's 0700 tmp folders, and every
+    restart would silently start without sessions. Its log goes to `log` (errors and warnings), and a
+    graceful stop with persistence on checks that the database was written."""
 
     def __init__(self, root: Path, *, persistence: bool = True) -> None:
         import shutil
@@ -336,6 +342,9 @@ class PrivateBroker:
             self.port = int(s.getsockname()[1])
         data = root / "mosquitto-data"
         data.mkdir(parents=True, exist_ok=True)
+        self.persistence = persistence
+        self.db = data / "mosquitto.db"
+        self.log = root / "mosquitto.log"
         lines = []
         for line in SHIPPED_BROKER_CONF.read_text().splitlines():
             key = line.split(" ", 1)[0]
@@ -351,7 +360,9 @@ class PrivateBroker:
                 line = "persistence false"
             lines.append(line)
         self.conf = root / "mosquitto.conf"
-        self.conf.write_text("\n".join(lines) + "\nlog_type error\n")
+        user = pwd.getpwuid(os.geteuid()).pw_name
+        extra = f"user {user}\nlog_dest file {self.log}\nlog_type error\nlog_type warning\n"
+        self.conf.write_text("\n".join(lines) + "\n" + extra)
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -382,6 +393,9 @@ class PrivateBroker:
             self.proc.terminate()
         self.proc.wait(10)
         self.proc = None
+        if self.persistence and not kill and not self.db.exists():
+            log = self.log.read_text()[-2000:] if self.log.exists() else "(no log)"
+            raise RuntimeError(f"mosquitto stopped without writing {self.db}; its log: {log}")
 
     def restart(self, *, kill: bool = False) -> None:
         self.stop(kill=kill)

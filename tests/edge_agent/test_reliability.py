@@ -358,36 +358,63 @@ def test_disk_full_degrades_keeps_publishing_says_so_and_recovers(
 # ----------------------------------------- 3. broker restarts with the shipped config; missed windows
 
 
+class _Publisher:
+    """The sensors' side: a paho client with a persistent session that notes, at each (re)connect,
+    whether the broker still had its session (a broker that kept sessions across a restart)."""
+
+    def __init__(self, port: int, client_id: str) -> None:
+        import paho.mqtt.client as paho
+        from paho.mqtt.enums import CallbackAPIVersion
+
+        self.sessions: list[bool] = []  # session_present at each connect, in order
+        self.client = paho.Client(
+            callback_api_version=CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=False
+        )
+        self.client.reconnect_delay_set(0.1, 0.5)
+        self.client.on_connect = lambda c, u, flags, rc, p: self.sessions.append(bool(flags.session_present))
+        self.client.connect("127.0.0.1", port)
+        self.client.loop_start()
+
+    def wait_connected(self, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while not self.client.is_connected():
+            assert time.monotonic() < deadline, "the publisher did not reconnect"
+            time.sleep(0.02)
+
+    def publish(self, topic: str, seqs: range, seed: int) -> list[Any]:
+        return [self.client.publish(topic, encode_binary(window(k, seed=seed)), qos=1) for k in seqs]
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
 def _through_broker_restarts(
     tmp_path: Path, topic_prefix: str, models: Models, *, restarts: int, kill: bool, persistence: bool
-) -> tuple[int, int, int]:
-    """Publish a stream at QoS 1 through `restarts` broker restarts. Returns (published, scored, missed)."""
-    import paho.mqtt.client as paho
-    from paho.mqtt.enums import CallbackAPIVersion
+) -> tuple[int, int, int, list[bool]]:
+    """Publish a stream at QoS 1 through `restarts` broker restarts. Returns (published, scored, missed,
+    the publisher's session_present at each reconnect after a restart).
 
+    Before SIGKILLs the broker is restarted gracefully once, so that the sessions are on disk, as on
+    a gateway whose broker has run longer than its `autosave_interval`; a kill restores that save."""
     pb = PrivateBroker(tmp_path / "broker", persistence=persistence)
     pb.start()
     n_per = 40
     n = n_per * (restarts + 1)
-    pub = paho.Client(
-        callback_api_version=CallbackAPIVersion.VERSION2,
-        client_id=f"pub-{topic_prefix[-10:]}",
-        clean_session=False,
-    )
-    pub.reconnect_delay_set(0.1, 0.5)
+    pub = _Publisher(pb.port, f"pub-{topic_prefix[-10:]}")
     try:
-        pub.connect("127.0.0.1", pb.port)
-        pub.loop_start()
         settings = agent_settings(
             pb.broker, topic_prefix, models, tmp_path / "a.db", mqtt_reconnect_min_s=1, mqtt_reconnect_max_s=1
         )
         topic = vibration_topic(topic_prefix, "m", "s0")
         with running(settings) as agent:
+            if kill:
+                pb.restart(kill=False)
+                assert agent.link.wait_connected(60)
+                pub.wait_connected()
+            first = len(pub.sessions)
             for r in range(restarts + 1):
-                infos = [
-                    pub.publish(topic, encode_binary(window(k, seed=5)), qos=1)
-                    for k in range(r * n_per, (r + 1) * n_per)
-                ]
+                infos = pub.publish(topic, range(r * n_per, (r + 1) * n_per), seed=5)
                 if r < restarts:
                     time.sleep(0.05)  # mid-stream: some in flight, some queued for the agent
                     pb.restart(kill=kill)
@@ -406,29 +433,32 @@ def _through_broker_restarts(
         with Store.open(tmp_path / "a.db", budget_bytes=1 << 30) as st:
             scored = len(set(st.window_seqs("m/s0")))
     finally:
-        pub.disconnect()
-        pub.loop_stop()
+        pub.close()
         pb.stop()
-    return n, scored, missed
+    return n, scored, missed, pub.sessions[first:]
 
 
 def test_graceful_broker_restarts_with_the_shipped_config_lose_nothing(
     tmp_path: Path, topic_prefix: str, models: Models
 ) -> None:
-    published, scored, missed = _through_broker_restarts(
+    published, scored, missed, sessions = _through_broker_restarts(
         tmp_path, topic_prefix, models, restarts=3, kill=False, persistence=True
     )
     print(f"\nFIGURE graceful restarts=3 published={published} scored={scored} missed={missed}")
+    assert sessions, "the publisher never reconnected"
+    assert all(sessions), f"the broker forgot the sessions (persistence): {sessions}"
     assert (scored, missed) == (published, 0)
 
 
 def test_without_persistence_a_loss_is_counted_not_silent(
     tmp_path: Path, topic_prefix: str, models: Models
 ) -> None:
-    published, scored, missed = _through_broker_restarts(
+    published, scored, missed, sessions = _through_broker_restarts(
         tmp_path, topic_prefix, models, restarts=2, kill=False, persistence=False
     )
     print(f"\nFIGURE no-persistence restarts=2 published={published} scored={scored} missed={missed}")
+    assert sessions, "the publisher never reconnected"
+    assert not any(sessions)
     assert scored + missed == published  # whatever the broker forgot is counted by seq jumps
 
 
@@ -438,13 +468,108 @@ def test_without_persistence_a_loss_is_counted_not_silent(
 def test_broker_restarts_long(
     tmp_path: Path, topic_prefix: str, models: Models, restarts: int, kill: bool
 ) -> None:
-    published, scored, missed = _through_broker_restarts(
+    published, scored, missed, sessions = _through_broker_restarts(
         tmp_path, topic_prefix, models, restarts=restarts, kill=kill, persistence=True
     )
-    print(f"\nFIGURE restarts={restarts} kill={kill} published={published} scored={scored} missed={missed}")
+    print(
+        f"\nFIGURE restarts={restarts} kill={kill} published={published} scored={scored} missed={missed}"
+        f" sessions_kept={sum(sessions)}/{len(sessions)}"
+    )
     assert scored + missed == published
-    if not kill:
+    assert sessions, "the publisher never reconnected"
+    assert all(sessions), f"the broker forgot the sessions (persistence): {sessions}"
+    if not kill:  # a kill loses what the broker acknowledged since its last save: counted, not zero
         assert missed == 0
+
+
+def _kill_with_windows_queued(
+    tmp_path: Path, topic_prefix: str, models: Models, *, cycles: int, offline: int, offline_s: float
+) -> tuple[int, int, int, list[int]]:
+    """The broker is SIGKILLed while QoS 1 windows wait in the session of an agent that is stopped.
+
+    Each cycle: the agent online catches up; it stops; the publisher sends `offline` windows over
+    `offline_s` seconds (each acknowledged by the broker, so queued for the agent's session); the
+    broker is killed (-9) and restarted; the agent starts again and 5 more windows follow, so a loss
+    at the end of the queue shows as a jump in seq. The broker starts from its last save: a graceful
+    restart before the first cycle, then its `autosave_interval` (30 s in the shipped config).
+    Returns (published, scored, missed (every agent run), lost per cycle)."""
+    pb = PrivateBroker(tmp_path / "broker")
+    pb.start()
+    store = tmp_path / "a.db"
+    settings = agent_settings(
+        pb.broker, topic_prefix, models, store, mqtt_reconnect_min_s=1, mqtt_reconnect_max_s=1
+    )
+    topic = vibration_topic(topic_prefix, "m", "s0")
+    pub = _Publisher(pb.port, f"pub-{topic_prefix[-10:]}")
+    published, missed, lost = 0, 0, []
+
+    def online(extra: int, before: Callable[[], None] | None = None) -> int:
+        """Start the agent, publish `extra` windows, wait until every window so far is scored or
+        counted missed; returns the windows this agent run counted as missed."""
+        nonlocal published
+        with running(settings) as agent:
+            if before is not None:
+                before()
+                assert agent.link.wait_connected(60)
+            pub.wait_connected()
+            for info in pub.publish(topic, range(published, published + extra), seed=7):
+                info.wait_for_publish(60)
+            published += extra
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline and agent.tracker.last("m/s0") != (
+                published - 1,
+                window(published - 1).ts_ns,
+            ):
+                time.sleep(0.05)
+            time.sleep(0.5)  # redeliveries still on their way are dropped as duplicates / stale
+            return int(agent.metrics.value("gruwatch_agent_windows_missed_total"))
+
+    def scored() -> int:
+        with Store.open(store, budget_bytes=1 << 30) as st:
+            return len(set(st.window_seqs("m/s0")))
+
+    try:
+        missed += online(10, before=lambda: pb.restart(kill=False))  # the session is on disk now
+        for _ in range(cycles):
+            before = scored()
+            t0 = time.monotonic()
+            pub.wait_connected()
+            for k in range(offline):  # the agent is offline: every window waits in its session
+                for info in pub.publish(topic, range(published, published + 1), seed=7):
+                    info.wait_for_publish(30)
+                published += 1
+                time.sleep(max(0.0, t0 + (k + 1) * offline_s / offline - time.monotonic()))
+            pb.restart(kill=True)
+            run_missed = online(5)
+            missed += run_missed
+            lost.append(offline + 5 - (scored() - before))
+    finally:
+        pub.close()
+        pb.stop(kill=True)
+    return published, scored(), missed, lost
+
+
+def test_a_broker_kill_with_windows_queued_for_an_offline_agent_is_counted(
+    tmp_path: Path, topic_prefix: str, models: Models
+) -> None:
+    published, scored, missed, lost = _kill_with_windows_queued(
+        tmp_path, topic_prefix, models, cycles=1, offline=20, offline_s=0.0
+    )
+    print(f"\nFIGURE offline kill cycles=1 published={published} scored={scored} missed={missed} lost={lost}")
+    assert scored + missed == published
+
+
+@pytest.mark.reliability
+@pytest.mark.timeout(3000)  # a long run: beyond the suite's 600 s per test
+def test_a_broker_kill_with_windows_queued_for_an_offline_agent_long(
+    tmp_path: Path, topic_prefix: str, models: Models
+) -> None:
+    """Windows queued for 40 s, so that one autosave (every 30 s) falls inside each outage."""
+    published, scored, missed, lost = _kill_with_windows_queued(
+        tmp_path, topic_prefix, models, cycles=3, offline=80, offline_s=40.0
+    )
+    print(f"\nFIGURE offline kill cycles=3 published={published} scored={scored} missed={missed} lost={lost}")
+    assert scored + missed == published
 
 
 # ----------------------------------------------------------- 5. the disk budget holds at every commit
