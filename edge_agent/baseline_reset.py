@@ -5,7 +5,8 @@ to `{prefix}/_agents/{agent}/reset-baseline`; the agent's link hands it to `Rese
 network thread, and the daemon takes and checks it between two batches (`ResetInbox.take`): the
 signature by a trusted key, as for a model bundle, its age and its nonce (nonces are kept in the
 store, so a replay is refused across a restart too). The daemon then forgets the sensor's state,
-baseline included, and answers on `.../reset-baseline/result` with `answer_payload`.
+baseline included, replaces its retained alert by an "ok" one (`cleared_alert`) and answers on
+`.../reset-baseline/result` with `answer_payload`.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 import structlog
 
+from edge_agent.alarms import Transition
 from edge_agent.baseline_command import (
     COMMAND,
     MAX_AGE_S,
@@ -30,6 +32,7 @@ from edge_agent.baseline_command import (
     verify_reset,
 )
 from edge_agent.errors import GruwatchError, RequestError
+from edge_agent.messages import alert_message
 from edge_agent.mqtt_request import request_reply
 from edge_agent.signing import load_private_key, load_public_keys
 from edge_agent.topics import reset_result_topic, reset_topic, validate_id
@@ -38,6 +41,7 @@ if TYPE_CHECKING:
     from edge_agent.metrics import AgentMetrics
     from edge_agent.mqtt_link import MqttLink
     from edge_agent.settings import AgentSettings
+    from edge_agent.store import OutboxMessage
 
 log = structlog.get_logger("edge_agent.baseline_reset")
 
@@ -150,6 +154,19 @@ class ResetInbox:
             for k, v in doc.items()
             if isinstance(v, int | float) and abs(now - float(v)) <= MAX_AGE_S
         }
+
+
+RESET_REASON: Final = "baseline reset: bearing replaced, relearning the healthy baseline"
+
+
+def cleared_alert(
+    topic: str, c: ResetCommand, key: str, last: tuple[int, int] | None, before: str, model: str
+) -> tuple[Transition, OutboxMessage]:
+    """The retained "ok" alert of a reset sensor, so the old bearing's alarm does not stay on the new
+    one: previous_state = its state before the reset ("ok" if untracked), seq = its last, score 0."""
+    seq = last[0] if last is not None else 0
+    tr = Transition(key, seq, time.time_ns(), before, "ok", 0.0, model, RESET_REASON)
+    return tr, alert_message(topic, c.machine, c.sensor, tr)
 
 
 def answer_payload(outcome: ResetOutcome, *, tracked: bool = False) -> bytes:

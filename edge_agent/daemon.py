@@ -22,12 +22,11 @@ import numpy.typing as npt
 import structlog
 
 from edge_agent import saved_states
-from edge_agent.alarms import Transition
-from edge_agent.baseline_reset import ResetInbox, ResetOutcome
+from edge_agent.baseline_reset import ResetInbox, ResetOutcome, cleared_alert
 from edge_agent.bundle import Bundle
 from edge_agent.errors import StoreError
 from edge_agent.housekeeping import Gauges, RejectionLog, enforce_budget, trim_memory
-from edge_agent.messages import HealthEncoder, SensorTopics, alert_message, log_transition
+from edge_agent.messages import HealthEncoder, SensorTopics, log_transition
 from edge_agent.metrics import AgentMetrics
 from edge_agent.model_swap import (
     DEPLOYED_META_KEY,
@@ -57,8 +56,6 @@ BUDGET_EVERY_S: Final = 30.0
 REJECTION_LOG_EVERY_S: Final = 10.0
 SHUTDOWN_FLUSH_S: Final = 1.0
 TRIM_EVERY_S: Final = 10.0
-# The reason of the "ok" alert a baseline reset publishes (docs/agent.md, "Bearing replaced").
-_RESET_REASON: Final = "baseline reset: bearing replaced, relearning the healthy baseline"
 
 
 class Agent:
@@ -467,15 +464,10 @@ class Agent:
             self._pending.mark([key], "maintenance")
             self._count_reset("maintenance")
             last = self.tracker.last(key)
-            seq = last[0] if last is not None else 0
-            tr = Transition(
-                key, seq, time.time_ns(), before, "ok", 0.0, self.scorer.model_version, _RESET_REASON
-            )
-            alert = alert_message(self._topics.of(key, c.machine, c.sensor)[1], c.machine, c.sensor, tr)
+            topic = self._topics.of(key, c.machine, c.sensor)[1]
+            tr, alert = cleared_alert(topic, c, key, last, before, self.scorer.model_version)
             states = (
-                saved_states.batch_states(self.scorer, {key: last}, self.tracker)
-                if last is not None
-                else None
+                None if last is None else saved_states.batch_states(self.scorer, {key: last}, self.tracker)
             )
             ids = self.storage.commit(self.store, [], transitions=[tr], outbox=[alert], states=states)
             self.transitions_total += 1
