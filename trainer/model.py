@@ -204,32 +204,17 @@ class HealthModel(nn.Module):
         rnn = self.rnn
         return tuple(getattr(rnn, f"{n}_l{layer}") for n in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"))
 
-    @property
-    def folds_scale(self) -> bool:
-        """Does `step` fold the division by feature_scale into the first layer's input weights?
-
-        Supervised mode does: the graph computes (features − mean)·(W / scale), one Div node fewer
-        than ((features − mean) / scale)·W, with the same float32 rounding (each weight rounded once
-        instead of each scaled feature). The mean is NOT folded into the bias: x·(W / scale) −
-        (mean / scale)·W subtracts large products when a feature's mean is far above its spread.
-        Forecast mode needs the scaled features themselves (its error) and keeps the Div.
-        """
-        return self.mode == "supervised"
-
     def step_weights(self) -> list[tuple[torch.Tensor, ...]]:
         """Per layer, the weights of `step` in GEMM form, from the cell's parameters.
 
         One (W, b) pair per Gemm, W [rows, H]: GRU (W_r, b_r, W_z, b_z) over [input, h] with
         b = b_i + b_h, then (W_in, b_in) over the input and (W_hn, b_hn) over h apart (the reset gate
         multiplies only the h part of n); LSTM (W_g, b_g) for g = i, f, g, o over [input, h].
-        With `folds_scale`, layer 0's input rows are divided by feature_scale.
         """
         H = self.hidden
         out: list[tuple[torch.Tensor, ...]] = []
         for layer in range(self.layers):
             w_ih, w_hh, b_ih, b_hh = self._weights(layer)
-            if layer == 0 and self.folds_scale:
-                w_ih = w_ih / self.feature_scale
             w = torch.cat([w_ih, w_hh], dim=1)  # rows: gates, columns: [input, h]
             b = b_ih + b_hh
             if self.cell == "gru":  # r, z over [input, h]; n's input and h parts apart
@@ -260,8 +245,7 @@ class HealthModel(nn.Module):
         """ONE step: features [B, F], h [state rows, B, hidden] -> (score [B, K], h_out, same shape as h).
 
         Each gate is one Gemm with `step_weights()` (given as `weights`, e.g. constants of the
-        exported graph), biases folded in, and in supervised mode the division by feature_scale
-        too (`folds_scale`): no Split of the gates (onnxruntime's Split copies; it cost 15-20 % of
+        exported graph), biases folded in: no Split of the gates (onnxruntime's Split copies; it cost 15-20 % of
         a step at B=1,024) and no multiply by zero. Of the forms measured for both cells (one Gemm
         over [input, h] then Split; input and h Gemms apart; one Gemm per gate; ONNX's GRU / LSTM
         operator; the heads as one Gemm), this one was the fastest for each at B = 64 and 1,024 and
@@ -269,7 +253,10 @@ class HealthModel(nn.Module):
         docs/performance.md).
         """
         weights = self.step_weights() if weights is None else weights
-        z = features - self.feature_mean if self.folds_scale else self.scale(features)
+        # The scaler stays two nodes (Sub, Div) with its own initializers: folding 1/scale into the
+        # weights saves one node (~3 % at B=1 and 64) but leaves the bundle without its scaler, which
+        # fine-tuning a deployed model (trainer/champion.py, its input noise) needs.
+        z = self.scale(features)
         L = self.layers
         # The state's rows: one row is a Squeeze (a view in onnxruntime), several one Split, where
         # indexing h[k] exports as Gather (a copy per row).

@@ -169,8 +169,7 @@ def test_write_model_bundle_files(tmp_path: pytest.TempPathFactory) -> None:
 # --------------------------------------------------------------------------- parity over many models
 def _graph_constants(model: HealthModel) -> dict[str, np.ndarray]:
     """What the exported graph holds: the scaler and heads, and the cell's weights in step (GEMM) form."""
-    skip = (f"{model.cell}.", "feature_scale") if model.folds_scale else (f"{model.cell}.",)
-    out = {k: v.numpy() for k, v in model.state_dict().items() if not k.startswith(skip)}
+    out = {k: v.numpy() for k, v in model.state_dict().items() if not k.startswith(f"{model.cell}.")}
     for layer, ws in enumerate(model.step_weights()):
         out.update({f"l{layer}_{k}": w.detach().numpy() for k, w in enumerate(ws)})
     return out
@@ -239,12 +238,11 @@ def test_parity_holds_over_many_seeds_and_recurrent_gains(cell: str) -> None:
 
 # --------------------------------------------------------------------------- the exported form
 @pytest.mark.parametrize("cell", ["gru", "lstm"])
-def test_exported_form_folds_the_scale_and_matches_nn_rnn(cell: str) -> None:
-    """Issue 12: the step graph divides the first layer's input weights by feature_scale instead of
-    dividing the features (one Div node fewer), and reads one state row by Squeeze (a view) instead
-    of Gather (a copy). It must still be torch's nn.GRU / nn.LSTM to 1e-5, also for features whose
-    mean lies far above their spread and whose spreads span six decades (what folding the mean into
-    the bias would not survive, so the mean stays a Sub)."""
+def test_exported_form_reads_state_rows_without_copies_and_matches_nn_rnn(cell: str) -> None:
+    """Issue 12: the step graph reads one state row by Squeeze (a view) and several by one Split,
+    not by a Gather (a copy) per row, and keeps its scaler as named initializers (fine-tuning reads
+    it back). It must still be torch's nn.GRU / nn.LSTM to 1e-5, also for features whose mean lies
+    far above their spread and whose spreads span six decades."""
     torch.manual_seed(7)
     model = HealthModel(F, cell=cell, hidden=16, layers=1, fault_classes=("a", "b", "c"))
     spread = np.logspace(-3, 3, F)
@@ -253,12 +251,13 @@ def test_exported_form_folds_the_scale_and_matches_nn_rnn(cell: str) -> None:
     model.fused = False  # the sequence forward through torch's own nn.GRU / nn.LSTM
     model.eval()
     onnx_bytes = export_onnx(model)
-    ops = [n.op_type for n in onnx.load_from_string(onnx_bytes).graph.node]
-    assert "Div" not in ops
-    assert ops.count("Sub") == (1 if cell == "lstm" else 2)  # the mean; the GRU's h − n
-    if cell == "gru":
-        assert "Gather" not in ops
-        assert "Squeeze" in ops
+    proto = onnx.load_from_string(onnx_bytes)
+    ops = [n.op_type for n in proto.graph.node]
+    assert "Gather" not in ops
+    assert ("Squeeze" if cell == "gru" else "Slice") in ops
+    inits = {i.name: numpy_helper.to_array(i) for i in proto.graph.initializer}
+    np.testing.assert_array_equal(inits["model.feature_scale"], spread.astype(np.float32))
+    np.testing.assert_array_equal(inits["model.feature_mean"], mean.astype(np.float32))
     rng = np.random.default_rng(3)
     x = mean + spread * rng.normal(size=(3, 200, F))  # [B, T, F] around each feature's mean
     exact = copy.deepcopy(model).double()
