@@ -10,6 +10,8 @@ full-sequence forward; the export raises `ExportError` if any score or state dif
 was fitted on, when given) and test_vectors.json through
 `edge_agent.bundle.write_bundle`, after replaying the test vectors as the agent does at load
 (`edge_agent.bundle.replay_test_vectors`), and signs with `sign_bundle` when given a key.
+The graph's metadata records the buffers the graph folds away (`folded_buffers`): with its
+initializers, the model can be read back to fine-tune (trainer/champion.py).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import hashlib
+import json
 import logging
 import warnings
 from collections.abc import Iterator, Sequence
@@ -36,6 +39,8 @@ PARITY_STEPS = 1000
 # The graph's carried-state drift may be this many times torch's own float32 drift (check_parity).
 DRIFT_FACTOR = 10.0
 CARD_SCHEMA = 1
+# model.onnx's metadata_props key: the buffers the step graph holds only folded or unnamed (folded_buffers).
+FOLDED_KEY = "gruwatch.folded"
 
 
 class ExportError(GruwatchError):
@@ -61,6 +66,24 @@ def _quiet_exporter() -> Iterator[None]:
             lg.setLevel(level)
 
 
+def folded_buffers(model: HealthModel) -> dict[str, Any]:
+    """The model's buffers that its exported step holds only folded or as unnamed constants, as JSON
+    (written under FOLDED_KEY in model.onnx's metadata; trainer/champion.py reads them back).
+
+    The graph's initializers are the parameters that keep their names (`model.feature_mean`, the
+    heads as `model.health_head.weight`, ...) and the cell's weights in step form, named by
+    `trainer.model.step_weight_name`. Not recoverable from them: feature_scale where `folds_scale`
+    (folded into layer 0's input weights) and a forecast model's err_center / err_width (unnamed).
+    """
+    out: dict[str, Any] = {}
+    if model.folds_scale:
+        out["feature_scale"] = [float(v) for v in model.feature_scale.detach().cpu().numpy()]
+    if model.mode == "forecast":
+        out["err_center"] = float(model.err_center)
+        out["err_width"] = float(model.err_width)
+    return out
+
+
 def export_onnx(model: HealthModel) -> bytes:
     """ONE time step of `model` as ONNX bytes with a dynamic batch axis (checked in onnxruntime)."""
     model = model.cpu().eval()
@@ -83,6 +106,8 @@ def export_onnx(model: HealthModel) -> bytes:
         raise ExportError("torch.onnx.export returned no program")
     proto = program.model_proto
     proto.producer_name = "gruwatch-trainer"
+    folded = proto.metadata_props.add()
+    folded.key, folded.value = FOLDED_KEY, json.dumps(folded_buffers(model))
     onnx_bytes = bytes(proto.SerializeToString())
     try:
         check_shapes(make_session(onnx_bytes), model.n_features, _state_shape(model), len(model.outputs))

@@ -236,6 +236,44 @@ class HealthModel(nn.Module):
                 )
         return [tuple(t.contiguous() for t in ws) for ws in out]
 
+    def load_step_weights(self, weights: list[tuple[torch.Tensor, ...]]) -> None:
+        """The inverse of `step_weights`: set the cell's parameters from per-layer GEMM-form weights
+        (e.g. an exported graph's constants, read back to fine-tune: trainer/champion.py).
+
+        Each gate's W [input + h, H] is split back into its input and h columns and the gates are
+        stacked in PyTorch's order (GRU r, z, n; LSTM i, f, g, o) into weight_ih / weight_hh. Where
+        the step form holds only b_ih + b_hh (GRU r, z; every LSTM gate), each bias gets half the
+        sum: the cell computes the same function and trains the same way (the two always get the
+        same gradient), weight decay aside. With `folds_scale`, layer 0's input weights are multiplied back by this model's
+        feature_scale, so set the scaler first (a scale of 1 keeps the folded weights as they are).
+        """
+        H = self.hidden
+        gates = 3 if self.cell == "gru" else 4
+        with torch.no_grad():
+            for layer, ws in enumerate(weights):
+                n_in = self.n_features if layer == 0 else H
+                w_ih_old, w_hh_old, b_ih_old, b_hh_old = self._weights(layer)
+                if self.cell == "gru":
+                    w_r, b_r, w_z, b_z, w_in, b_in, w_hn, b_hn = ws
+                    w_ih = torch.cat([w_r.t()[:, :n_in], w_z.t()[:, :n_in], w_in.t()])
+                    w_hh = torch.cat([w_r.t()[:, n_in:], w_z.t()[:, n_in:], w_hn.t()])
+                    half = torch.cat([b_r, b_z]) / 2
+                    b_ih, b_hh = torch.cat([half, b_in]), torch.cat([half, b_hn])
+                else:
+                    w = [ws[2 * k].t() for k in range(gates)]
+                    w_ih = torch.cat([g[:, :n_in] for g in w])
+                    w_hh = torch.cat([g[:, n_in:] for g in w])
+                    b_ih = b_hh = torch.cat([ws[2 * k + 1] for k in range(gates)]) / 2
+                if layer == 0 and self.folds_scale:
+                    w_ih = w_ih * self.feature_scale
+                for param, value in ((w_ih_old, w_ih), (w_hh_old, w_hh), (b_ih_old, b_ih), (b_hh_old, b_hh)):
+                    if tuple(param.shape) != tuple(value.shape):
+                        raise ValueError(
+                            f"layer {layer}: step weights of shape {tuple(value.shape)}, "
+                            f"the cell needs {tuple(param.shape)}"
+                        )
+                    param.copy_(value)
+
     def step(
         self,
         features: torch.Tensor,
@@ -311,8 +349,15 @@ class HealthModel(nn.Module):
 GruHealthModel = HealthModel
 
 
+def step_weight_name(layer: int, k: int) -> str:
+    """The name of layer `layer`'s k-th `step_weights` tensor in StepModule, hence in the exported
+    graph's initializers (what trainer/champion.py reads back)."""
+    return f"l{layer}_{k}"
+
+
 class StepModule(nn.Module):
-    """Wraps `model.step` as forward(features, h) for ONNX export."""
+    """Wraps `model.step` as forward(features, h) for ONNX export, the `step_weights` as buffers
+    named by `step_weight_name`."""
 
     def __init__(self, model: HealthModel) -> None:
         super().__init__()
@@ -322,8 +367,10 @@ class StepModule(nn.Module):
             for layer, ws in enumerate(model.step_weights()):
                 self.counts.append(len(ws))
                 for k, w in enumerate(ws):
-                    self.register_buffer(f"l{layer}_{k}", w.detach().clone())
+                    self.register_buffer(step_weight_name(layer, k), w.detach().clone())
 
     def forward(self, features: torch.Tensor, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        weights = [tuple(getattr(self, f"l{i}_{k}") for k in range(n)) for i, n in enumerate(self.counts)]
+        weights = [
+            tuple(getattr(self, step_weight_name(i, k)) for k in range(n)) for i, n in enumerate(self.counts)
+        ]
         return self.model.step(features, h, weights)

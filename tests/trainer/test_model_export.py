@@ -22,7 +22,7 @@ from trainer.export import (
     torch_sequence,
     write_model_bundle,
 )
-from trainer.model import HealthModel
+from trainer.model import HealthModel, step_weight_name
 
 torch.set_num_threads(1)
 F = 6
@@ -171,7 +171,7 @@ def _graph_constants(model: HealthModel) -> dict[str, np.ndarray]:
     """What the exported graph holds: the scaler and heads, and the cell's weights in step (GEMM) form."""
     out = {k: v.numpy() for k, v in model.state_dict().items() if not k.startswith(f"{model.cell}.")}
     for layer, ws in enumerate(model.step_weights()):
-        out.update({f"l{layer}_{k}": w.detach().numpy() for k, w in enumerate(ws)})
+        out.update({step_weight_name(layer, k): w.detach().numpy() for k, w in enumerate(ws)})
     return out
 
 

@@ -7,16 +7,18 @@ The whole loop over MQTT (agent → export → retrain → deploy → swap) is t
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import math
 from datetime import UTC, datetime
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 
-from edge_agent.bundle import load_bundle
+from edge_agent.bundle import load_bundle, make_session
 from edge_agent.raw_ring import sampled as _sampled
 from edge_agent.settings import AgentSettings
 from edge_agent.store import Store, WindowRow
@@ -26,10 +28,13 @@ from simulator.fleet_model import build_fleet
 from trainer.champion import _matches, model_from_bundle
 from trainer.data.agent import load_agent_features
 from trainer.data.events import MaintenanceEvent
+from trainer.export import write_model_bundle
+from trainer.model import HealthModel
 from trainer.retrain import decide, label_streams
 from trainer.retrain_cli import main as retrain_main
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC).timestamp()
+F_SHIPPED = load_bundle(SHIPPED, allow_unsigned=True).n_features
 
 
 def test_the_champion_is_read_back_from_its_onnx_graph() -> None:
@@ -51,6 +56,137 @@ def test_the_champion_is_read_back_from_its_onnx_graph() -> None:
     for t in range(30):
         score, h = bundle.session.run(["score", "h_out"], {"features": x[t : t + 1], "h": h})
         assert np.allclose(seq_scores[0, t].numpy(), score[0], atol=1e-5)
+
+
+def _fresh(cell: str, mode: str, layers: int, seed: int = 0) -> HealthModel:
+    """A tiny untrained model of the shipped feature spec, its scaler far from (0, 1)."""
+    torch.manual_seed(seed)
+    classes = ("healthy", "outer") if mode == "supervised" else ()
+    model = HealthModel(F_SHIPPED, cell=cell, hidden=4, layers=layers, mode=mode, fault_classes=classes)
+    rng = np.random.default_rng(seed)
+    model.set_scaler(rng.normal(size=F_SHIPPED) * 5, rng.uniform(0.05, 20.0, size=F_SHIPPED))
+    if mode == "forecast":
+        model.set_error_calibration(-1.3, 0.4)
+    return model.eval()
+
+
+def _write_fresh(out: Path, model: HealthModel, signing_key: Path | None = None) -> Path:
+    """`model` exported by today's trainer into a bundle (the shipped card's spec and thresholds)."""
+    card = json.loads((SHIPPED / "card.json").read_text())
+    rng = np.random.default_rng(5)
+    held_out = [
+        (
+            model.feature_mean.numpy() + model.feature_scale.numpy() * rng.standard_normal((300, F_SHIPPED))
+        ).astype(np.float32)
+    ]
+    return write_model_bundle(
+        out,
+        model,
+        held_out=held_out,
+        feature_spec=card["feature_spec"],
+        thresholds=card["thresholds"],
+        validation={"mode": model.mode},
+        training_data={"fingerprint": hashlib.sha256(b"test").hexdigest(), "runs": 1, "sources": ["test"]},
+        training={"horizon_s": 3600.0, "hidden": model.hidden, "layers": model.layers},
+        trained_on=card["trained_on"],
+        signing_key=signing_key,
+        parity_steps=200,
+    )
+
+
+def _steps_differ(a: HealthModel, b: HealthModel, steps: int = 40) -> float:
+    """Largest |a.step − b.step| (scores and carried states) over `steps` windows of 3 sensors."""
+    rng = np.random.default_rng(2)
+    ha, hb = a.initial_state(3), b.initial_state(3)
+    worst = 0.0
+    with torch.no_grad():
+        for _ in range(steps):
+            x = a.feature_mean + a.feature_scale * torch.as_tensor(rng.standard_normal((3, a.n_features)))
+            sa, ha = a.step(x.float(), ha)
+            sb, hb = b.step(x.float(), hb)
+            worst = max(worst, float((sa - sb).abs().max()), float((ha - hb).abs().max()))
+    return worst
+
+
+@pytest.mark.parametrize("cell", ["gru", "lstm"])
+@pytest.mark.parametrize("mode", ["supervised", "forecast"])
+@pytest.mark.parametrize("layers", [1, 2])
+def test_a_freshly_exported_bundle_is_read_back(tmp_path: Path, cell: str, mode: str, layers: int) -> None:
+    """Today's step form (one Gemm per gate, feature_scale folded in supervised mode: 34eecbb,
+    487f6b6) read back into the model that was exported, for each cell, mode and depth."""
+    model = _fresh(cell, mode, layers)
+    bundle = load_bundle(_write_fresh(tmp_path / "b", model), allow_unsigned=True)
+    back = model_from_bundle(bundle)
+    assert (back.cell, back.mode, back.layers, back.outputs) == (cell, mode, layers, model.outputs)
+    assert _matches(back, bundle.session, bundle.n_features, steps=50) <= 1e-5
+    assert _steps_differ(back, model) <= 1e-5
+    # The parameters themselves, not only the function: what fine-tuning starts from and trains.
+    assert torch.equal(back.feature_scale, model.feature_scale)
+    assert torch.equal(back.feature_mean, model.feature_mean)
+    if mode == "forecast":
+        assert (float(back.err_center), float(back.err_width)) == (
+            float(model.err_center),
+            float(model.err_width),
+        )
+    H = model.hidden
+    for layer in range(layers):
+        got = [getattr(back.rnn, f"{n}_l{layer}") for n in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
+        want = [getattr(model.rnn, f"{n}_l{layer}") for n in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
+        assert torch.allclose(got[0], want[0], rtol=1e-6, atol=1e-7)
+        assert torch.equal(got[1], want[1])
+        assert torch.allclose(got[2] + got[3], want[2] + want[3], atol=1e-7)  # the sum is what the cell uses
+        if cell == "gru":  # n's input and h biases act apart (r multiplies the h part): kept apart
+            assert torch.equal(got[2][2 * H :], want[2][2 * H :])
+            assert torch.equal(got[3][2 * H :], want[3][2 * H :])
+
+
+def test_a_step_form_graph_without_its_folded_scale_reads_back_as_the_same_function(tmp_path: Path) -> None:
+    """Bundles exported between 487f6b6 and the folded-buffers metadata: feature_scale = 1 with the
+    folded weights computes the same step; an initializer missing is refused with a clear message."""
+    import onnx
+
+    from trainer.champion import ChampionError
+    from trainer.export import FOLDED_KEY
+
+    model = _fresh("gru", "supervised", 2)
+    bundle = load_bundle(_write_fresh(tmp_path / "b", model), allow_unsigned=True)
+    proto = onnx.load(str(bundle.path / "model.onnx"))
+    kept = [p for p in proto.metadata_props if p.key != FOLDED_KEY]
+    assert len(kept) == len(proto.metadata_props) - 1
+    del proto.metadata_props[:]
+    proto.metadata_props.extend(kept)
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "model.onnx").write_bytes(proto.SerializeToString())
+    older = SimpleNamespace(card=bundle.card, n_features=bundle.n_features, path=tmp_path / "old")
+    older.session = make_session(proto.SerializeToString())
+    back = model_from_bundle(older)
+    assert torch.equal(back.feature_scale, torch.ones(F_SHIPPED))
+    assert _matches(back, older.session, older.n_features, steps=50) <= 1e-5
+    assert _steps_differ(back, model) <= 1e-5
+    # One Gemm's weights gone: refused, naming what is missing, not a traceback.
+    graph = proto.graph
+    keep = [i for i in graph.initializer if i.name != "l1_3"]
+    del graph.initializer[:]
+    graph.initializer.extend(keep)
+    (tmp_path / "old" / "model.onnx").write_bytes(proto.SerializeToString())
+    with pytest.raises(ChampionError, match=r"lacks l1_3.*--from-scratch"):
+        model_from_bundle(older)
+
+
+@pytest.mark.parametrize("cell", ["gru", "lstm"])
+def test_step_weights_load_back_into_the_cell(cell: str) -> None:
+    """`load_step_weights` is `step_weights`' inverse (up to how b_ih + b_hh is split)."""
+    model = _fresh(cell, "supervised", 2, seed=4)
+    back = HealthModel.from_checkpoint(model.checkpoint()).eval()
+    with torch.no_grad():  # the cell's parameters scrambled, the scaler and heads kept
+        for param in back.rnn.parameters():
+            param.normal_()
+    assert _steps_differ(back, model) > 1e-2
+    back.load_step_weights(model.step_weights())
+    for got, want in zip(back.step_weights(), model.step_weights(), strict=True):
+        for g, w in zip(got, want, strict=True):
+            assert torch.allclose(g, w, rtol=1e-6, atol=1e-7)
+    assert _steps_differ(back, model) <= 1e-6
 
 
 def _stream(tmp_path: Path, n: int, *, interval_s: float = 60.0, fraction: float = 0.01) -> Path:
@@ -229,3 +365,55 @@ def test_fleet_events_are_what_a_plant_records(tmp_path: Path) -> None:
             "ts",
             "event",
         ]
+
+
+def test_retrain_fine_tunes_a_freshly_exported_bundle(tmp_path: Path) -> None:
+    """`gruwatch retrain`'s default path (fine-tune, no --from-scratch) from a champion exported by
+    today's trainer, end to end: collected windows of six machines, three failing, in an agent
+    export; the challenger is the champion's model read back from model.onnx and trained on."""
+    from edge_agent.signing import generate_keypair
+
+    key, pub = generate_keypair(tmp_path / "keys")
+    model = _fresh("gru", "supervised", 1)
+    champion = _write_fresh(tmp_path / "champion", model, signing_key=key)
+    champion_card = json.loads((champion / "card.json").read_text())
+    n, interval_s = 240, 60.0
+    rng = np.random.default_rng(11)
+    mean = np.asarray(champion_card["trained_on"]["rms_g"][0])  # any level: the scaler is the champion's
+    with Store.open(tmp_path / "agent.sqlite", budget_bytes=1 << 30) as store:
+        for m in range(6):
+            drift = np.linspace(0.0, 3.0 if m < 3 else 0.0, n)[:, None]  # machines 0-2 degrade, then fail
+            feats = (mean + rng.standard_normal((n, F_SHIPPED)) + drift).astype(np.float32)
+            store.record_batch(
+                [
+                    WindowRow(
+                        f"m{m}/s0", k, int((T0 + k * interval_s) * 1e9), feats[k], 0.1, "ok", "v1", fs=25600.0
+                    )
+                    for k in range(n)
+                ]
+            )
+        store.export_runs(tmp_path / "collected")
+    failed_at = datetime.fromtimestamp(T0 + (n - 1) * interval_s, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    events = tmp_path / "events.csv"
+    events.write_text(
+        "machine,sensor,ts,event\n" + "".join(f"m{m},s0,{failed_at},failure\n" for m in range(3))
+    )
+    out = tmp_path / "out"
+    argv = [
+        "--collected", str(tmp_path / "collected"), "--events", str(events), "--current", str(champion),
+        "--out", str(out), "--signing-key", str(key), "--trusted-keys", str(pub),
+        "--horizon", "1h", "--epochs", "2", "--no-progress",
+        "--min-improvement", "-1", "--allow-more-false-alarms",  # about the path, not which model wins
+    ]  # fmt: skip
+    assert retrain_main(argv) == 0
+    comparison = json.loads((out / "comparison.json").read_text())
+    assert comparison["fine_tuned"] is True
+    assert comparison["winner"] == "challenger"
+    challenger = load_bundle(out / "bundle", trusted_keys=[pub])
+    assert challenger.card["parent_version"] == champion_card["model_version"]
+    assert challenger.card["training"]["retrain"]["fine_tuned_from"] == champion_card["model_version"]
+    assert challenger.card["trained_on"] == champion_card["trained_on"]
+    # Fine-tuned, so the scaler is the champion's; and the challenger can be fine-tuned in its turn.
+    again = model_from_bundle(challenger)
+    assert torch.equal(again.feature_scale, model.feature_scale)
+    assert _matches(again, challenger.session, challenger.n_features, steps=30) <= 1e-5
