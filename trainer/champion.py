@@ -6,15 +6,16 @@ graph's initializers and accepts the result only if it reproduces the ONNX graph
 random inputs (within MATCH_ATOL); otherwise it raises `ChampionError`, whose message says to
 retrain `--from-scratch`. Two export forms are read:
 
-- **Step form** (today's exporter, commits 34eecbb and 487f6b6): the scaler and heads keep their
-  names (`model.feature_mean`, `model.health_head.weight`, ...); the cell's weights are one Gemm
-  (W, b) per gate, named by `trainer.model.step_weight_name` (`l0_0`, `l0_1`, ...), and go back
-  into weight_ih / weight_hh / bias_ih / bias_hh by `HealthModel.load_step_weights`. The buffers
-  the graph folds away are in model.onnx's metadata (`trainer.export.folded_buffers`): the
-  feature_scale that supervised mode folds into layer 0's input weights, and a forecast model's
-  error calibration. A step-form graph exported before that metadata existed reads back with
-  feature_scale = 1 and the folded weights as they are: the same function (checked), but training
-  noise (`--input-noise`) is then drawn in raw feature units.
+- **Step form** (today's exporter, since 34eecbb): the scaler and heads keep their names
+  (`model.feature_mean`, `model.feature_scale`, `model.health_head.weight`, ...); the cell's
+  weights are one Gemm (W, b) per gate, named by `trainer.model.step_weight_name` (`l0_0`,
+  `l0_1`, ...), and go back into weight_ih / weight_hh / bias_ih / bias_hh by
+  `HealthModel.load_step_weights`. A forecast model's error calibration, unnamed in the graph, is
+  in model.onnx's metadata (`trainer.export.folded_buffers`) or, for graphs exported before that,
+  the card's `validation.error_calibration`. A supervised graph exported between 487f6b6 and
+  637a899 folds 1/feature_scale into layer 0's input weights and holds no feature_scale: it reads
+  back with feature_scale = 1 and the folded weights as they are, the same function (checked),
+  but training noise (`--input-noise`) is then drawn in raw feature units.
 - **Older form** (the shipped demo bundle, bundles deployed before 34eecbb): the cell's biases
   named (`model.gru.bias_ih_l0`), its weight matrices anonymous transposes (`t`, `t_1`, ...),
   assigned by shape, trying every assignment when shapes tie (e.g. hidden = features).
@@ -122,8 +123,8 @@ def _step_form(bundle: Any, model: HealthModel, inits: dict[str, np.ndarray], fo
     """Load a step-form graph (module docstring) into `model`; the caller checks the result."""
     state, loaded = _named(model, inits, folded, bundle.card)
     cell_params = {n for n in state if n.startswith(f"{model.cell}.")}
-    if model.folds_scale and "feature_scale" not in loaded:
-        loaded.add("feature_scale")  # exported before FOLDED_KEY: scale 1, the weights stay folded
+    if model.mode == "supervised" and "feature_scale" not in loaded:
+        loaded.add("feature_scale")  # folded into l0's input weights (487f6b6): scale 1 computes the same
     missing = [n for n in state if n not in loaded and n not in cell_params]
     shapes = model.step_weights()  # the skeleton's own step form: how many tensors, which shapes
     names = [step_weight_name(layer, k) for layer, ws in enumerate(shapes) for k in range(len(ws))]
@@ -131,7 +132,7 @@ def _step_form(bundle: Any, model: HealthModel, inits: dict[str, np.ndarray], fo
     missing += [n for n, shape in want.items() if n not in inits or tuple(inits[n].shape) != shape]
     if missing:
         raise _lacks(bundle, missing)
-    model.load_state_dict(state)  # the scaler first: load_step_weights unfolds layer 0 by it
+    model.load_state_dict(state)
     weights = [
         tuple(torch.as_tensor(inits[step_weight_name(layer, k)].copy()) for k in range(len(ws)))
         for layer, ws in enumerate(shapes)

@@ -10,7 +10,7 @@ full-sequence forward; the export raises `ExportError` if any score or state dif
 was fitted on, when given) and test_vectors.json through
 `edge_agent.bundle.write_bundle`, after replaying the test vectors as the agent does at load
 (`edge_agent.bundle.replay_test_vectors`), and signs with `sign_bundle` when given a key.
-The graph's metadata records the buffers the graph folds away (`folded_buffers`): with its
+The graph's metadata records the buffers it holds only unnamed (`folded_buffers`): with its
 initializers, the model can be read back to fine-tune (trainer/champion.py).
 """
 
@@ -39,7 +39,7 @@ PARITY_STEPS = 1000
 # The graph's carried-state drift may be this many times torch's own float32 drift (check_parity).
 DRIFT_FACTOR = 10.0
 CARD_SCHEMA = 1
-# model.onnx's metadata_props key: the buffers the step graph holds only folded or unnamed (folded_buffers).
+# model.onnx's metadata_props key: the buffers the step graph holds only unnamed (folded_buffers).
 FOLDED_KEY = "gruwatch.folded"
 
 
@@ -67,17 +67,15 @@ def _quiet_exporter() -> Iterator[None]:
 
 
 def folded_buffers(model: HealthModel) -> dict[str, Any]:
-    """The model's buffers that its exported step holds only folded or as unnamed constants, as JSON
-    (written under FOLDED_KEY in model.onnx's metadata; trainer/champion.py reads them back).
+    """The model's buffers that its exported step holds only as unnamed constants, as JSON (written
+    under FOLDED_KEY in model.onnx's metadata; trainer/champion.py reads them back).
 
-    The graph's initializers are the parameters that keep their names (`model.feature_mean`, the
-    heads as `model.health_head.weight`, ...) and the cell's weights in step form, named by
-    `trainer.model.step_weight_name`. Not recoverable from them: feature_scale where `folds_scale`
-    (folded into layer 0's input weights) and a forecast model's err_center / err_width (unnamed).
+    The graph's initializers are the parameters that keep their names (`model.feature_mean`,
+    `model.feature_scale`, the heads as `model.health_head.weight`, ...) and the cell's weights in
+    step form, named by `trainer.model.step_weight_name`. Not recoverable from them: a forecast
+    model's err_center / err_width (folded into unnamed constants).
     """
     out: dict[str, Any] = {}
-    if model.folds_scale:
-        out["feature_scale"] = [float(v) for v in model.feature_scale.detach().cpu().numpy()]
     if model.mode == "forecast":
         out["err_center"] = float(model.err_center)
         out["err_width"] = float(model.err_width)

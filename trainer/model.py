@@ -244,8 +244,7 @@ class HealthModel(nn.Module):
         stacked in PyTorch's order (GRU r, z, n; LSTM i, f, g, o) into weight_ih / weight_hh. Where
         the step form holds only b_ih + b_hh (GRU r, z; every LSTM gate), each bias gets half the
         sum: the cell computes the same function and trains the same way (the two always get the
-        same gradient), weight decay aside. With `folds_scale`, layer 0's input weights are multiplied back by this model's
-        feature_scale, so set the scaler first (a scale of 1 keeps the folded weights as they are).
+        same gradient), weight decay aside.
         """
         H = self.hidden
         gates = 3 if self.cell == "gru" else 4
@@ -264,8 +263,6 @@ class HealthModel(nn.Module):
                     w_ih = torch.cat([g[:, :n_in] for g in w])
                     w_hh = torch.cat([g[:, n_in:] for g in w])
                     b_ih = b_hh = torch.cat([ws[2 * k + 1] for k in range(gates)]) / 2
-                if layer == 0 and self.folds_scale:
-                    w_ih = w_ih * self.feature_scale
                 for param, value in ((w_ih_old, w_ih), (w_hh_old, w_hh), (b_ih_old, b_ih), (b_hh_old, b_hh)):
                     if tuple(param.shape) != tuple(value.shape):
                         raise ValueError(

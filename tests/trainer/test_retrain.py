@@ -37,8 +37,20 @@ T0 = datetime(2026, 1, 1, tzinfo=UTC).timestamp()
 F_SHIPPED = load_bundle(SHIPPED, allow_unsigned=True).n_features
 
 
-def test_the_champion_is_read_back_from_its_onnx_graph() -> None:
-    bundle = load_bundle(SHIPPED, allow_unsigned=True)
+# The shipped demo bundle as exported before 34eecbb (the cell's biases named, its matrices anonymous
+# transposes): the form of the bundles deployed before then, which must stay fine-tunable.
+BEFORE_STEP_FORM = Path(__file__).resolve().parent / "bundle_before_34eecbb"
+
+
+@pytest.mark.parametrize("path", [SHIPPED, BEFORE_STEP_FORM], ids=["shipped", "before-34eecbb"])
+def test_the_champion_is_read_back_from_its_onnx_graph(path: Path) -> None:
+    import onnx
+
+    bundle = load_bundle(path, allow_unsigned=True)
+    names = {i.name for i in onnx.load(str(path / "model.onnx")).graph.initializer}
+    if path == BEFORE_STEP_FORM:
+        assert "model.gru.bias_ih_l0" in names
+        assert "l0_0" not in names
     model = model_from_bundle(bundle)
     assert model.mode == bundle.card["mode"]
     assert [model.state_rows, model.hidden] == bundle.card["state_shape"]
@@ -112,8 +124,8 @@ def _steps_differ(a: HealthModel, b: HealthModel, steps: int = 40) -> float:
 @pytest.mark.parametrize("mode", ["supervised", "forecast"])
 @pytest.mark.parametrize("layers", [1, 2])
 def test_a_freshly_exported_bundle_is_read_back(tmp_path: Path, cell: str, mode: str, layers: int) -> None:
-    """Today's step form (one Gemm per gate, feature_scale folded in supervised mode: 34eecbb,
-    487f6b6) read back into the model that was exported, for each cell, mode and depth."""
+    """Today's step form (one Gemm per gate: 34eecbb; the scaler by name again: 637a899) read back
+    into the model that was exported, for each cell, mode and depth."""
     model = _fresh(cell, mode, layers)
     bundle = load_bundle(_write_fresh(tmp_path / "b", model), allow_unsigned=True)
     back = model_from_bundle(bundle)
@@ -140,35 +152,56 @@ def test_a_freshly_exported_bundle_is_read_back(tmp_path: Path, cell: str, mode:
             assert torch.equal(got[3][2 * H :], want[3][2 * H :])
 
 
-def test_a_step_form_graph_without_its_folded_scale_reads_back_as_the_same_function(tmp_path: Path) -> None:
-    """Bundles exported between 487f6b6 and the folded-buffers metadata: feature_scale = 1 with the
-    folded weights computes the same step; an initializer missing is refused with a clear message."""
+def test_a_graph_with_the_scale_folded_in_reads_back_as_the_same_function(tmp_path: Path) -> None:
+    """Supervised bundles exported between 487f6b6 and 637a899: no Div, 1/feature_scale folded into
+    layer 0's input weights, no feature_scale initializer. Made here from today's graph (the Div
+    removed, the weights folded as 487f6b6 did); read back with feature_scale = 1 and the folded
+    weights, the same step. An initializer missing is refused with a clear message."""
     import onnx
+    from onnx import numpy_helper
 
     from trainer.champion import ChampionError
-    from trainer.export import FOLDED_KEY
 
     model = _fresh("gru", "supervised", 2)
     bundle = load_bundle(_write_fresh(tmp_path / "b", model), allow_unsigned=True)
     proto = onnx.load(str(bundle.path / "model.onnx"))
-    kept = [p for p in proto.metadata_props if p.key != FOLDED_KEY]
-    assert len(kept) == len(proto.metadata_props) - 1
-    del proto.metadata_props[:]
-    proto.metadata_props.extend(kept)
-    (tmp_path / "old").mkdir()
-    (tmp_path / "old" / "model.onnx").write_bytes(proto.SerializeToString())
-    older = SimpleNamespace(card=bundle.card, n_features=bundle.n_features, path=tmp_path / "old")
-    older.session = make_session(proto.SerializeToString())
+    graph = proto.graph
+    (div,) = [n for n in graph.node if n.op_type == "Div" and "model.feature_scale" in n.input]
+    for node in graph.node:  # what read the scaled features now reads features − mean
+        node.input[:] = [div.input[0] if x == div.output[0] else x for x in node.input]
+    graph.node.remove(div)
+    scale = model.feature_scale.numpy()
+    F = F_SHIPPED
+    changed = []
+    for init in list(graph.initializer):
+        arr = numpy_helper.to_array(init).copy()
+        if init.name == "model.feature_scale":
+            graph.initializer.remove(init)
+            continue
+        if init.name in ("l0_0", "l0_2"):  # [input + h, H]: the input rows
+            arr[:F] /= scale[:, None]
+        elif init.name == "l0_4":  # [input, H]
+            arr /= scale[:, None]
+        else:
+            continue
+        init.CopyFrom(numpy_helper.from_array(arr, init.name))
+        changed.append(init.name)
+    assert sorted(changed) == ["l0_0", "l0_2", "l0_4"]
+    folded = proto.SerializeToString()
+    (tmp_path / "folded").mkdir()
+    (tmp_path / "folded" / "model.onnx").write_bytes(folded)
+    older = SimpleNamespace(
+        card=bundle.card, n_features=F, path=tmp_path / "folded", session=make_session(folded)
+    )
     back = model_from_bundle(older)
-    assert torch.equal(back.feature_scale, torch.ones(F_SHIPPED))
-    assert _matches(back, older.session, older.n_features, steps=50) <= 1e-5
+    assert torch.equal(back.feature_scale, torch.ones(F))
+    assert _matches(back, older.session, F, steps=50) <= 1e-5
     assert _steps_differ(back, model) <= 1e-5
     # One Gemm's weights gone: refused, naming what is missing, not a traceback.
-    graph = proto.graph
     keep = [i for i in graph.initializer if i.name != "l1_3"]
     del graph.initializer[:]
     graph.initializer.extend(keep)
-    (tmp_path / "old" / "model.onnx").write_bytes(proto.SerializeToString())
+    (tmp_path / "folded" / "model.onnx").write_bytes(proto.SerializeToString())
     with pytest.raises(ChampionError, match=r"lacks l1_3.*--from-scratch"):
         model_from_bundle(older)
 
