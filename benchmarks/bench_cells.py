@@ -206,24 +206,10 @@ class OperatorStep(torch.nn.Module):
 
 def export_operator_form(model: HealthModel) -> bytes:
     """`OperatorStep(model)` as ONNX bytes, exported as trainer.export exports the step."""
-    from trainer.export import _quiet_exporter
+    from trainer.export import step_program
 
     model = model.cpu().eval()
-    features, h = torch.zeros(2, model.n_features), torch.zeros(model.state_rows, 2, model.hidden)
-    batch = torch.export.Dim("batch", min=1, max=1 << 20)
-    with _quiet_exporter(), torch.no_grad():
-        program = torch.onnx.export(
-            OperatorStep(model).eval(),
-            (features, h),
-            input_names=["features", "h"],
-            output_names=["score", "h_out"],
-            dynamo=True,
-            dynamic_shapes={"features": {0: batch}, "h": {1: batch}},
-            optimize=True,
-            verbose=False,
-        )
-    assert program is not None
-    return bytes(program.model_proto.SerializeToString())
+    return bytes(step_program(OperatorStep(model).eval(), model).SerializeToString())
 
 
 def step_forms(hidden: int, rounds: int, min_time: float) -> None:

@@ -82,16 +82,16 @@ def folded_buffers(model: HealthModel) -> dict[str, Any]:
     return out
 
 
-def export_onnx(model: HealthModel) -> bytes:
-    """ONE time step of `model` as ONNX bytes with a dynamic batch axis (checked in onnxruntime)."""
-    model = model.cpu().eval()
+def step_program(step: torch.nn.Module, model: HealthModel) -> Any:
+    """`step(features, h) -> (score, h_out)` of `model` exported by dynamo with a dynamic batch axis:
+    the ONNX ModelProto (also how benchmarks/bench_cells.py exports its other step forms)."""
     example_batch = 2
     features = torch.zeros(example_batch, model.n_features)
     h = torch.zeros(model.state_rows, example_batch, model.hidden)
     batch = torch.export.Dim("batch", min=1, max=1 << 20)
     with _quiet_exporter(), torch.no_grad():
         program = torch.onnx.export(
-            StepModule(model).eval(),
+            step,
             (features, h),
             input_names=["features", "h"],
             output_names=["score", "h_out"],
@@ -102,7 +102,13 @@ def export_onnx(model: HealthModel) -> bytes:
         )
     if program is None:  # pragma: no cover - dynamo=True always returns a program
         raise ExportError("torch.onnx.export returned no program")
-    proto = program.model_proto
+    return program.model_proto
+
+
+def export_onnx(model: HealthModel) -> bytes:
+    """ONE time step of `model` as ONNX bytes with a dynamic batch axis (checked in onnxruntime)."""
+    model = model.cpu().eval()
+    proto = step_program(StepModule(model).eval(), model)
     proto.producer_name = "gruwatch-trainer"
     folded = proto.metadata_props.add()
     folded.key, folded.value = FOLDED_KEY, json.dumps(folded_buffers(model))
