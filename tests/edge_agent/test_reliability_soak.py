@@ -1,6 +1,6 @@
 """Reliability soaks against a real private Mosquitto (issue 14, the suite): the agent killed with SIGKILL
 again and again mid-stream, a network partition (the broker paused with SIGSTOP), a million
-distinct sensor ids, dropped connections, and the agent process's memory over minutes of 10,000 sensors. Each has a reduced version that runs in `make test`; the `reliability` marker
+distinct sensor ids (in-process through the batch path, and over MQTT to the agent as a process), dropped connections, and the agent process's memory over minutes of 10,000 sensors. Each has a reduced version that runs in `make test`; the `reliability` marker
 holds the long ones (`make test-reliability`). `-s` prints the `FIGURE` lines docs/reliability.md quotes.
 """
 
@@ -236,7 +236,7 @@ def _rss_mb(pid: int | str = "self") -> float:
 
 def _many_sensors(models: Models, tmp_path: Path, n_ids: int, max_tracked: int) -> None:
     """Windows of `n_ids` distinct sensors (2,560 samples each) through the daemon's batch path (no
-    broker: a million windows over MQTT would take hours here): every bounded table stays bounded."""
+    broker; `_ids_over_mqtt` below sends them through one): every bounded table stays bounded."""
     from edge_agent.daemon import Agent
     from edge_agent.mqtt_link import Inbound
     from edge_agent.settings import load_settings
@@ -359,11 +359,71 @@ def test_dropped_connections_long(broker: Broker, topic_prefix: str, models: Mod
     _drops(broker, topic_prefix, models, tmp_path, drops=1000)
 
 
-# ------------------------------------------------------ memory over minutes of 10,000 sensors (a process)
+# ------------------------------------ the agent as a process under a paced publisher (both soaks below)
 
 
 def _median(xs: list[float]) -> float:
     return sorted(xs)[len(xs) // 2]
+
+
+def _start_online(agent: AgentProcess, broker: Broker, topic_prefix: str) -> tuple[Any, StatusWatcher]:
+    """The agent started as a child process and seen online (its retained status message)."""
+    watcher = StatusWatcher(broker, topic_prefix, agent.agent_id)
+    proc = agent.start()
+    deadline = time.monotonic() + 60
+    while not watcher.online() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if not watcher.online():
+        watcher.close()
+        raise AssertionError("the agent did not come online")
+    return proc, watcher
+
+
+def _paced_publish(
+    pub: paho.Client,
+    message: Callable[[int], tuple[str, bytes]],
+    *,
+    rate: float,
+    answered: Callable[[], int],
+    stop: Callable[[int, float], bool],
+    tick: Callable[[float], None],
+) -> tuple[int, float, float]:
+    """Publish `message(0)`, `message(1)`, ... (QoS 1) at `rate` per second until `stop(sent, seconds)`;
+    `tick(seconds)` about once a second. Never more than 5,000 windows ahead of `answered()` (so a slow
+    agent meets a slower rate, reported, not a broker queue of gigabytes). Returns (sent, seconds
+    throttled, seconds)."""
+    sent, throttled = 0, 0.0
+    t0 = time.monotonic()
+    next_tick = t0
+    while not stop(sent, (now := time.monotonic()) - t0):
+        if now >= next_tick:
+            tick(now - t0)
+            next_tick = max(next_tick + 1.0, now + 0.5)
+        due = min(int((now - t0) * rate), sent + 200)
+        if sent - answered() > 5000:
+            throttled += 0.01
+            time.sleep(0.01)
+            continue
+        while sent < due and not stop(sent, now - t0):
+            topic, payload = message(sent)
+            pub.publish(topic, payload, qos=1)
+            sent += 1
+        time.sleep(0.005)
+    return sent, throttled, time.monotonic() - t0
+
+
+def _agents_count(log: str) -> int:
+    """Windows scored, as the agent's last `agent_stopped` log line (JSON) says; -1 without one."""
+    events = [json.loads(line) for line in log.splitlines() if line.startswith("{")]
+    stopped = [e for e in events if e.get("event") == "agent_stopped"]
+    return int(stopped[-1]["windows_scored"]) if stopped else -1
+
+
+def _load() -> str:
+    return Path("/proc/loadavg").read_text().split()[0]
+
+
+# ------------------------------------------------------ memory over minutes of 10,000 sensors (a process)
 
 
 def _memory_soak(
@@ -378,8 +438,7 @@ def _memory_soak(
 ) -> dict[str, float]:
     """`sensors` sensors each publish a 2,560-sample window every `period_s` seconds (QoS 1, spread
     evenly, round-robin) for `duration_s` to the agent as a child process; its RSS (/proc/PID/status)
-    is sampled every second. The publisher never runs more than 5,000 windows ahead of the health
-    messages (so a slow agent meets a slower rate, reported, not a broker queue of gigabytes).
+    is sampled every second.
 
     Warm-up: the first 20 % of the run, which must also hold one full pass over all sensors.
     Growth: the median RSS over the last `median_s` seconds of publishing against the median over
@@ -387,7 +446,6 @@ def _memory_soak(
     eviction (the steady state of a gateway running for months) happens within the run.
     """
     agent = agent_process("soak", store_budget_bytes=64 * 1024**2)
-    watcher = StatusWatcher(broker, topic_prefix, agent.agent_id)
     seen: set[tuple[str, int]] = set()  # (topic, seq) of the health messages (a resend counts once)
     health = [0]
 
@@ -404,32 +462,26 @@ def _memory_soak(
     topics = [vibration_topic(topic_prefix, "m", f"s{i}") for i in range(sensors)]
     rate = sensors / period_s
     samples: list[tuple[float, float]] = []  # (seconds since the first publish, RSS MB)
-    load0 = Path("/proc/loadavg").read_text().split()[0]
-    proc = agent.start()
+    load0 = _load()
+
+    def message(n: int) -> tuple[str, bytes]:
+        i, k = n % sensors, n // sensors
+        return topics[i], encode_binary(
+            Window(k, T0 + int(k * period_s * S), 25600.0, 1500.0, pool[(i + k) % 64])
+        )
+
+    watcher: StatusWatcher | None = None
     try:
         assert counter.is_connected()
-        deadline = time.monotonic() + 60
-        while not watcher.online() and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert watcher.online(), "the agent did not come online"
-        sent, throttled = 0, 0.0
-        t0 = time.monotonic()
-        next_sample = t0
-        while (now := time.monotonic()) - t0 < duration_s:
-            if now >= next_sample:
-                samples.append((now - t0, _rss_mb(proc.pid)))
-                next_sample = max(next_sample + 1.0, now + 0.5)
-            due = min(int((now - t0) * rate), sent + 200)
-            if sent - len(seen) > 5000:
-                throttled += 0.01
-                time.sleep(0.01)
-                continue
-            while sent < due:
-                i, k = sent % sensors, sent // sensors
-                w = Window(k, T0 + int(k * period_s * S), 25600.0, 1500.0, pool[(i + k) % 64])
-                pub.publish(topics[i], encode_binary(w), qos=1)
-                sent += 1
-            time.sleep(0.005)
+        proc, watcher = _start_online(agent, broker, topic_prefix)
+        sent, throttled, _ = _paced_publish(
+            pub,
+            message,
+            rate=rate,
+            answered=lambda: len(seen),
+            stop=lambda sent, t: t >= duration_s,
+            tick=lambda t: samples.append((t, _rss_mb(proc.pid))),
+        )
         drain = time.monotonic() + 120
         while len(seen) < sent and time.monotonic() < drain:
             time.sleep(0.1)
@@ -440,11 +492,10 @@ def _memory_soak(
         agent.kill_all()
         close_client(pub)
         close_client(counter)
-        watcher.close()
-    load1 = Path("/proc/loadavg").read_text().split()[0]
-    events = [json.loads(line) for line in log.splitlines() if line.startswith("{")]
-    stopped = [e for e in events if e.get("event") == "agent_stopped"]
-    scored = int(stopped[-1]["windows_scored"]) if stopped else -1  # the agent's own count (JSON log)
+        if watcher is not None:
+            watcher.close()
+    load1 = _load()
+    scored = _agents_count(log)
     warm_end = 0.2 * duration_s
     assert sent >= sensors, "not one full pass over the sensors"
     first_pass_s = sensors / min(rate, sent / duration_s)
@@ -492,3 +543,158 @@ def test_agent_memory_flat_over_10_minutes_of_10000_sensors_long(
     period = float(os.environ.get("GRUWATCH_SOAK_PERIOD_S", "20"))
     fig = _memory_soak(broker, topic_prefix, agent_process, sensors=10_000, period_s=period, duration_s=600.0, median_s=30.0)  # fmt: skip
     assert fig["growth"] < 0.02, fig
+
+
+# ------------------------------------------- many distinct sensor ids over MQTT, to the agent as a process
+
+
+def _metrics(port: int) -> dict[str, float]:
+    """The agent's Prometheus counters and gauges without labels, by name."""
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+        text = r.read().decode()
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        name, _, value = line.partition(" ")
+        if name.startswith("gruwatch_agent_") and "{" not in name:
+            out[name] = float(value)
+    return out
+
+
+def _ids_over_mqtt(
+    broker: Broker,
+    topic_prefix: str,
+    agent_process: Callable[..., AgentProcess],
+    *,
+    n_ids: int,
+    max_tracked: int,
+    rate: float,
+) -> dict[str, float]:
+    """`n_ids` distinct sensors (machine i // 1000, sensor i % 1000: every topic its own) each publish
+    ONE 2,560-sample window (QoS 1) through the broker to the agent as a child process with
+    `max_tracked_sensors` = `max_tracked` and a 32 MiB store budget (as `_many_sensors`, in-process).
+    Every second: the agent's RSS (/proc/PID/status), its store on disk (database, WAL, -shm) and its
+    `tracked_sensors` gauge; every 5 s the rows of its states table (a read-only SQLite connection).
+    The agent's own count comes from its metrics endpoint (the pace) and its `agent_stopped` line."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = int(s.getsockname()[1])
+    budget = 32 * 1024**2
+    agent = agent_process(
+        "ids", max_tracked_sensors=max_tracked, store_budget_bytes=budget, metrics_port=port
+    )
+    pub = mqtt_client(broker)
+    rng = np.random.default_rng(11)
+    pool = [encode_binary(Window(0, T0, 25600.0, 1500.0, (0.1 * rng.standard_normal(2560)).astype(np.float32))) for _ in range(64)]  # fmt: skip
+    store = agent.store
+    rss: list[tuple[int, float]] = []  # (windows published, RSS MB)
+    rows: list[int] = []
+    store_max, tracked_max = 0, 0.0
+    scored_now = [0, 0.0]  # the agent's count, when it was read (monotonic)
+    load0 = _load()
+    ids_sent = [0]
+
+    def answered() -> int:
+        nonlocal tracked_max
+        if time.monotonic() - scored_now[1] > 0.25:
+            m = _metrics(port)
+            scored_now[:] = [int(m.get("gruwatch_agent_windows_scored_total", 0)), time.monotonic()]
+            tracked_max = max(tracked_max, m.get("gruwatch_agent_tracked_sensors", 0.0))
+        return int(scored_now[0])
+
+    def message(i: int) -> tuple[str, bytes]:
+        ids_sent[0] = i + 1
+        return vibration_topic(topic_prefix, f"m{i // 1000}", f"s{i % 1000}"), pool[i % 64]
+
+    def states_rows() -> int:
+        conn = sqlite3.connect(f"file:{store}?mode=ro", uri=True, timeout=5)
+        try:
+            return int(conn.execute("SELECT COUNT(*) FROM states").fetchone()[0])
+        finally:
+            conn.close()
+
+    def tick(t: float) -> None:
+        nonlocal store_max
+        rss.append((ids_sent[0], _rss_mb(proc.pid)))
+        size = sum(_size_or_0(store.with_name(store.name + x)) for x in ("", "-wal", "-shm"))
+        store_max = max(store_max, size)
+        if len(rss) % 5 == 0:
+            rows.append(states_rows())
+
+    watcher: StatusWatcher | None = None
+    try:
+        proc, watcher = _start_online(agent, broker, topic_prefix)
+        sent, throttled, wall = _paced_publish(
+            pub, message, rate=rate, answered=answered, stop=lambda sent, t: sent >= n_ids, tick=tick
+        )
+        drain = time.monotonic() + 300
+        while answered() < sent and time.monotonic() < drain:
+            tick(0.0)
+            time.sleep(0.5)
+        rss.append((sent, _rss_mb(proc.pid)))
+        rows.append(states_rows())
+        m = _metrics(port)
+        assert proc.poll() is None, "the agent died"
+        log = AgentProcess.stop_cleanly(proc, timeout=60)
+    finally:
+        agent.kill_all()
+        close_client(pub)
+        if watcher is not None:
+            watcher.close()
+    load1 = _load()
+    scored = _agents_count(log)
+    rows_end = sqlite3.connect(store).execute("SELECT COUNT(*) FROM states").fetchone()[0]
+    store_end = sum(_size_or_0(store.with_name(store.name + x)) for x in ("", "-wal", "-shm"))
+    after = [r for k, r in rss if k >= n_ids // 10]  # RSS once 10 % of the ids are published
+    w = max(3, len(rss) // 50)  # medians over 2 % of the samples
+    at_warm, at_end = _median(after[:w]), _median(after[-w:])
+    warm = after
+    growth = (at_end - at_warm) / at_warm
+    fig = {"sent": sent, "scored": scored, "growth": growth, "peak_growth": (max(warm) - at_warm) / at_warm}
+    print(
+        f"\nFIGURE ids over MQTT: ids={n_ids} max_tracked={max_tracked} rate target {rate:.0f}/s, "
+        f"sent={sent} in {wall:.0f} s ({sent / wall:.0f}/s, throttled {throttled:.0f} s); "
+        f"scored={scored} (agent_stopped), metrics (last read before the stop): received {m.get('gruwatch_agent_messages_total', -1):.0f}, "
+        f"scored {m.get('gruwatch_agent_windows_scored_total', -1):.0f}, tracked max {tracked_max:.0f}; "
+        f"states rows max {max(rows)} while running (sampled {len(rows)} times), {rows_end} at the end; "
+        f"store max {store_max / 1024**2:.1f} MB (budget {budget / 1024**2:.0f} MiB), {store_end / 1024**2:.1f} MB at the end; "
+        f"RSS start {rss[0][1]:.1f} MB, after 10 % of the ids {at_warm:.1f} MB, end {at_end:.1f} MB "
+        f"(medians over {w} samples), peak after 10 % {max(warm):.1f} MB; growth {100 * growth:+.2f} %; "
+        f"load {load0} -> {load1}; RSS every 10 %: "
+        f"{' '.join(f'{r:.0f}' for _, r in rss[:: max(1, len(rss) // 10)])}"
+    )
+    assert scored == sent == n_ids, f"{n_ids} ids, {sent} sent, {scored} scored"
+    assert tracked_max <= max_tracked
+    assert max(rows) <= 3 * max_tracked + 256, rows  # docs/reliability.md, "States table"
+    assert rows_end <= 2 * max_tracked  # rewritten at the stop: the scorer's and the tracker's sensors
+    assert store_max <= budget, f"the store reached {store_max} bytes on a {budget}-byte budget"
+    return fig
+
+
+def _size_or_0(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return 0
+
+
+def test_many_distinct_sensor_ids_over_mqtt_stay_bounded(
+    broker: Broker, topic_prefix: str, agent_process: Callable[..., AgentProcess]
+) -> None:
+    n = int(os.environ.get("GRUWATCH_MQTT_IDS_SHORT", "20000"))
+    fig = _ids_over_mqtt(broker, topic_prefix, agent_process, n_ids=n, max_tracked=2_000, rate=600.0)
+    assert fig["growth"] < 0.25, fig
+
+
+@pytest.mark.reliability
+@pytest.mark.timeout(3600)  # a long run: beyond the suite's 600 s per test
+def test_a_million_sensor_ids_over_mqtt_long(
+    broker: Broker, topic_prefix: str, agent_process: Callable[..., AgentProcess]
+) -> None:
+    n = int(os.environ.get("GRUWATCH_MQTT_IDS", "1000000"))
+    rate = float(os.environ.get("GRUWATCH_MQTT_RATE", "700"))
+    fig = _ids_over_mqtt(broker, topic_prefix, agent_process, n_ids=n, max_tracked=10_000, rate=rate)
+    assert fig["growth"] < 0.10, fig
