@@ -389,6 +389,15 @@ def render_report(metrics: dict[str, Any], traces: Sequence[RunTrace]) -> str:
     ]
     sig_class = "note" if sig == "verified" else "warn"
     out.append(f"<p class='{sig_class}'>Bundle signature: {_esc(sig)}.</p>")
+    left_out = metrics.get("data", {}).get("left_out") or []
+    if left_out:
+        out.append(
+            f"<p class='warn'>{len(left_out)} run(s) left out: the agent would refuse their windows as "
+            "model_mismatch (not what the model was trained on).</p>"
+        )
+        out.append(
+            _table(["run", "windows", "why"], [[r["run_id"], r["windows"], r["reason"]] for r in left_out])
+        )
     attention = attention_runs(runs)
     out.append("<h2>Runs that need attention</h2>")
     if attention:

@@ -64,6 +64,26 @@ def score_runs(
     return out
 
 
+def runs_the_model_accepts(trained_on: Any, runs: Sequence[Run]) -> tuple[list[Run], list[dict[str, Any]]]:
+    """(runs the agent would score, [{"run_id", "windows", "reason"}] for the ones it would refuse).
+
+    The agent refuses a window whose sample rate, length or shaft speed is not one the model was
+    trained on (`model_mismatch`, edge_agent.trained_on); evaluating such runs would measure what no
+    gateway does, so they are left out and named. A card without `trained_on` (None) keeps every run.
+    """
+    if trained_on is None:
+        return list(runs), []
+    kept: list[Run] = []
+    left_out: list[dict[str, Any]] = []
+    for run in runs:
+        reason = trained_on.mismatch(int(run.windows.shape[1]), float(run.fs), float(run.rpm))
+        if reason is None:
+            kept.append(run)
+        else:
+            left_out.append({"run_id": run.run_id, "windows": len(run.windows), "reason": reason})
+    return kept, left_out
+
+
 def evaluate_runs(
     scorer: Scorer,
     runs: Sequence[Run],

@@ -139,6 +139,35 @@ def _select(runs: list[Any], ids: Sequence[str], what: str) -> list[Any]:
     return picked
 
 
+def _accepted(bundle: Any, runs: list[Any]) -> tuple[list[Any], list[dict[str, Any]]]:
+    """The runs the agent would score with this bundle; the others are named on stderr (or refused)."""
+    from trainer.data.runs import DataError
+    from trainer.evaluate import runs_the_model_accepts
+
+    kept, left_out = runs_the_model_accepts(bundle.trained_on, runs)
+    if not left_out:
+        return kept, left_out
+    hint = (
+        f"the model was trained on {bundle.trained_on.describe()}; --target-fs resamples runs, "
+        "--window frames continuous recordings"
+    )
+    if not kept:
+        first = left_out[0]
+        raise DataError(
+            f"none of the {len(left_out)} runs is one the agent would score with this model "
+            f"(run {first['run_id']}: {first['reason']}); {hint}"
+        )
+    sys.stderr.write(
+        f"gruwatch evaluate: {len(left_out)} of {len(runs)} runs left out, the agent would refuse their "
+        f"windows as model_mismatch ({hint}):\n"
+    )
+    for row in left_out[:10]:
+        sys.stderr.write(f"  {row['run_id']} ({row['windows']} windows): {row['reason']}\n")
+    if len(left_out) > 10:
+        sys.stderr.write(f"  ... and {len(left_out) - 10} more (metrics.json data.left_out lists them all)\n")
+    return kept, left_out
+
+
 def run_evaluation(args: argparse.Namespace) -> dict[str, Any]:
     """Everything `gruwatch evaluate` does; returns metrics.json's content (also written to OUT)."""
     from trainer.data import load_runs
@@ -155,6 +184,7 @@ def run_evaluation(args: argparse.Namespace) -> dict[str, Any]:
     runs = load_runs(args.data, window=args.window, target_fs=args.target_fs, progress=progress)
     if not runs:
         raise DataError(f"no runs found under {', '.join(args.data)}")
+    runs, left_out = _accepted(bundle, runs)
     train_runs: list[Any] = []
     if args.held_out:
         td = card.get("training_data") or {}
@@ -186,6 +216,7 @@ def run_evaluation(args: argparse.Namespace) -> dict[str, Any]:
         held_out=args.held_out,
     )
     metrics["model"]["path"] = str(args.model)
+    metrics["data"]["left_out"] = left_out
     write_outputs(Path(args.out), metrics, results)
     return metrics
 
@@ -228,6 +259,10 @@ def _summary(metrics: dict[str, Any], out: str) -> str:
         f"  false alarms            {a['false_alarms']} in {a['healthy_machine_days']:.3g} healthy "
         f"machine-days ({_g(a['false_alarms_per_machine_day'])} per machine-day)",
     ]
+    if metrics["data"].get("left_out"):
+        lines.append(
+            f"  runs left out           {len(metrics['data']['left_out'])} (not what the model was trained on)"
+        )
     ft = metrics.get("fault_types")
     if ft:
         lines.append(f"  fault-type accuracy     {_g(ft['accuracy'])}")

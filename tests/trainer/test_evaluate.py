@@ -452,3 +452,58 @@ def test_help_teaches_the_metrics(capsys: pytest.CaptureFixture[str]) -> None:
     text = capsys.readouterr().out
     for word in ("lead time", "false alarms", "AUROC", "--trusted-keys", "--baselines", "examples:"):
         assert word in text
+
+
+def test_runs_the_agent_would_refuse_are_left_out_and_named(
+    tiny: Tiny, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A run at a sample rate the model never saw is not scored (the agent says model_mismatch)."""
+    from simulator.cli import main as simulate
+    from trainer.evaluate_cli import main
+
+    fast = tmp_path / "sim25k"
+    args = ["dataset", "--out", str(fast), "--machines", "2", "--seed", "9", "--horizon", "900"]
+    args += ["--fs", "25600", "--window", "1024", "--interval", "10", "--no-progress"]
+    assert simulate(args) == 0
+    out = tmp_path / "eval"
+    argv = [
+        "--model",
+        str(tiny.bundle),
+        "--data",
+        str(tiny.data),
+        str(fast),
+        "--out",
+        str(out),
+        "--no-progress",
+    ]
+    assert main(argv) == 0
+    io = capsys.readouterr()
+    m = json.loads((out / "metrics.json").read_text())
+    left = m["data"]["left_out"]
+    assert len(left) == 2
+    assert all("fs=25600 Hz" in row["reason"] and row["windows"] > 0 for row in left)
+    assert m["data"]["runs"] == 6 == len(m["runs"])  # tiny's own six runs, scored as before
+    assert not {r["run_id"] for r in m["runs"]} & {row["run_id"] for row in left}
+    assert "2 of 8 runs left out" in io.err
+    assert "--target-fs" in io.err
+    assert "runs left out           2" in io.out
+    assert "left out" in (out / "report.html").read_text(encoding="utf-8")
+
+    # Only such runs: refused before any scoring, saying what to do.
+    assert (
+        main(
+            ["--model", str(tiny.bundle), "--data", str(fast), "--out", str(tmp_path / "e2"), "--no-progress"]
+        )
+        == 1
+    )
+    err = capsys.readouterr().err
+    assert "none of the 2 runs" in err
+    assert "--target-fs" in err
+    assert not (tmp_path / "e2" / "metrics.json").exists()
+
+    # Resampled to the trained rate they are scored.
+    argv = ["--model", str(tiny.bundle), "--data", str(fast), "--out", str(tmp_path / "e3"), "--no-progress"]
+    assert main([*argv, "--target-fs", "12800"]) == 0
+    m3 = json.loads((tmp_path / "e3" / "metrics.json").read_text())
+    assert m3["data"]["left_out"] == []
+    assert m3["data"]["runs"] == 2
