@@ -247,6 +247,11 @@ def build_parser() -> argparse.ArgumentParser:
         "stretch count as neither healthy nor degraded (an alarm there warns early; it is not false). "
         "Default 0 (on FEMTO, 1 tripled the false alarms of training-side validation)",
     )
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help="print the summary as one JSON object (bundle, thresholds, validation, timings) instead of text",
+    )
     add_progress_option(p)
     return p
 
@@ -430,6 +435,7 @@ def _train_and_export(args: argparse.Namespace, device: str, dist: ProcessContex
     card = json.loads((bundle / "card.json").read_text())
     return {
         "bundle": str(bundle),
+        "validation_runs": list(card.get("training_data", {}).get("validation_runs") or []),
         "model_version": card["model_version"],
         "mode": card["mode"],
         "cell": card["cell"],
@@ -457,5 +463,59 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stderr.write(f"gruwatch train: error: {exc}\n")
         return 1
     if summary.get("bundle") is not None:  # under torchrun only rank 0 has a bundle to report
-        sys.stdout.write(json.dumps(summary, indent=2, default=str) + "\n")
+        text = json.dumps(summary, indent=2, default=str) if args.json else human_summary(summary)
+        sys.stdout.write(text + "\n")
     return 0
+
+
+def human_summary(summary: dict[str, Any]) -> str:
+    """What `gruwatch train` made, for a person: the alarm rule, how it did on validation, what next."""
+    t, v = summary["thresholds"], summary["validation"]
+    signed = (
+        "signed" if summary["signed"] else "UNSIGNED (an agent with trusted keys refuses it; --signing-key)"
+    )
+    lines = [
+        f"wrote {summary['bundle']}: model {summary['model_version']}, {summary['cell'].upper()}, "
+        f"{summary['mode']}, {signed}",
+        f"alarm: health >= {t['alarm']:.3f} for {t['raise_windows']} window(s) raises it, "
+        f"{t['clear_windows']} window(s) below clears it; warning at {t['warning']:.3f}",
+    ]
+    runs = summary.get("validation_runs") or []
+    if runs:
+        shown = ", ".join(runs[:4]) + (f" and {len(runs) - 4} more" if len(runs) > 4 else "")
+        lines.append(f"validation on {len(runs)} run(s) the model did not fit: {shown}")
+    else:
+        lines.append("validation: none (too few runs to hold any out); figures below are on training runs")
+    if v.get("auroc") is not None:
+        lines.append(f"  window AUROC {v['auroc']:.3f} (health score vs degraded windows)")
+    a = v.get("alarms") or {}
+    if a.get("degraded_runs"):
+        delay = a.get("median_detection_delay_s")
+        lines.append(
+            f"  {a['degraded_runs_detected']} of {a['degraded_runs']} degrading runs alarmed"
+            + (f", median {delay:.0f} s after the degradation began" if delay is not None else "")
+        )
+    if "false_alarms" in a:
+        per_day = a.get("false_alarms_per_day")
+        rate = "" if per_day is None else f" = {per_day:.3g} per machine-day"
+        lines.append(
+            f"  {a['false_alarms']} false alarm(s) in {a.get('healthy_machine_days', 0):.3g} healthy "
+            f"machine-days{rate} (target {a.get('target_false_alarms_per_day')})"
+        )
+        if a["false_alarms"] and a.get("pool") == "median-run":
+            lines.append(
+                "    the alarm level is the median of each run's own false-alarm-free level, so a run whose "
+                "healthy life steps up alone does not set it (docs/training.md, Alarm thresholds)"
+            )
+    parity = v.get("onnx_parity") or {}
+    if parity.get("step_error") is not None:
+        lines.append(f"  exported ONNX step matches torch within {parity['step_error']:.2g}")
+    sec = summary["seconds"]
+    lines.append(
+        f"took {sum(sec.values()):.1f} s (" + ", ".join(f"{k} {v:.1f}" for k, v in sec.items()) + ")"
+    )
+    lines.append(
+        f"next: gruwatch evaluate --model {summary['bundle']} --data <runs it never saw> --out <folder>; "
+        "--json prints this summary as JSON"
+    )
+    return "\n".join(lines)

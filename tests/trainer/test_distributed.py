@@ -146,7 +146,7 @@ def test_torchrun_two_processes_train_the_single_process_model(tiny_dataset: Pat
     from edge_agent.bundle import load_bundle
 
     common = ["--data", str(tiny_dataset), "--hidden", "16", "--epochs", "8", "--chunk-len", "16"]
-    common += ["--val-fraction", "0.3", "--seed", "2", "--device", "cpu", "--no-progress"]
+    common += ["--val-fraction", "0.3", "--seed", "2", "--device", "cpu", "--no-progress", "--json"]
     out_ddp, out_one = tmp_path / "ddp", tmp_path / "one"
     ckpt_ddp, ckpt_one = tmp_path / "ddp.pt", tmp_path / "one.pt"
     ddp = _run([*TORCHRUN, "-m", "trainer", *common, "--out", str(out_ddp), "--checkpoint", str(ckpt_ddp)])

@@ -284,6 +284,13 @@ def test_gruwatch_train_writes_a_signed_bundle_the_scorer_reproduces(
         assert "no horizon" in capsys.readouterr().err
     assert main(argv) == 0
     card = json.loads((out / "card.json").read_text())
+    said = capsys.readouterr().out  # the summary for a person: the alarm rule, validation, what next
+    t = card["thresholds"]
+    assert f"wrote {out}: model {card['model_version']}, {cell.upper()}, supervised, signed" in said
+    assert f"health >= {t['alarm']:.3f} for {t['raise_windows']} window(s) raises it" in said
+    assert all(run in said for run in card["training_data"]["validation_runs"][:4])
+    assert f"window AUROC {card['validation']['auroc']:.3f}" in said
+    assert f"gruwatch evaluate --model {out}" in said
     assert card["training"]["health_target"] == target
     assert card["training"]["hi_cap"] == 1.5
     assert card["mode"] == "supervised"
