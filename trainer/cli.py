@@ -223,6 +223,15 @@ def build_parser() -> argparse.ArgumentParser:
         "(default 2: a single cold-start or noisy window never alarms)",
     )
     c.add_argument(
+        "--clear-windows",
+        type=_window_count,
+        default=0,
+        metavar="N",
+        help="consecutive windows under the alarm level that clear a raised alarm (default 0: calibration "
+        "chooses among 1, 3, 6, 12; run-to-failure data gets 12, so an alarm does not flicker off at one "
+        "low window)",
+    )
+    c.add_argument(
         "--alarm-margin",
         type=float,
         default=0.05,
@@ -254,6 +263,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_progress_option(p)
     return p
+
+
+def _window_count(text: str) -> int:
+    """--clear-windows N: 0 (calibration chooses) or a positive number of windows."""
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of windows") from None
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"{n}: use 0 (calibration chooses) or a positive number of windows")
+    return n
 
 
 def _parent_version(path: str | None) -> str | None:
@@ -385,6 +405,7 @@ def _train_and_export(args: argparse.Namespace, device: str, dist: ProcessContex
         batch_size=args.batch_size,
         chunk_len=args.chunk_len,
         seed=args.seed,
+        clear_windows=args.clear_windows,
         device=device,
         threads=args.threads,
         horizon_s=args.horizon,

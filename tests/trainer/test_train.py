@@ -199,6 +199,26 @@ def test_calibration_margin_and_minimum_raise_windows() -> None:
         calibrate(runs, margin=-0.1)
 
 
+def test_a_fixed_clear_count_keeps_a_failing_runs_alarm_on_through_one_low_window() -> None:
+    """--clear-windows N (run-to-failure data: 12): the alarm does not flicker off and on again."""
+    from trainer.calibrate import _in_alarm
+
+    healthy = np.full(400, 0.1)
+    failing = np.r_[np.full(300, 0.1), np.tile([0.9, 0.9, 0.9, 0.05], 25)]  # a dip every 4th window
+    target = np.r_[np.zeros(300), np.ones(100)].astype(np.float32)
+    runs = [ScoredRun(healthy, np.zeros(400, np.float32), 60.0), ScoredRun(failing, target, 60.0)]
+    fixed, metrics = calibrate(runs, min_raise_windows=3, clear_choices=(12,))
+    assert fixed["clear_windows"] == 12
+    assert metrics["false_alarms"] == 0
+
+    def raises(clear: int) -> int:
+        on = _in_alarm(failing, np.array([fixed["alarm"]]), fixed["raise_windows"], clear)[0]
+        return int(np.sum(on[1:] & ~on[:-1]))
+
+    assert raises(1) == 25  # cleared by every dip, raised again after it
+    assert raises(12) == 1  # raised once, on until the end
+
+
 # --------------------------------------------------------------------------- training
 def test_supervised_training_learns(
     fleet: tuple[list[FeatureSequence], list[FeatureSequence], tuple[str, ...]],
