@@ -13,7 +13,7 @@ import math
 import os
 import re
 import sys
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -32,6 +32,21 @@ def parse_duration(text: str) -> float:
     if not (value > 0 and math.isfinite(value)):
         raise argparse.ArgumentTypeError(f"{text!r}: a duration must be positive")
     return value
+
+
+def int_at_least(minimum: int) -> Callable[[str], int]:
+    """An argparse `type`: a whole number >= `minimum`, ArgumentTypeError (saying so) otherwise."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"{text!r}: give a whole number ≥ {minimum}")
+        return value
+
+    return parse
 
 
 def add_progress_option(parser: argparse.ArgumentParser) -> None:

@@ -7,19 +7,12 @@ import argparse
 import math
 from datetime import UTC, datetime
 
-from gruwatch.options import DURATION_HELP, parse_duration
+from gruwatch.options import DURATION_HELP, int_at_least, parse_duration
 
 DEFAULT_START = "2026-01-01T00:00:00Z"
 
 
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r}: give a whole number ≥ 1")
-    return value
+positive_int = int_at_least(1)
 
 
 def positive_float(text: str) -> float:

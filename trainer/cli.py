@@ -25,6 +25,7 @@ from gruwatch.options import (
     check_output_file,
     check_signing_key,
     hidden_alias,
+    int_at_least,
     parse_duration,
     progress_enabled,
 )
@@ -224,7 +225,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     c.add_argument(
         "--clear-windows",
-        type=_window_count,
+        type=int_at_least(0),
         default=0,
         metavar="N",
         help="consecutive windows under the alarm level that clear a raised alarm (default 0: calibration "
@@ -263,17 +264,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_progress_option(p)
     return p
-
-
-def _window_count(text: str) -> int:
-    """--clear-windows N: 0 (calibration chooses) or a positive number of windows."""
-    try:
-        n = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of windows") from None
-    if n < 0:
-        raise argparse.ArgumentTypeError(f"{n}: use 0 (calibration chooses) or a positive number of windows")
-    return n
 
 
 def _parent_version(path: str | None) -> str | None:
