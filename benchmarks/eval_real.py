@@ -128,7 +128,7 @@ def comparison_models(
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    from trainer.calibrate import ScoredRun, calibrate
+    from trainer.calibrate import ScoredRun, calibrate, clear_choices
 
     training = bundle.card.get("training", {})
     out: dict[str, tuple[list[np.ndarray], list[np.ndarray]]] = {}
@@ -155,6 +155,7 @@ def comparison_models(
             target_false_alarms_per_day=training.get("target_false_alarms_per_day", 0.1),
             min_raise_windows=training.get("min_raise_windows", 2),
             margin=training.get("alarm_margin", 0.05),
+            clear_choices=clear_choices(training.get("clear_windows", 0)),
         )
         health = [model.predict_proba(s.features)[:, 1] for s in test_seqs]
         out[name] = (health, replay(health, thr))

@@ -43,7 +43,7 @@ from tqdm.auto import tqdm
 from edge_agent.alarms import AlarmState, Thresholds, step
 from edge_agent.bundle import make_session
 from edge_agent.features import FeatureSpec
-from trainer.calibrate import ScoredRun, calibrate
+from trainer.calibrate import ScoredRun, calibrate, clear_choices
 from trainer.data.runs import Run, split_by_machine
 from trainer.export import export_onnx
 from trainer.metrics import RunEval, cell_of, fault_classes_of, quality, summary_row
@@ -135,6 +135,7 @@ def _calibrated(
         target_false_alarms_per_day=cfg.target_false_alarms_per_day,
         min_raise_windows=int(getattr(cfg, "min_raise_windows", 1)),
         margin=float(getattr(cfg, "alarm_margin", 0.0)),
+        clear_choices=clear_choices(int(getattr(cfg, "clear_windows", 0))),
     )
     return thresholds
 

@@ -32,6 +32,11 @@ RAISE_CHOICES = (1, 2, 3, 5, 8)
 CLEAR_CHOICES = (1, 3, 6, 12)
 
 
+def clear_choices(clear_windows: int) -> tuple[int, ...]:
+    """The M values calibration may choose: all of CLEAR_CHOICES for 0, else only `clear_windows`."""
+    return (int(clear_windows),) if clear_windows > 0 else CLEAR_CHOICES
+
+
 @dataclass
 class ScoredRun:
     """One validation run's health scores [N], targets [N] (1/0/NaN) and window spacing in seconds."""
