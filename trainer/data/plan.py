@@ -291,10 +291,22 @@ def choose_horizon(
     raw = float(np.median(leads))
     lo, hi_ = HORIZON_MIN_FRACTION * med_life, HORIZON_MAX_FRACTION * med_life
     horizon = float(min(max(raw, lo), hi_))
+    seen = (
+        f"on {len(leads)} failing training runs {HI_FEATURE_SHARE:.0%} of the features stood above 6 sigma of "
+        f"the sensor's baseline for the last {raw:.0f} s of life (median)"
+    )
+    if raw < lo:
+        return horizon, (
+            f"{horizon:.0f} s, the floor of {HORIZON_MIN_FRACTION:.0%} of the median life ({med_life:.0f} s): {seen}, "
+            "a broad change that comes only at the very end"
+        )
+    if raw > hi_:
+        return horizon, (
+            f"{horizon:.0f} s, the ceiling of {HORIZON_MAX_FRACTION:.0%} of the median life ({med_life:.0f} s): {seen}"
+        )
     return horizon, (
-        f"median over {len(leads)} failing training runs of the time from the last rise of the baseline "
-        f"deviation of {HI_FEATURE_SHARE:.0%} of the features above 6 sigma to the failure: {raw:.0f} s; kept within {HORIZON_MIN_FRACTION:.0%}-"
-        f"{HORIZON_MAX_FRACTION:.0%} of the median life ({med_life:.0f} s): {horizon:.0f} s"
+        f"{horizon:.0f} s: {seen} (within {HORIZON_MIN_FRACTION:.0%}-{HORIZON_MAX_FRACTION:.0%} of the "
+        f"median life, {med_life:.0f} s)"
     )
 
 
