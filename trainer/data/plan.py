@@ -291,14 +291,15 @@ def choose_horizon(
     raw = float(np.median(leads))
     lo, hi_ = HORIZON_MIN_FRACTION * med_life, HORIZON_MAX_FRACTION * med_life
     horizon = float(min(max(raw, lo), hi_))
-    seen = (
-        f"on {len(leads)} failing training runs {HI_FEATURE_SHARE:.0%} of the features stood above 6 sigma of "
-        f"the sensor's baseline for the last {raw:.0f} s of life (median)"
+    seen = f"on {len(leads)} failing training runs (median) {HI_FEATURE_SHARE:.0%} of the features " + (
+        f"stood above 6 sigma of the sensor's baseline for the last {raw:.0f} s of life"
+        if raw > 0
+        else "were not yet all above 6 sigma of the sensor's baseline at the failure"
     )
     if raw < lo:
         return horizon, (
             f"{horizon:.0f} s, the floor of {HORIZON_MIN_FRACTION:.0%} of the median life ({med_life:.0f} s): {seen}, "
-            "a broad change that comes only at the very end"
+            "too late a change to set the horizon"
         )
     if raw > hi_:
         return horizon, (
