@@ -248,6 +248,15 @@ def _g(v: Any) -> str:
     return f"{v:.3g}" if isinstance(v, float) else str(v)
 
 
+def _sec(v: Any) -> str:
+    """Seconds for the summary, "n/a" without a unit for None."""
+    return "n/a" if v is None else f"{_g(v)} s"
+
+
+def _pct(v: Any) -> str:
+    return "n/a" if v is None else f"{100 * v:.3g} %"
+
+
 def _summary(metrics: dict[str, Any], out: str) -> str:
     w, a = metrics["windows"], metrics["alarms"]
     lines = [
@@ -255,7 +264,7 @@ def _summary(metrics: dict[str, Any], out: str) -> str:
         f"{metrics['data']['runs']} runs, {w['count']} windows",
         f"  window AUROC            {_g(w['auroc'])}",
         f"  failing runs detected   {a['detected']} of {a['failing_runs']}; median lead time "
-        f"{_g(a['lead_time_s']['median'])} s ({_g(a['lead_fraction']['median'])} of life)",
+        f"{_sec(a['lead_time_s']['median'])} ({_pct(a['lead_fraction']['median'])} of life)",
         f"  false alarms            {a['false_alarms']} in {a['healthy_machine_days']:.3g} healthy "
         f"machine-days ({_g(a['false_alarms_per_machine_day'])} per machine-day)",
     ]
@@ -269,7 +278,7 @@ def _summary(metrics: dict[str, Any], out: str) -> str:
     for b in metrics.get("baselines") or []:
         lines.append(
             f"  {b['name']:<24} AUROC {_g(b['auroc'])}, detected {b['detected']}/{b['failing_runs']}, "
-            f"median lead {_g(b['lead_time_s_median'])} s, false alarms/day "
+            f"median lead {_sec(b['lead_time_s_median'])}, false alarms/day "
             f"{_g(b['false_alarms_per_machine_day'])}, step {_g(b['step_latency_us'])} µs"
         )
     lines.append(f"wrote {Path(out) / 'metrics.json'} and {Path(out) / 'report.html'}")
