@@ -304,6 +304,11 @@ def _num(v: Any, digits: int = 3) -> str:
     return _esc(v)
 
 
+def _percent(fraction: float | None) -> str | None:
+    """A share of life as a percentage for the tables ("–" stays for None)."""
+    return None if fraction is None else f"{100 * fraction:.3g} %"
+
+
 def _table(header: Sequence[str], rows: Sequence[Sequence[Any]], cls: str = "") -> str:
     head = "".join(f"<th>{_esc(h)}</th>" for h in header)
     body = "".join("<tr>" + "".join(f"<td>{_num(c)}</td>" for c in row) + "</tr>" for row in rows)
@@ -412,7 +417,7 @@ def render_report(metrics: dict[str, Any], traces: Sequence[RunTrace]) -> str:
         ["labelled windows (degraded / healthy)", f"{win['degraded']} / {win['healthy']}"],
         ["failing runs detected (alarm on at end of life)", f"{al['detected']} of {al['failing_runs']}"],
         ["median lead time", unit(al["lead_time_s"]["median"], suffix=True)],
-        ["median lead time, share of life", al["lead_fraction"]["median"]],
+        ["median lead time, share of life", _percent(al["lead_fraction"]["median"])],
         ["false alarms / healthy machine-days", f"{al['false_alarms']} / {al['healthy_machine_days']:.3g}"],
         ["false alarms per machine-day", al["false_alarms_per_machine_day"]],
         ["degraded windows in alarm", al.get("degraded_windows_in_alarm")],
@@ -450,7 +455,7 @@ def render_report(metrics: dict[str, Any], traces: Sequence[RunTrace]) -> str:
             unit(r["degraded_from_s"]),
             unit(r["first_alarm_s"]),
             unit(r["lead_time_s"]) if r["lead_time_s"] is not None else "missed",
-            r["lead_fraction"],
+            _percent(r["lead_fraction"]),
             r["false_alarms"],
         ]
         for r in metrics.get("runs", [])
@@ -495,7 +500,14 @@ def render_report(metrics: dict[str, Any], traces: Sequence[RunTrace]) -> str:
             ("step_latency_us", "step (µs)"),
         ]
         rows_b = [
-            [unit(b.get(c[0])) if c[0] == "lead_time_s_median" else b.get(c[0]) for c in cols]
+            [
+                unit(b.get(c[0]))
+                if c[0] == "lead_time_s_median"
+                else _percent(b.get(c[0]))
+                if c[0] == "lead_fraction_median"
+                else b.get(c[0])
+                for c in cols
+            ]
             for b in baselines
         ]
         out.append(_table([c[1] for c in cols], rows_b))
