@@ -29,7 +29,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, TypedDict, Unpack
 
 import numpy as np
 import structlog
@@ -361,31 +361,29 @@ class ModelLink(MqttLink):
 # ------------------------------------------------------------------------------------- deployer side
 
 
+class DeployOptions(TypedDict, total=False):
+    """`deploy_archive`'s optional settings, which `deploy_bundle` passes on as they are."""
+
+    prefix: str
+    timeout_s: float
+    username: str | None
+    password: str | None
+    ca_file: str | None
+    force: bool
+    cert_file: str | None
+    key_file: str | None
+
+
 def deploy_bundle(
-    bundle_dir: Path | str,
-    *,
-    broker: str,
-    agent: str,
-    prefix: str = "gruwatch",
-    timeout_s: float = 30.0,
-    username: str | None = None,
-    password: str | None = None,
-    ca_file: str | None = None,
-    force: bool = False,
-    cert_file: str | None = None,
-    key_file: str | None = None,
+    bundle_dir: Path | str, *, broker: str, agent: str, **options: Unpack[DeployOptions]
 ) -> dict[str, Any]:
     """Publish a packed bundle to an agent's model topic and wait for its JSON answer on `.../model/result`.
 
     `force` sends it to `.../model/force`: accepted even when older than the bundle served (a
     deliberate rollback). Raises DeployError when the broker is unreachable or no answer comes
-    within `timeout_s`.
+    within `timeout_s`. The options are `deploy_archive`'s.
     """
-    return deploy_archive(
-        pack_bundle(bundle_dir), broker=broker, agent=agent, prefix=prefix, timeout_s=timeout_s,
-        username=username, password=password, ca_file=ca_file, force=force, cert_file=cert_file,
-        key_file=key_file,
-    )  # fmt: skip
+    return deploy_archive(pack_bundle(bundle_dir), broker=broker, agent=agent, **options)
 
 
 def deploy_archive(
