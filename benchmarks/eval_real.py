@@ -128,9 +128,10 @@ def comparison_models(
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    from trainer.calibrate import ScoredRun, calibrate, clear_choices
+    from trainer.baselines import card_config
+    from trainer.calibrate import ScoredRun, calibrate, settings_of
 
-    training = bundle.card.get("training", {})
+    calibration = settings_of(card_config(bundle.card))  # as the bundle was calibrated
     out: dict[str, tuple[list[np.ndarray], list[np.ndarray]]] = {}
     x = np.concatenate([s.features for s in train_seqs])
     y = np.concatenate([s.target for s in train_seqs])
@@ -152,10 +153,7 @@ def comparison_models(
                 ScoredRun(h.astype(np.float64), s.target, s.interval_s)
                 for h, s in zip(val_h, val_seqs, strict=True)
             ],
-            target_false_alarms_per_day=training.get("target_false_alarms_per_day", 0.1),
-            min_raise_windows=training.get("min_raise_windows", 2),
-            margin=training.get("alarm_margin", 0.05),
-            clear_choices=clear_choices(training.get("clear_windows", 0)),
+            **calibration,
         )
         health = [model.predict_proba(s.features)[:, 1] for s in test_seqs]
         out[name] = (health, replay(health, thr))

@@ -18,7 +18,7 @@ from __future__ import annotations
 import html
 import itertools
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -499,17 +499,11 @@ def render_report(metrics: dict[str, Any], traces: Sequence[RunTrace]) -> str:
             ("train_s", "train (s)"),
             ("step_latency_us", "step (µs)"),
         ]
-        rows_b = [
-            [
-                unit(b.get(c[0]))
-                if c[0] == "lead_time_s_median"
-                else _percent(b.get(c[0]))
-                if c[0] == "lead_fraction_median"
-                else b.get(c[0])
-                for c in cols
-            ]
-            for b in baselines
-        ]
+        formats: dict[str, Callable[[Any], Any]] = {
+            "lead_time_s_median": unit,
+            "lead_fraction_median": _percent,
+        }
+        rows_b = [[formats.get(key, lambda v: v)(b.get(key)) for key, _ in cols] for b in baselines]
         out.append(_table([c[1] for c in cols], rows_b))
 
     out.append("<h2>Health score over life, per run</h2>")

@@ -43,7 +43,7 @@ from tqdm.auto import tqdm
 from edge_agent.alarms import AlarmState, Thresholds, step
 from edge_agent.bundle import make_session
 from edge_agent.features import FeatureSpec
-from trainer.calibrate import ScoredRun, calibrate, clear_choices
+from trainer.calibrate import ScoredRun, calibrate, settings_of
 from trainer.data.runs import Run, split_by_machine
 from trainer.export import export_onnx
 from trainer.metrics import RunEval, cell_of, fault_classes_of, quality, summary_row
@@ -130,13 +130,7 @@ def _calibrated(
         ScoredRun(np.asarray(h, np.float64), tg, s.interval_s)
         for h, tg, s in zip(health, _cal_targets(seqs), seqs, strict=True)
     ]
-    thresholds, _ = calibrate(
-        runs,
-        target_false_alarms_per_day=cfg.target_false_alarms_per_day,
-        min_raise_windows=int(getattr(cfg, "min_raise_windows", 1)),
-        margin=float(getattr(cfg, "alarm_margin", 0.0)),
-        clear_choices=clear_choices(int(getattr(cfg, "clear_windows", 0))),
-    )
+    thresholds, _ = calibrate(runs, **settings_of(cfg))
     return thresholds
 
 
@@ -176,10 +170,16 @@ def _pool(
 
 
 # ------------------------------------------------------------------------------------ baselines
-def _train_config(card: dict[str, Any], *, epochs: int | None, seed: int, progress: bool) -> TrainConfig:
+def card_config(card: dict[str, Any]) -> TrainConfig:
+    """The training configuration a bundle's card records (keys this trainer does not know are dropped,
+    missing ones take today's defaults)."""
     known = {f.name for f in fields(TrainConfig)}
-    saved = {k: v for k, v in (card.get("training") or {}).items() if k in known}
-    cfg = TrainConfig(**saved)
+    return TrainConfig(**{k: v for k, v in (card.get("training") or {}).items() if k in known})
+
+
+def _train_config(card: dict[str, Any], *, epochs: int | None, seed: int, progress: bool) -> TrainConfig:
+    cfg = card_config(card)
+    saved = card.get("training") or {}
     over: dict[str, Any] = {"device": "cpu", "progress": progress, "seed": seed, "threads": 1}
     over["mode"] = card.get("mode", cfg.mode)
     over["hidden"] = int(card["state_shape"][1])

@@ -21,20 +21,30 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from edge_agent.alarms import ALARM, AlarmState, Thresholds, step
+
+if TYPE_CHECKING:
+    from trainer.train import TrainConfig
 
 SECONDS_PER_DAY = 86_400.0
 RAISE_CHOICES = (1, 2, 3, 5, 8)
 CLEAR_CHOICES = (1, 3, 6, 12)
 
 
-def clear_choices(clear_windows: int) -> tuple[int, ...]:
-    """The M values calibration may choose: all of CLEAR_CHOICES for 0, else only `clear_windows`."""
-    return (int(clear_windows),) if clear_windows > 0 else CLEAR_CHOICES
+def settings_of(cfg: TrainConfig) -> dict[str, Any]:
+    """`calibrate`'s keyword settings as a training configuration asks for them (the bundle's own, so
+    baselines are calibrated the same way): false-alarm target, minimum raise windows, safety margin,
+    and the clear-window choices (all of CLEAR_CHOICES for `clear_windows` 0, else only that one)."""
+    return {
+        "target_false_alarms_per_day": cfg.target_false_alarms_per_day,
+        "min_raise_windows": cfg.min_raise_windows,
+        "margin": cfg.alarm_margin,
+        "clear_choices": (int(cfg.clear_windows),) if cfg.clear_windows > 0 else CLEAR_CHOICES,
+    }
 
 
 @dataclass

@@ -44,7 +44,7 @@ from sklearn.metrics import average_precision_score, roc_auc_score
 from torch import nn
 from tqdm.auto import tqdm
 
-from trainer.calibrate import ScoredRun, alarm_metrics, calibrate, clear_choices, median_run_alarm
+from trainer.calibrate import ScoredRun, alarm_metrics, calibrate, median_run_alarm, settings_of
 from trainer.data.runs import DataError
 from trainer.distributed import LOCAL, ProcessContext, per_rank_batch
 from trainer.model import LOG_EPS, HealthModel
@@ -570,13 +570,7 @@ def train(
         )
         for sc, s in zip(scores, cal_seqs, strict=True)
     ]
-    thresholds, alarms = calibrate(
-        scored,
-        target_false_alarms_per_day=cfg.target_false_alarms_per_day,
-        min_raise_windows=cfg.min_raise_windows,
-        margin=cfg.alarm_margin,
-        clear_choices=clear_choices(cfg.clear_windows),
-    )
+    thresholds, alarms = calibrate(scored, **settings_of(cfg))
     if cfg.alarm_pool == "median-run":  # docs/training.md "Alarm thresholds"
         # The real training runs (synthetic ones carry "#" in their id); under torchrun rank 0's shard.
         real_train = [s for s in train_seqs if "#" not in s.run_id]
