@@ -60,7 +60,7 @@ from paho.mqtt.enums import CallbackAPIVersion  # noqa: E402
 from gruwatch.bench import describe, write_json  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from agent_compare import compare  # noqa: E402
+from agent_compare import compare, compare_latency  # noqa: E402
 from agent_cpu import BROKER_PID, budget_figures, budget_rows, others_cpu  # noqa: E402
 from agent_profile import PROFILED_RUN, print_profile  # noqa: E402
 
@@ -242,6 +242,7 @@ class AgentProcess:
         env = {k: v for k, v in os.environ.items() if not k.startswith("GRUWATCH_")}
         code = "from edge_agent.agent_cli import main; raise SystemExit(main(['run', '--config', %r, '--log-level', 'warning']))"
         cmd = [sys.executable, "-c", code % str(path)]
+
         if profile_dir is not None:
             profile_dir.mkdir(parents=True, exist_ok=True)
             cmd = [sys.executable, "-c", PROFILED_RUN, str(profile_dir), str(path)]
@@ -314,6 +315,11 @@ def main(argv: list[str] | None = None) -> int:
         "--no-burst", action="store_true", help="memory: skip the second, unpaced window per sensor"
     )
     p.add_argument("--rounds", type=int, default=3, help="rounds of the --variant comparison (default 3)")
+    p.add_argument(
+        "--compare-latency",
+        action="store_true",
+        help="with --variant: compare window -> health p50 / p99 at --rate instead of throughput",
+    )
     p.add_argument("--batch-wait-ms", type=int, default=BATCH_WAIT_MS, help="the agent's batch_max_wait_ms")
     p.add_argument(
         "--store-synchronous", choices=["FULL", "NORMAL"], default=None, help="the agent's store_synchronous"
@@ -349,7 +355,11 @@ def main(argv: list[str] | None = None) -> int:
         BROKER_PID[:] = [broker.pid]
         try:
             parts = set(args.only or (["compare"] if args.variant else ["throughput", "latency", "memory"]))
-            if "compare" in parts:
+            if "compare" in parts and args.compare_latency:
+                rows += compare_latency(
+                    tmp, port, bundle, args, paced_latencies, transit_latencies, _agent_settings
+                )
+            elif "compare" in parts:
                 rows += compare(tmp, port, bundle, args, bare_run, agent_run, _agent_settings)
             if "throughput" in parts:
                 rows += throughput(tmp, port, bundle, args)
@@ -401,9 +411,11 @@ def _agent_settings(args: argparse.Namespace) -> dict[str, Any]:
 Row = tuple[str, str, str, str]
 
 
-def health_listener(port: int, prefix: str, args: argparse.Namespace, *, latency: bool = False) -> Listener:
+def health_listener(
+    port: int, prefix: str, args: argparse.Namespace, *, latency: bool = False, batched: bool | None = None
+) -> Listener:
     """Listens to an agent's health messages: per sensor, or its batch topic with health_batch."""
-    if _agent_settings(args).get("health_batch"):
+    if _agent_settings(args).get("health_batch") if batched is None else batched:
         return Listener(port, f"{prefix}/_agents/{prefix}/health", latency=latency, batched=True)
     return Listener(port, f"{prefix}/+/+/health", latency=latency)
 
@@ -480,25 +492,37 @@ def throughput(tmp: Path, port: int, bundle: Path, args: argparse.Namespace) -> 
     return rows
 
 
-def latency(tmp: Path, port: int, bundle: Path, args: argparse.Namespace) -> list[Row]:
-    rows: list[Row] = []
-    # 2. latency at a paced rate
-    agent = AgentProcess(tmp, port, "lat", bundle, **_agent_settings(args))
-    wait_online(port, "lat")
-    lat = health_listener(port, "lat", args, latency=True)
+def paced_latencies(
+    tmp: Path, port: int, bundle: Path, args: argparse.Namespace, prefix: str, settings: dict[str, Any]
+) -> tuple[np.ndarray, int]:
+    """Window -> health latencies (ms, the warm-up tenth left out) of an agent with `settings` at the
+    paced `--rate` for `--latency-s`, and how many windows were timed."""
+    agent = AgentProcess(tmp, port, prefix, bundle, **settings)
+    wait_online(port, prefix)
+    lat = health_listener(port, prefix, args, latency=True, batched=bool(settings.get("health_batch")))
     per_sensor = max(1, round(args.rate * args.latency_s / args.sensors))
-    pub = publish(port, "lat", args.sensors, per_sensor, rate=args.rate)
-    pub.communicate()
+    publish(port, prefix, args.sensors, per_sensor, rate=args.rate).communicate()
     lat.wait(args.sensors * per_sensor, 120)
     lat.close()
     agent.stop()
-    ms = np.array(lat.latencies[len(lat.latencies) // 10 :])  # skip the warm-up tenth
-    # reference: the same paced windows' transit to a bare paho subscriber (no agent in between)
-    bare = Listener(port, "latbare/+/+/vibration", latency=True)
-    publish(port, "latbare", args.sensors, per_sensor, rate=args.rate).communicate()
+    return np.array(lat.latencies[len(lat.latencies) // 10 :]), len(lat.latencies)
+
+
+def transit_latencies(port: int, args: argparse.Namespace, prefix: str) -> tuple[np.ndarray, int]:
+    """The reference: the same paced windows' transit to a bare paho subscriber (no agent between)."""
+    bare = Listener(port, f"{prefix}/+/+/vibration", latency=True)
+    per_sensor = max(1, round(args.rate * args.latency_s / args.sensors))
+    publish(port, prefix, args.sensors, per_sensor, rate=args.rate).communicate()
     bare.wait(args.sensors * per_sensor, 120)
     bare.close()
-    ref = np.array(bare.latencies[len(bare.latencies) // 10 :])
+    return np.array(bare.latencies[len(bare.latencies) // 10 :]), len(bare.latencies)
+
+
+def latency(tmp: Path, port: int, bundle: Path, args: argparse.Namespace) -> list[Row]:
+    rows: list[Row] = []
+    # 2. latency at a paced rate
+    ms, n = paced_latencies(tmp, port, bundle, args, "lat", _agent_settings(args))
+    ref, n_ref = transit_latencies(port, args, "latbare")
     p50, p99 = float(np.percentile(ms, 50)), float(np.percentile(ms, 99))
     r50, r99 = float(np.percentile(ref, 50)), float(np.percentile(ref, 99))
     rows.append(
@@ -506,7 +530,7 @@ def latency(tmp: Path, port: int, bundle: Path, args: argparse.Namespace) -> lis
             f"transit to a bare subscriber at {args.rate:,.0f} win/s (reference)",
             f"p50 {r50:.1f} ms",
             f"p99 {r99:.1f} ms",
-            f"{len(bare.latencies):,} windows",
+            f"{n_ref:,} windows",
         )
     )
     rows.append(
@@ -514,7 +538,7 @@ def latency(tmp: Path, port: int, bundle: Path, args: argparse.Namespace) -> lis
             f"agent, window -> health at {args.rate:,.0f} win/s",
             f"p50 {p50:.1f} ms",
             f"p99 {p99:.1f} ms",
-            f"goal p99 <= 10 ms; {len(lat.latencies):,} windows",
+            f"goal p99 <= 10 ms; {n:,} windows",
         )
     )
     args.figures.update(

@@ -370,6 +370,9 @@ class Agent:
             self.metrics.alarms.labels(state=tr.state).inc()
             log_transition(machine, sensor, tr)
         states = saved_states.batch_states(self.scorer, last, self.tracker)
+        early = self.store.reserve_outbox_ids(len(c.outbox)) if s.publish_before_commit else None
+        if early is not None:
+            self.outbox.publish_new(c.outbox, early)  # the windows are acked only after the commit
         ids = self.storage.commit(
             self.store,
             c.rows,
@@ -377,11 +380,13 @@ class Agent:
             outbox=c.outbox,
             states=states,
             attach_raw=raw.attach,
+            outbox_ids=early,
         )
         raw.committed(self.store.last_window_ids)
         self.windows_scored += len(c.rows)
         self.metrics.windows_scored.inc(len(c.rows))
-        self.outbox.publish_new(c.outbox, ids)
+        if early is None:
+            self.outbox.publish_new(c.outbox, ids)
         now_ns = time.time_ns()
         for p in chunk:
             self.metrics.end_to_end_seconds.observe(max(0, now_ns - p.item.received_ns) / 1e9)

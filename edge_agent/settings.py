@@ -108,6 +108,16 @@ class AgentSettings(BaseModel):
             "health topic: one PUBACK per batch. Only for consumers that read that topic."
         ),
     )
+    publish_before_commit: bool = Field(
+        default=False,
+        description=(
+            "Hand a batch's health and alert messages to the MQTT client before the batch's store "
+            "commit instead of after it: the commit (an fsync) leaves the window -> health latency. "
+            "Still at least once (the outbox row is committed before the window is acked); a commit "
+            "that fails, or a crash between publish and commit, repeats those messages after the "
+            "broker redelivers the windows."
+        ),
+    )
     mqtt_reconnect_min_s: int = Field(default=1, ge=1, description="First reconnect delay.")
     mqtt_reconnect_max_s: int = Field(default=60, ge=1, description="Reconnect delay cap (doubling).")
 

@@ -185,6 +185,10 @@ class Store:
         #: Row ids of the windows stored by the last `record_batch`, in the order given.
         self.last_window_ids: range = range(0)
         self._touched = int(conn.execute("SELECT COALESCE(MAX(touched), 0) FROM states").fetchone()[0])
+        # Outbox ids only grow in this process (never the rowid's max + 1 of a table emptied or
+        # trimmed meanwhile): an id handed to the MQTT client before its commit (`reserve_outbox_ids`)
+        # can never name another message when its acknowledgement comes.
+        self._next_outbox_id = int(conn.execute("SELECT COALESCE(MAX(id), 0) FROM outbox").fetchone()[0]) + 1
 
     # --- lifecycle -------------------------------------------------------------------------------
 
@@ -290,14 +294,15 @@ class Store:
         outbox: Sequence[OutboxMessage] = (),
         states: Mapping[str, SensorState] | None = None,
         attach_raw: Sequence[tuple[int, npt.ArrayLike]] = (),
+        outbox_ids: Sequence[int] | None = None,
     ) -> list[int]:
         """Store one scoring batch (windows, transitions, messages, sensor states) in ONE transaction.
 
         `states` upserts those sensors' rows of the states table (the others are left alone), so the
         states on disk always match the windows on disk, whatever moment a crash picks.
         `attach_raw` gives raw samples to windows stored earlier, by window id (see `attach_raw`).
-        Returns the outbox ids of `outbox`, in order; the new windows' ids are in `last_window_ids`.
-        After this returns the batch is durable and its windows may be acknowledged to the broker.
+        Returns the outbox ids of `outbox`, in order (`outbox_ids` when given: ids from
+        `reserve_outbox_ids`); the new windows' ids are in `last_window_ids`. After this returns the batch is durable and its windows may be acknowledged to the broker.
         """
         now = time.time_ns()
         win_params = [
@@ -347,7 +352,7 @@ class Store:
                 c.executemany(saved_states.UPSERT, state_params)
             if raw_params:
                 c.executemany(_ATTACH_RAW, raw_params)
-            ids = self._insert_outbox(c, outbox, now)
+            ids = self._insert_outbox(c, outbox, now, outbox_ids)
         self.last_window_ids = range(last - len(win_params) + 1, last + 1) if win_params else range(0)
         return ids
 
@@ -371,20 +376,32 @@ class Store:
         with self._tx() as c:
             return self._insert_outbox(c, msgs, time.time_ns())
 
-    @staticmethod
-    def _insert_outbox(c: sqlite3.Connection, msgs: Iterable[OutboxMessage], now: int) -> list[int]:
-        """Insert in one executemany; the ids are consecutive (rowid = largest + 1, one writer)."""
+    def reserve_outbox_ids(self, n: int) -> list[int]:
+        """Ids for `n` outbox messages not stored yet (give them to `record_batch(outbox_ids=...)`).
+        A reserved id is never handed out again, whether or not its commit succeeds."""
+        first = self._next_outbox_id
+        self._next_outbox_id += n
+        return list(range(first, first + n))
+
+    def _insert_outbox(
+        self, c: sqlite3.Connection, msgs: Sequence[OutboxMessage], now: int, ids: Sequence[int] | None = None
+    ) -> list[int]:
+        """Insert in one executemany with ids from `reserve_outbox_ids` (or `ids`, reserved earlier)."""
+        if ids is None:
+            ids = self.reserve_outbox_ids(len(msgs))
+        elif len(ids) != len(msgs):
+            raise ValueError(f"{len(msgs)} outbox messages but {len(ids)} ids")
         params = [
-            (m.topic, bytes(m.payload), int(m.qos), int(bool(m.retain)), int(m.priority), now) for m in msgs
+            (int(i), m.topic, bytes(m.payload), int(m.qos), int(bool(m.retain)), int(m.priority), now)
+            for i, m in zip(ids, msgs, strict=True)
         ]
-        if not params:
-            return []
-        c.executemany(
-            "INSERT INTO outbox (topic, payload, qos, retain, priority, created_ns) VALUES (?, ?, ?, ?, ?, ?)",
-            params,
-        )
-        last = _last_rowid(c)
-        return list(range(last - len(params) + 1, last + 1))
+        if params:
+            c.executemany(
+                "INSERT INTO outbox (id, topic, payload, qos, retain, priority, created_ns)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                params,
+            )
+        return list(ids)
 
     def _state_params(self, states: Mapping[str, SensorState]) -> list[tuple[Any, ...]]:
         self._touched += 1

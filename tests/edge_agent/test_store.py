@@ -309,6 +309,31 @@ def test_outbox_ids_are_those_of_the_rows(tmp_path: Path) -> None:
     st.close()
 
 
+def test_outbox_ids_only_grow_even_when_the_outbox_empties_or_a_commit_fails(tmp_path: Path) -> None:
+    """An id handed to the MQTT client before its commit (publish_before_commit) must never name
+    another message: ids are never reused in a process, whatever was deleted or rolled back."""
+    st = Store.open(tmp_path / "grow.db", budget_bytes=10**7)
+    first = st.enqueue_outbox([OutboxMessage("a", b"0"), OutboxMessage("b", b"1")])
+    st.mark_sent(first)  # the table is empty again: SQLite's rowid alone would start over at 1
+    early = st.reserve_outbox_ids(2)
+    assert early[0] > max(first)
+    with pytest.raises(TypeError):  # this commit fails: its reserved ids are spent, not handed out again
+        st.record_batch([], outbox=[OutboxMessage("c", None), OutboxMessage("d", b"")], outbox_ids=early)  # type: ignore[arg-type]
+    later = st.reserve_outbox_ids(2)
+    assert later[0] > max(early)
+    stored = st.record_batch(
+        [_row("m/s", 1)], outbox=[OutboxMessage("e", b"2"), OutboxMessage("f", b"3")], outbox_ids=later
+    )
+    assert stored == later
+    assert [(p.id, p.topic) for p in st.outbox_pending(10)] == [(later[0], "e"), (later[1], "f")]
+    with pytest.raises(ValueError, match="2 outbox messages but 1 ids"):
+        st.record_batch([], outbox=[OutboxMessage("g", b""), OutboxMessage("h", b"")], outbox_ids=later[:1])
+    st.close()
+    reopened = Store.open(tmp_path / "grow.db", budget_bytes=10**7)
+    assert reopened.enqueue_outbox([OutboxMessage("i", b"4")])[0] == later[1] + 1  # above what is stored
+    reopened.close()
+
+
 def test_a_store_without_the_run_columns_gains_them_and_its_rows_still_load(tmp_path: Path) -> None:
     """A states table as agents wrote it before the sequence tracker's run was saved: opened, it
     gains the run columns; its rows load with no run (the tracker then knows only the last
