@@ -17,6 +17,9 @@ as on a gateway; the publisher is another process; this process only listens):
    beyond the idle process (100,000 sensors in ≤ 300 MB: `--tracked 100000`); then again after a
    second window each sent as fast as possible, which fills the agent's queue and the batch buffers.
 
+`--variant NAME:KEY=JSON,...` compares agent settings with the defaults in interleaved rounds
+(throughput; with `--compare-latency`, window -> health p50 / p99 at `--rate` beside the bare transit).
+
 `--json FILE` writes {"windows_per_s", "paho_ceiling_per_s", "p50_ms", "p99_ms", "rss_mb_10k_sensors"}
 (plus the ratios, the references, the settings and the machine) to compare runs.
 
