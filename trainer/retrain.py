@@ -368,10 +368,17 @@ def _train_challenger(
         },
         parent_version=bundle.model_version,
         training=training,
-        # the collected windows passed the champion's checks: the challenger was trained on the same
-        trained_on=card.get("trained_on"),
+        trained_on=_challenger_trained_on(card.get("trained_on"), tr + va),
         signing_key=opts.signing_key,
     )
+
+
+def _challenger_trained_on(champion: Any, items: Sequence[Labelled]) -> Any:
+    """The champion's accepted ranges (the collected windows passed its checks, and keeping them stops
+    the range creeping from one retrain to the next) with the challenger's own window count."""
+    if not isinstance(champion, dict):
+        return champion
+    return {**champion, "windows": int(sum(len(x.seq) for x in items))}
 
 
 def retrain(opts: RetrainOptions) -> Outcome:
