@@ -53,10 +53,26 @@ def configure_logging(level: str = "info", *, json: bool | None = None, stream: 
             renderer,
         ],
     )
-    handler = logging.StreamHandler(out)
+    handler: logging.Handler = logging.StreamHandler(out) if stream is not None else _StderrHandler()
     handler.setFormatter(formatter)
     root = logging.getLogger()
     for h in list(root.handlers):
         root.removeHandler(h)
     root.addHandler(handler)
     root.setLevel(lvl)
+
+
+class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever `sys.stderr` is when a line is logged, not the stream it was at configure
+    time (a test runner that swaps stderr and closes its capture must not turn lines into errors)."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    @property
+    def stream(self) -> TextIO:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: TextIO) -> None:
+        pass
