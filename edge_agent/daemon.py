@@ -176,7 +176,8 @@ class Agent:
     def outbox(self) -> OutboxPump:
         """The outbox pump of the open store."""
         if self._outbox is None or self._outbox.store is not self._store:
-            self._outbox = OutboxPump(self.store, self.link)
+            early = self.settings.publish_before_commit
+            self._outbox = OutboxPump(self.store, self.link, before_commit=early)
         return self._outbox
 
     def run(self) -> int:
@@ -369,24 +370,20 @@ class Agent:
             self.transitions_total += 1
             self.metrics.alarms.labels(state=tr.state).inc()
             log_transition(machine, sensor, tr)
-        states = saved_states.batch_states(self.scorer, last, self.tracker)
-        early = self.store.reserve_outbox_ids(len(c.outbox)) if s.publish_before_commit else None
-        if early is not None:
-            self.outbox.publish_new(c.outbox, early)  # the windows are acked only after the commit
+        early = self.outbox.publish_early(c.outbox)  # None unless publish_before_commit; acks still wait
         ids = self.storage.commit(
             self.store,
             c.rows,
             transitions=c.transitions,
             outbox=c.outbox,
-            states=states,
+            states=saved_states.batch_states(self.scorer, last, self.tracker),
             attach_raw=raw.attach,
             outbox_ids=early,
         )
         raw.committed(self.store.last_window_ids)
         self.windows_scored += len(c.rows)
         self.metrics.windows_scored.inc(len(c.rows))
-        if early is None:
-            self.outbox.publish_new(c.outbox, ids)
+        self.outbox.committed(c.outbox, ids)
         now_ns = time.time_ns()
         for p in chunk:
             self.metrics.end_to_end_seconds.observe(max(0, now_ns - p.item.received_ns) / 1e9)

@@ -30,9 +30,10 @@ MARK_SENT_EVERY_S: Final = 1.0
 class OutboxPump:
     """Moves the store's outbox to the MQTT link (daemon thread only)."""
 
-    def __init__(self, store: Store, link: MqttLink) -> None:
+    def __init__(self, store: Store, link: MqttLink, *, before_commit: bool = False) -> None:
         self.store = store
         self.link = link
+        self.before_commit = before_commit  # the setting publish_before_commit (docs/agent.md)
         self.backlog = store.outbox_count() > 0  # the outbox may hold messages not handed over yet
         self._acked: list[int] = []
         self._next_collect = 0.0
@@ -54,6 +55,20 @@ class OutboxPump:
         except LinkError as exc:  # the client refused: the messages wait in the outbox
             log.warning("publish_deferred", error=str(exc), reason=exc.reason)
             self.backlog = True
+
+    def publish_early(self, msgs: Sequence[OutboxMessage]) -> list[int] | None:
+        """With `before_commit`: reserve the batch's outbox ids and hand its messages over now, before
+        the commit that stores them (give the ids to it); otherwise None and nothing happens."""
+        if not self.before_commit:
+            return None
+        ids = self.store.reserve_outbox_ids(len(msgs))
+        self.publish_new(msgs, ids)
+        return ids
+
+    def committed(self, msgs: Sequence[OutboxMessage], ids: Sequence[int]) -> None:
+        """After the batch's commit: hand its messages over, unless `publish_early` already did."""
+        if not self.before_commit:
+            self.publish_new(msgs, ids)
 
     def pump(self) -> None:
         """Catch up with the outbox (after a restart or a lost connection): alerts first, then in order."""

@@ -30,7 +30,6 @@ import sqlite3
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -42,6 +41,15 @@ from edge_agent.alarms import Transition
 from edge_agent.errors import StoreError, store_error
 from edge_agent.retraining_export import EXPORT_FORMAT, EXPORT_VERSION, ExportSummary, export_runs
 from edge_agent.states import SensorState
+from edge_agent.store_rows import (
+    PRIORITY_ALERT,
+    PRIORITY_HEALTH,
+    PRIORITY_STATUS,
+    Eviction,
+    OutboxItem,
+    OutboxMessage,
+    WindowRow,
+)
 
 __all__ = [
     "EXPORT_FORMAT",
@@ -49,6 +57,7 @@ __all__ = [
     "PRIORITY_ALERT",
     "PRIORITY_HEALTH",
     "PRIORITY_STATUS",
+    "Eviction",
     "ExportSummary",
     "OutboxItem",
     "OutboxMessage",
@@ -60,10 +69,6 @@ __all__ = [
 ]
 
 SCHEMA_VERSION = 2
-
-PRIORITY_ALERT = 0
-PRIORITY_HEALTH = 1
-PRIORITY_STATUS = 2
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BLOB);
@@ -105,70 +110,6 @@ CREATE TABLE IF NOT EXISTS outbox (
 );
 CREATE INDEX IF NOT EXISTS outbox_order ON outbox (priority, id);
 """
-
-
-@dataclass(frozen=True, slots=True)
-class WindowRow:
-    """The results of one scored window, as `record_batch` stores them."""
-
-    sensor: str  # "machine/sensor"
-    seq: int
-    ts_ns: int
-    features: npt.NDArray[np.float32]  # [F]
-    score: float
-    state: str  # "ok" | "warning" | "alarm"
-    model: str
-    fs: float = 0.0
-    rpm: float = 0.0
-    raw: npt.NDArray[np.float32] | None = None  # raw samples, kept for a sampled fraction
-
-
-@dataclass(frozen=True, slots=True)
-class OutboxMessage:
-    """A message to publish; `priority` PRIORITY_ALERT goes before PRIORITY_HEALTH."""
-
-    topic: str
-    payload: bytes
-    qos: int = 1
-    retain: bool = False
-    priority: int = PRIORITY_HEALTH
-
-
-@dataclass(frozen=True, slots=True)
-class OutboxItem:
-    """A stored, not yet acknowledged outbox message; `id` goes to `mark_sent`."""
-
-    id: int
-    topic: str
-    payload: bytes
-    qos: int
-    retain: bool
-    priority: int
-
-
-@dataclass(slots=True)
-class Eviction:
-    """What one `enforce_budget` call removed, and the store's size before and after."""
-
-    raw_dropped: int = 0
-    windows_dropped: int = 0
-    alarm_raw_dropped: int = 0
-    alarm_windows_dropped: int = 0
-    transitions_dropped: int = 0
-    outbox_dropped: int = 0
-    bytes_before: int = 0
-    bytes_after: int = 0
-
-    @property
-    def any(self) -> bool:
-        return bool(
-            self.raw_dropped
-            or self.windows_dropped
-            or self.alarm_raw_dropped
-            or self.alarm_windows_dropped
-            or self.transitions_dropped
-            or self.outbox_dropped
-        )
 
 
 class Store:

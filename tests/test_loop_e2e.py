@@ -170,7 +170,11 @@ def test_collect_export_retrain_deploy_swap(broker: Broker, topic_prefix: str, t
             v2_card = json.loads((out / "bundle" / "card.json").read_text())
             assert v2_card["parent_version"] == v1_version
             # trained on the windows the champion accepted: the same rates, lengths and speeds
-            assert v2_card["trained_on"] == json.loads((v1 / "card.json").read_text())["trained_on"]
+            v1_on = json.loads((v1 / "card.json").read_text())["trained_on"]
+            assert {k: v for k, v in v2_card["trained_on"].items() if k != "windows"} == {
+                k: v for k, v in v1_on.items() if k != "windows"
+            }
+            assert 0 < v2_card["trained_on"]["windows"] != v1_on["windows"]  # its own count
             assert agent.model_version == v2_version
             swapped_at = time.monotonic()
             deadline = swapped_at + 60
