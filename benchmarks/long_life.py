@@ -14,6 +14,8 @@ quarter of the long stretch (drift), alarm windows and raises, and where the sec
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import os
 import sys
 import tempfile
@@ -51,7 +53,11 @@ def main(argv: list[str] | None = None) -> int:
         with tempfile.TemporaryDirectory() as td:
             bundle = Path(td) / "bundle"
             others = [str(femto / b) for b in BEARINGS if b != held]
-            if train_main(["--data", *others, "--out", str(bundle), "--no-progress", "--json"]) != 0:
+            said = io.StringIO()
+            with contextlib.redirect_stdout(said), contextlib.redirect_stderr(said):
+                trained = train_main(["--data", *others, "--out", str(bundle), "--no-progress", "--json"])
+            if trained != 0:
+                print(said.getvalue(), file=sys.stderr)
                 return 1
             runs = load_femto_bearing(femto / held)
             scorer = Scorer.from_bundle(bundle, allow_unsigned=True)
