@@ -45,12 +45,13 @@ sys.path.insert(0, str(REPO))
 
 from edge_agent.bundle import load_bundle  # noqa: E402
 from edge_agent.scorer import Scorer  # noqa: E402
+from trainer import rms_rule  # noqa: E402
 from trainer.data import load_runs  # noqa: E402
 from trainer.data.runs import Run  # noqa: E402
 
 HORIZON_S = 1800.0  # AUROC labels only (fixed a priori); the trainer chooses its own horizon
-RULE_SIGMA = 6.0
-RULE_WINDOWS = 3
+RULE_SIGMA = rms_rule.SIGMA
+RULE_WINDOWS = rms_rule.WINDOWS
 DOC = REPO / "docs" / "evaluation.md"
 BEGIN, END = "<!-- eval-real:begin -->", "<!-- eval-real:end -->"
 
@@ -158,7 +159,7 @@ def comparison_models(
         health = [model.predict_proba(s.features)[:, 1] for s in test_seqs]
         out[name] = (health, replay(health, thr))
     j = bundle.spec.names.index("log_rms")
-    level = float(np.log1p(RULE_SIGMA))  # the baseline's scale: sign(z)·log1p|z|
+    level = rms_rule.LEVEL  # the baseline's scale: sign(z)·log1p|z|
     health = [(s.features[:, j] >= level).astype(np.float64) for s in test_seqs]
     rule = {"warning": 0.5, "alarm": 0.5, "raise_windows": RULE_WINDOWS, "clear_windows": RULE_WINDOWS}
     out[f"RMS > own mean + {RULE_SIGMA:g}σ, {RULE_WINDOWS} windows"] = (

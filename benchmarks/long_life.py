@@ -43,6 +43,13 @@ def main(argv: list[str] | None = None) -> int:
         "--bearing", action="append", choices=BEARINGS, help="held-out bearings (default: all four)"
     )
     p.add_argument("--extra", type=int, default=100_000, help="healthy windows drawn between the halves")
+    p.add_argument(
+        "--gain",
+        type=float,
+        default=1.0,
+        help="a slow drift: the drawn windows scaled up geometrically to GAIN x by the last one, the "
+        "second half at GAIN x (1: none); prints the gain at the first alarm",
+    )
     args = p.parse_args(argv)
     femto = args.data / "femto" / "Learning_set"
     if not femto.is_dir():
@@ -62,12 +69,13 @@ def main(argv: list[str] | None = None) -> int:
             runs = load_femto_bearing(femto / held)
             scorer = Scorer.from_bundle(bundle, allow_unsigned=True)
             t0 = time.perf_counter()
-            stretched = long_life(scorer, runs, args.extra)
+            stretched = long_life(scorer, runs, args.extra, gain=args.gain)
             plain = long_life(Scorer.from_bundle(bundle, allow_unsigned=True), runs, 0)
             took = time.perf_counter() - t0
         th = scorer.thresholds
+        drift = f"; the drawn windows drift to {args.gain:g}x the amplitude" if args.gain != 1 else ""
         print(
-            f"\n{held} held out (trained on the other three): alarm level {th.alarm:.3f}; scored in {took:.0f} s"
+            f"\n{held} held out (trained on the other three): alarm level {th.alarm:.3f}{drift}; scored in {took:.0f} s"
         )
         print(
             "  sensor      stretch          windows  median    p99    max  quarter medians             alarm windows  raises"
@@ -79,11 +87,25 @@ def main(argv: list[str] | None = None) -> int:
                 print(
                     f"  {sensor:10s}  {s.name:14s} {s.windows:8,d}  {s.median:.3f}  {s.p99:.3f}  {s.max:.3f}  {q:26s}  {s.alarm_windows:13d}  {s.alarm_raises:6d}"
                 )
+            long = parts[1] if len(parts) == 3 else None
+            if args.gain != 1 and long is not None:
+                print(
+                    f"  {sensor:10s}  drift: GRU first alarm {_at(long.first_alarm, args)}; "
+                    f"RMS 6 sigma rule {_at(long.rms_rule_first_alarm, args)}"
+                )
             end, end0 = parts[-1], base[-1]
             print(
-                f"  {sensor:10s}  second half first alarm: window {end.first_alarm} after the long stretch, {end0.first_alarm} without it (of {end.windows})"
+                f"  {sensor:10s}  second half first alarm: window {end.first_alarm} after the long stretch, "
+                f"{end0.first_alarm} without it (of {end.windows})"
             )
     return 0
+
+
+def _at(window: int | None, args: argparse.Namespace) -> str:
+    """Where in the drifting stretch an alarm first stood, and the gain reached by then."""
+    if window is None:
+        return "none"
+    return f"window {window:,} of the stretch, at {args.gain ** ((window + 1) / args.extra):.3f}x"
 
 
 if __name__ == "__main__":

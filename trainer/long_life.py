@@ -15,7 +15,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from edge_agent import baseline
 from edge_agent.scorer import Scorer
+from trainer import rms_rule
 from trainer.data.runs import Run
 
 #: Windows skipped at the start of a run before drawing healthy ones (FEMTO's run-in is louder).
@@ -35,14 +37,22 @@ class Stretch:
     alarm_raises: int
     quarter_medians: tuple[float, ...]  # median health per quarter of the stretch (drift)
     first_alarm: int | None  # index in the stretch of the first window in alarm
+    #: the same for the classic rule on this sequence (trainer.rms_rule; None: it never fired, or the
+    #: bundle has no per-sensor baseline or no log_rms feature)
+    rms_rule_first_alarm: int | None = None
 
 
-def long_life(scorer: Scorer, runs: list[Run], extra: int, *, seed: int = 0) -> dict[str, list[Stretch]]:
-    """Score every run through first half → `extra` healthy windows → second half, all runs in step."""
-    from edge_agent.protocol import Window
+def long_life(
+    scorer: Scorer, runs: list[Run], extra: int, *, gain: float = 1.0, seed: int = 0
+) -> dict[str, list[Stretch]]:
+    """Score every run through first half → `extra` healthy windows → second half, all runs in step.
 
+    `gain` ≠ 1 adds a slow drift: the long stretch's windows are scaled up (or down) geometrically
+    until the last is `gain` × the drawn one, and the second half stays at `gain` × (a level change
+    of the whole vibration, as a warmer machine or a heavier load may bring; the run's shape is kept).
+    """
     rng = np.random.default_rng(seed)
-    plans: list[tuple[str, np.ndarray, np.ndarray, int]] = []
+    plans: list[tuple[str, np.ndarray, int]] = []
     for run in runs:
         n = run.n_windows
         half = n // 2
@@ -50,18 +60,22 @@ def long_life(scorer: Scorer, runs: list[Run], extra: int, *, seed: int = 0) -> 
             raise ValueError(
                 f"{run.run_id}: {n} windows, too short to draw healthy ones after a run-in of {RUN_IN}"
             )
-        windows = [Window(k, 0, run.fs, run.rpm, run.windows[k]) for k in range(n)]
-        feats = scorer.features_of(windows)
-        order = np.concatenate([np.arange(half), rng.integers(RUN_IN, half, extra), np.arange(half, n)])
-        plans.append((run.run_id, feats, order, half))
-    steps = max(len(order) for _, _, order, _ in plans)
-    health = {rid: np.empty(len(order), np.float32) for rid, _, order, _ in plans}
-    states = {rid: np.empty(len(order), dtype=object) for rid, _, order, _ in plans}
+        drawn = rng.integers(RUN_IN, half, extra)
+        ramp = gain ** (np.arange(1, extra + 1) / max(extra, 1))
+        parts = [
+            _features(scorer, run, np.arange(half), np.ones(half)),
+            _features(scorer, run, drawn, ramp),
+            _features(scorer, run, np.arange(half, n), np.full(n - half, gain)),
+        ]
+        plans.append((run.run_id, np.concatenate(parts), half))
+    steps = max(len(feats) for _, feats, _ in plans)
+    health = {rid: np.empty(len(feats), np.float32) for rid, feats, _ in plans}
+    states = {rid: np.empty(len(feats), dtype=object) for rid, feats, _ in plans}
     for k in range(steps):
-        live = [p for p in plans if k < len(p[2])]
+        live = [p for p in plans if k < len(p[1])]
         batch = scorer.score_features(
             [rid for rid, *_ in live],
-            np.stack([feats[order[k]] for _, feats, order, _ in live]),
+            np.stack([feats[k] for _, feats, _ in live]),
             seqs=[k] * len(live),
             ts_ns=[10**18 + k * 10**10] * len(live),  # one snapshot every 10 s: never a gap reset
         )
@@ -69,17 +83,58 @@ def long_life(scorer: Scorer, runs: list[Run], extra: int, *, seed: int = 0) -> 
             health[rid][k] = batch.health[i]
             states[rid][k] = batch.states[i]
     out: dict[str, list[Stretch]] = {}
-    for rid, _, order, half in plans:
+    for rid, feats, half in plans:
         bounds = [
             ("first half", 0, half),
             ("long healthy", half, half + extra),
-            ("second half", half + extra, len(order)),
+            ("second half", half + extra, len(feats)),
         ]
-        out[rid] = [_stretch(name, health[rid][a:b], states[rid][a:b]) for name, a, b in bounds if b > a]
+        rule = _rule_input(scorer, feats)
+        out[rid] = [
+            _stretch(name, health[rid][a:b], states[rid][a:b], None if rule is None else rule[a:b])
+            for name, a, b in bounds
+            if b > a
+        ]
     return out
 
 
-def _stretch(name: str, h: np.ndarray, s: np.ndarray) -> Stretch:
+def _rule_input(scorer: Scorer, feats: np.ndarray) -> np.ndarray | None:
+    """log_rms on the per-sensor baseline's scale, window by window, as the scorer normalises it."""
+    spec = scorer.spec.baseline
+    if spec is None or "log_rms" not in scorer.spec.names:
+        return None
+    n_features, j = feats.shape[1], scorer.spec.names.index("log_rms")
+    state = baseline.init_state(1, n_features)
+    learned = min(spec.ready_after, len(feats))
+    head = np.empty(learned)
+    for k in range(learned):  # step by step while it learns; from then on the baseline is fixed
+        y, state = baseline.step(spec, state, feats[k : k + 1])
+        head[k] = y[0, j]
+    mean, std = baseline.baseline_mean_std(spec, state, n_features)
+    z = (feats[learned:, j] - mean[0, j]) / std[0, j]
+    return np.concatenate([head, np.sign(z) * np.log1p(np.abs(z))])
+
+
+def _features(scorer: Scorer, run: Run, idx: np.ndarray, gains: np.ndarray, chunk: int = 2048) -> np.ndarray:
+    """Features of run.windows[idx] × gains, as the agent extracts them (unscaled ones computed once)."""
+    from edge_agent.protocol import Window
+
+    def of(rows: np.ndarray) -> np.ndarray:
+        return scorer.features_of([Window(0, 0, run.fs, run.rpm, w) for w in rows])
+
+    if np.all(gains == 1.0):
+        uniq, inverse = np.unique(idx, return_inverse=True)
+        return of(run.windows[uniq])[inverse]
+    return np.concatenate(
+        [
+            of(run.windows[idx[a : a + chunk]] * gains[a : a + chunk, None].astype(np.float32))
+            for a in range(0, len(idx), chunk)
+        ]
+        or [np.zeros((0, scorer.n_features), np.float32)]
+    )
+
+
+def _stretch(name: str, h: np.ndarray, s: np.ndarray, rule: np.ndarray | None) -> Stretch:
     alarm = s == "alarm"
     raises = int(alarm[0]) + int(np.sum(alarm[1:] & ~alarm[:-1]))
     first = np.flatnonzero(alarm)
@@ -93,4 +148,5 @@ def _stretch(name: str, h: np.ndarray, s: np.ndarray) -> Stretch:
         alarm_raises=raises,
         quarter_medians=tuple(float(np.median(q)) for q in np.array_split(h, 4) if q.size),
         first_alarm=int(first[0]) if first.size else None,
+        rms_rule_first_alarm=None if rule is None else rms_rule.first_alarm(rule),
     )

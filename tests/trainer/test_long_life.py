@@ -41,6 +41,7 @@ def test_stretches_have_the_asked_lengths_and_the_runs_step_together(tmp_path: P
             assert 0.0 <= s.median <= s.p99 <= s.max <= 1.0
             assert len(s.quarter_medians) == 4
             assert (s.first_alarm is None) == (s.alarm_windows == 0)
+            assert s.rms_rule_first_alarm is None  # this bundle's spec has no per-sensor baseline
     with pytest.raises(ValueError, match="too short"):
         long_life(Scorer.from_bundle(bundle, allow_unsigned=True), [_run(2 * RUN_IN, 3)], 10)
 
@@ -69,3 +70,12 @@ def test_defaults_stay_quiet_through_a_long_healthy_femto_life(real_data: Path, 
         assert (end.first_alarm is None) == (base_end.first_alarm is None), (rid, end, base_end)
         if end.first_alarm is not None and base_end.first_alarm is not None:
             assert abs(end.first_alarm - base_end.first_alarm) <= 3, (rid, end, base_end)
+
+
+def test_the_rms_rule_fires_on_the_third_window_in_a_row_above_6_sigma() -> None:
+    from trainer import rms_rule
+
+    level = rms_rule.LEVEL
+    assert rms_rule.first_alarm(np.array([0.0, level, level, 0.0, level, level, level, level])) == 6
+    assert rms_rule.first_alarm(np.array([level, level, 0.0] * 5)) is None
+    assert rms_rule.first_alarm(np.zeros(0)) is None
