@@ -176,8 +176,8 @@ class Agent:
     def outbox(self) -> OutboxPump:
         """The outbox pump of the open store."""
         if self._outbox is None or self._outbox.store is not self._store:
-            early = self.settings.publish_before_commit
-            self._outbox = OutboxPump(self.store, self.link, before_commit=early)
+            before = self.settings.publish_before_commit
+            self._outbox = OutboxPump(self.store, self.link, before_commit=before)
         return self._outbox
 
     def run(self) -> int:

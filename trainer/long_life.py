@@ -98,21 +98,22 @@ def long_life(
     return out
 
 
-def _rule_input(scorer: Scorer, feats: np.ndarray) -> np.ndarray | None:
+def _rule_input(scorer: Scorer, feats: np.ndarray, chunk: int = 4096) -> np.ndarray | None:
     """log_rms on the per-sensor baseline's scale, window by window, as the scorer normalises it."""
     spec = scorer.spec.baseline
     if spec is None or "log_rms" not in scorer.spec.names:
         return None
-    n_features, j = feats.shape[1], scorer.spec.names.index("log_rms")
-    state = baseline.init_state(1, n_features)
+    j = scorer.spec.names.index("log_rms")
+    state = baseline.init_state(1, feats.shape[1])
     learned = min(spec.ready_after, len(feats))
-    head = np.empty(learned)
-    for k in range(learned):  # step by step while it learns; from then on the baseline is fixed
+    out = np.empty(len(feats))
+    for k in range(learned):  # step by step while it learns; from then on the baseline is fixed,
         y, state = baseline.step(spec, state, feats[k : k + 1])
-        head[k] = y[0, j]
-    mean, std = baseline.baseline_mean_std(spec, state, n_features)
-    z = (feats[learned:, j] - mean[0, j]) / std[0, j]
-    return np.concatenate([head, np.sign(z) * np.log1p(np.abs(z))])
+        out[k] = y[0, j]
+    for a in range(learned, len(feats), chunk):  # so the rest is stepped in blocks from that state
+        block = feats[a : a + chunk]
+        out[a : a + len(block)] = baseline.step(spec, np.repeat(state, len(block), axis=0), block)[0][:, j]
+    return out
 
 
 def _features(scorer: Scorer, run: Run, idx: np.ndarray, gains: np.ndarray, chunk: int = 2048) -> np.ndarray:
