@@ -11,6 +11,9 @@
     ├── DeployError        a bundle could not be sent to an agent, or it did not answer
     └── (trainer, simulator) ExportError, DataError, PublishError
 
+    GruwatchWarning        something the user should know that does not stop the work (data left
+                           out, ...); the command line prints it as one line, `PROG: warning: ...`
+
 Foreign exceptions are translated in one place each, with `raise ... from exc`: sqlite3 errors by
 `store_error` (here), paho's return codes by `edge_agent.mqtt_link.link_error`.
 """
@@ -50,6 +53,10 @@ class GruwatchError(Exception):
         if reason is not None:
             self.reason = reason
         super().__init__(message or self.reason)
+
+
+class GruwatchWarning(UserWarning):
+    """A warning gruwatch gives deliberately (`warnings.warn(msg, GruwatchWarning)`)."""
 
 
 class _ReasonDetailError(GruwatchError):

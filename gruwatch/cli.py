@@ -5,7 +5,8 @@ knows their names, so `gruwatch agent run` on a gateway never imports the traine
 A subcommand whose optional dependencies are missing says which extra to install; a mistyped one
 gets the closest name. No traceback reaches the user: a `GruwatchError` is printed as
 `error: <what happened and what to do>` (exit 1), anything unexpected as one line with the way to
-see the traceback (`gruwatch --debug ...` or GRUWATCH_DEBUG=1), Ctrl-C as `interrupted` (exit 130).
+see the traceback (`gruwatch --debug ...` or GRUWATCH_DEBUG=1), Ctrl-C as `interrupted` (exit 130);
+gruwatch's own warnings as one line, `PROG: warning: ...`.
 """
 
 from __future__ import annotations
@@ -13,8 +14,9 @@ from __future__ import annotations
 import importlib
 import os
 import sys
+import warnings
 from collections.abc import Callable, Sequence
-from typing import NamedTuple
+from typing import NamedTuple, TextIO
 
 
 class Command(NamedTuple):
@@ -116,10 +118,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     return run_guarded(lambda: _load(cmd)(rest), f"gruwatch {name}", debug=debug)
 
 
+def _concise_warnings(prog: str) -> None:
+    """gruwatch's own warnings (`GruwatchWarning`) print as `PROG: warning: ...` (no file, line or
+    source line); others (libraries) as Python prints them."""
+    from edge_agent.errors import GruwatchWarning
+
+    default = warnings.showwarning
+
+    def show(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+             file: TextIO | None = None, line: str | None = None) -> None:  # fmt: skip
+        if issubclass(category, GruwatchWarning):
+            (file or sys.stderr).write(f"{prog}: warning: {message}\n")
+        else:
+            default(message, category, filename, lineno, file, line)
+
+    warnings.showwarning = show
+
+
 def run_guarded(run: Callable[[], int], prog: str, *, debug: bool = False) -> int:
     """`run()`'s exit status; errors become one message on stderr instead of a traceback."""
     from edge_agent.errors import GruwatchError
 
+    _concise_warnings(prog)
     try:
         return int(run())
     except GruwatchError as exc:

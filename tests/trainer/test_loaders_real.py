@@ -153,3 +153,23 @@ def test_cwru_hop_overlaps_windows(cwru_dir: Path) -> None:
     (run,) = load_cwru(cwru_dir / "12k_Drive_End_IR007_0_105.mat", window=2048, hop=1024)
     np.testing.assert_array_equal(run.windows[1, :1024], run.windows[0, 1024:])
     np.testing.assert_allclose(np.diff(run.ts), 1024 / 12000.0)
+
+
+def test_every_shared_cwru_file_under_its_original_number_gets_the_same_labels(
+    cwru_dir: Path, tmp_path: Path
+) -> None:
+    """The Data Center serves these files as `<no>.mat`: each one, linked under that name, is labelled
+    from its variable exactly as its descriptive name labels it, with the same windows."""
+    files = sorted(cwru_dir.glob("*.mat"))
+    for f in files:
+        (tmp_path / f"{f.stem.rsplit('_', 1)[1]}.mat").symlink_to(f)
+    by_number = {r.meta["number"]: r for r in load_cwru(tmp_path, window=2048)}
+    by_name = {r.meta["number"]: r for r in load_cwru(cwru_dir, window=2048)}
+    # 48k_Drive_End_IR014_0_174.mat holds X173: named by number it is recording 173, the same file
+    assert sorted(by_number) == sorted(173 if n == 174 else n for n in by_name)
+    for number, named in by_name.items():
+        numbered = by_number[173 if number == 174 else number]
+        assert numbered.meta["labelled_by"] == "recording number"
+        for key in ("class", "load", "fs_original", "variable"):
+            assert numbered.meta[key] == named.meta[key], (named.meta["file"], key)
+        np.testing.assert_array_equal(numbered.windows, named.windows)

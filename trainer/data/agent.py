@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from edge_agent.errors import GruwatchWarning
 from edge_agent.store import EXPORT_FORMAT, EXPORT_VERSION
 from trainer.data.runs import DataError, Run
 
@@ -281,7 +282,7 @@ def load_agent_export(path: str | Path, *, progress: bool = False) -> list[Run]:
             f"{root}: {len(without_raw)} of {len(doc['files'])} sensors have no window with raw samples "
             f"({shown}), so they give no run here; `gruwatch retrain` trains on the features the agent "
             "stored for every window instead (or raise the agent's raw_sample_fraction)",
-            UserWarning,
+            GruwatchWarning,
             stacklevel=2,
         )
     if not runs:

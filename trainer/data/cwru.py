@@ -1,11 +1,13 @@
 """Loader for Case Western Reserve University bearing data: folders of drive-end `.mat` recordings.
 
-File names carry the labels: `12k_Drive_End_<fault>_<load>_<no>.mat` (12 kHz),
+Descriptive file names carry the labels: `12k_Drive_End_<fault>_<load>_<no>.mat` (12 kHz),
 `48k_Drive_End_<fault>_<load>_<no>.mat` (48 kHz) and `normal_<load>_<no>.mat` (the healthy baseline,
 recorded at 48 kHz), with <fault> like IR007, B014 or OR021@6 (the "@6" position is dropped from the
-class name). Each file holds `X<no>_DE_time` (g) and `X<no>RPM`; the variable number does not always
-match the file's (`48k_Drive_End_IR014_0_174.mat` holds `X173_*`, `normal_0_97.mat` holds `X097_*`),
-so the `*_DE_time` variable is found whatever its number.
+class name). Any other name — the Data Center's own `105.mat`, short copies like `IR007_0.mat` — is
+identified by the recording number of its `X<no>_DE_time` variable (`cwru_numbers.RECORDINGS`).
+Each file holds `X<no>_DE_time` (g) and `X<no>RPM`; the variable number does not always match the
+file's (`48k_Drive_End_IR014_0_174.mat` holds `X173_*`, `normal_0_97.mat` holds `X097_*`), so the
+`*_DE_time` variable is found whatever its number.
 
 Each file becomes one Run: the whole recording resampled to `target_fs` (48 kHz → 12 kHz is a
 decimation by 4), cut into windows of `window` samples every `hop` samples. machine =
@@ -23,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from edge_agent.bearing import PRESETS
+from trainer.data.cwru_numbers import RECORDINGS, fault_size_in
 from trainer.data.runs import DataError, Run, RunLabels, resample
 
 # Motor speed by load (hp) from the CWRU data description, used when a file has no X<no>RPM.
@@ -45,13 +48,14 @@ class CwruName:
     load: int
     number: int
     fs: float
+    labelled_by: str = "file name"  # or "recording number" (cwru_numbers)
 
 
 def parse_name(name: str) -> CwruName:
     """Labels from a CWRU file name; DataError naming the expected patterns otherwise.
 
     >>> parse_name("12k_Drive_End_OR007@6_1_131.mat")
-    CwruName(cls='OR007', fault_size_in=0.007, load=1, number=131, fs=12000.0)
+    CwruName(cls='OR007', fault_size_in=0.007, load=1, number=131, fs=12000.0, labelled_by='file name')
     >>> parse_name("normal_0_97.mat").fs
     48000.0
     """
@@ -74,16 +78,48 @@ def parse_name(name: str) -> CwruName:
     )
 
 
+def identify(path: Path) -> CwruName:
+    """Labels of one CWRU file: from its descriptive name, else from the recording number of its
+    `X<no>_DE_time` variable (only the variable names are read). DataError names the file otherwise."""
+    try:
+        return parse_name(path.name)
+    except DataError:
+        pass
+    from scipy.io import whosmat
+    from scipy.io.matlab import MatReadError
+
+    try:
+        names = [entry[0] for entry in whosmat(str(path))]
+    except (OSError, ValueError, NotImplementedError, MatReadError) as exc:
+        raise DataError(f"{path}: not a readable MATLAB file ({exc})") from exc
+    numbers = [int(m.group(1)) for n in names if (m := _VAR.match(n))]
+    known = [n for n in numbers if n in RECORDINGS]
+    stem = int(path.stem) if path.stem.isdigit() else None
+    number = stem if stem in known else (known[0] if known else None)
+    if number is None:
+        found = ", ".join(n for n in names if n.endswith("_DE_time")) or "no *_DE_time variable"
+        raise DataError(
+            f"{path}: not a CWRU recording gruwatch can label: the name is not descriptive "
+            "(12k_Drive_End_<IR|B|OR><size>[@6]_<load>_<no>.mat, 48k_Drive_End_..._<load>_<no>.mat, "
+            f"normal_<load>_<no>.mat) and its drive-end variable ({found}) is not one of the Data "
+            "Center's 12k/48k drive-end fault or normal recordings (fan-end fault files are not "
+            "supported: their drive-end channel watches a healthy bearing). Rename it descriptively."
+        )
+    rec = RECORDINGS[number]
+    return CwruName(rec.cls, fault_size_in(rec.cls), rec.load, number, rec.fs, "recording number")
+
+
 def read_mat(path: Path, number: int | None = None) -> tuple[np.ndarray, float | None, str]:
     """(drive-end signal float64 [n] in g, RPM or None, variable name) from one CWRU .mat file.
 
     With several *_DE_time variables the one numbered `number` wins; otherwise the first by name.
     """
     from scipy.io import loadmat
+    from scipy.io.matlab import MatReadError
 
     try:
         content = loadmat(str(path))
-    except (OSError, ValueError, NotImplementedError) as exc:
+    except (OSError, ValueError, NotImplementedError, MatReadError) as exc:
         raise DataError(f"{path}: not a readable MATLAB file ({exc})") from exc
     de_keys = sorted(k for k in content if k.endswith("_DE_time"))
     if not de_keys:
@@ -115,11 +151,16 @@ def frame(signal: np.ndarray, window: int, hop: int) -> tuple[np.ndarray, np.nda
 
 
 def load_cwru_file(
-    path: str | Path, *, window: int = 2048, target_fs: float = 12_000.0, hop: int | None = None
+    path: str | Path,
+    *,
+    window: int = 2048,
+    target_fs: float = 12_000.0,
+    hop: int | None = None,
+    info: CwruName | None = None,
 ) -> Run:
     """One CWRU recording as a Run of non-overlapping (or `hop`-spaced) windows at `target_fs`."""
     path = Path(path)
-    info = parse_name(path.name)
+    info = info or identify(path)
     signal, rpm, var = read_mat(path, info.number)
     if not np.isfinite(signal).all():
         raise DataError(f"{path}: {var} holds non-finite samples")
@@ -140,6 +181,7 @@ def load_cwru_file(
         "fs_original": info.fs,
         "n_samples_original": int(signal.size),
         "rpm_source": "file" if rpm is not None else "load table",
+        "labelled_by": info.labelled_by,
     }
     return Run(
         run_id=f"cwru-{path.stem}",
@@ -190,9 +232,14 @@ def load_cwru(
         raise DataError(
             f"{root}: no .mat files; a CWRU folder holds files like 12k_Drive_End_IR007_0_105.mat"
         )
-    for f in files:  # check every name before reading anything
-        parse_name(f.name)
+    infos = [identify(f) for f in files]  # every file labelled before any signal is read
     return [
-        load_cwru_file(f, window=window, target_fs=target_fs, hop=hop)
-        for f in tqdm(files, desc=f"cwru {root.name}", unit="file", disable=not progress, leave=False)
+        load_cwru_file(f, window=window, target_fs=target_fs, hop=hop, info=info)
+        for f, info in tqdm(
+            list(zip(files, infos, strict=True)),
+            desc=f"cwru {root.name}",
+            unit="file",
+            disable=not progress,
+            leave=False,
+        )
     ]

@@ -14,10 +14,12 @@ rate (per window for snapshot formats).
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from edge_agent.errors import GruwatchWarning
 from trainer.data.agent import is_agent_export, load_agent_export
 from trainer.data.cwru import is_cwru_folder, load_cwru
 from trainer.data.femto import is_femto_bearing, load_femto_bearing
@@ -135,7 +137,8 @@ def load_runs(
     """Every run under `paths` (in the order given, then sorted folder order), as `Run` objects.
 
     Raises DataError for a path that does not exist or holds no known format (the message lists the
-    formats), and for duplicate run ids (the same data given twice).
+    formats), and for duplicate run ids (the same data given twice). A FEMTO Test_set recording whose
+    complete recording (Full_Test_Set) is loaded too is left out, with a warning naming it.
     """
     if isinstance(paths, str | Path):
         paths = [paths]
@@ -155,9 +158,28 @@ def load_runs(
             if target_fs is not None:
                 loaded = [resample_run(r, target_fs) for r in loaded]
             runs.extend(loaded)
+    runs = _prefer_complete(runs)
     seen: set[str] = set()
     for run in runs:
         if run.run_id in seen:
             raise DataError(f"run {run.run_id} loaded twice; is the same data among the paths twice?")
         seen.add(run.run_id)
     return runs
+
+
+def _prefer_complete(runs: list[Run]) -> list[Run]:
+    """Leave out truncated FEMTO Test_set copies of bearings whose complete recording is loaded too
+    (a folder holding the challenge's Learning_set, Test_set and Full_Test_Set loads as it should)."""
+    complete = {r.run_id for r in runs if r.source == "femto" and not r.meta.get("truncated")}
+    skipped = [r for r in runs if r.source == "femto" and r.meta.get("truncated") and r.run_id in complete]
+    if not skipped:
+        return runs
+    folders = sorted({str(r.meta.get("folder")) for r in skipped})
+    warnings.warn(
+        f"left out {len(folders)} truncated Test_set recording(s) whose complete recording is loaded "
+        f"too (Full_Test_Set): {', '.join(folders)}",
+        GruwatchWarning,
+        stacklevel=3,
+    )
+    drop = {id(r) for r in skipped}
+    return [r for r in runs if id(r) not in drop]
