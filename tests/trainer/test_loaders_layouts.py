@@ -119,16 +119,35 @@ def test_a_cwru_file_without_a_descriptive_name_is_labelled_by_its_recording_num
 
 def test_a_cwru_file_that_cannot_be_labelled_is_refused_with_the_fix(tmp_path: Path) -> None:
     savemat(tmp_path / "105.mat", {"X105_DE_time": np.ones((12_000, 1))})
-    savemat(
-        tmp_path / "278.mat", {"X278_DE_time": np.ones((12_000, 1)), "X278_FE_time": np.ones((12_000, 1))}
-    )
-    with pytest.raises(DataError, match=r"278\.mat: .*X278_DE_time.*fan-end fault files are not supported"):
+    savemat(tmp_path / "999.mat", {"X999_DE_time": np.ones((12_000, 1))})
+    with pytest.raises(DataError, match=r"999\.mat: .*X999_DE_time.* Rename it descriptively"):
         load_cwru(tmp_path)  # every file is labelled before any signal is read
-    (tmp_path / "278.mat").write_bytes(b"not a mat file")
-    with pytest.raises(DataError, match=r"278\.mat: not a readable MATLAB file"):
+    (tmp_path / "999.mat").write_bytes(b"not a mat file")
+    with pytest.raises(DataError, match=r"999\.mat: not a readable MATLAB file"):
         load_cwru(tmp_path)
-    (tmp_path / "278.mat").rename(tmp_path / "12k_Drive_End_B007_0_118.mat")  # named, but broken
+    (tmp_path / "999.mat").rename(tmp_path / "12k_Drive_End_B007_0_118.mat")  # named, but broken
     with pytest.raises(DataError, match=r"B007_0_118\.mat: not a readable MATLAB file"):
+        load_cwru(tmp_path)
+
+
+def test_fan_end_recordings_in_a_folder_are_left_out_with_a_warning(tmp_path: Path) -> None:
+    """The Data Center's full download mixes drive-end and fan-end files; the fan-end faults cannot
+    be labelled from the drive-end channel, so a folder keeps the rest and says what it left out."""
+    savemat(tmp_path / "105.mat", {"X105_DE_time": np.ones((12_000, 1))})
+    for n in (278, 294):
+        savemat(
+            tmp_path / f"{n}.mat",
+            {f"X{n}_DE_time": np.ones((12_000, 1)), f"X{n}_FE_time": np.ones((12_000, 1))},
+        )
+    with pytest.warns(
+        GruwatchWarning, match=r"left out 2 CWRU fan-end fault recording\(s\) \(278\.mat, 294\.mat\)"
+    ):
+        runs = load_cwru(tmp_path)
+    assert [r.meta["number"] for r in runs] == [105]
+    with pytest.raises(DataError, match=r"278\.mat: a CWRU fan-end fault recording"):
+        load_cwru(tmp_path / "278.mat")  # asked for by name: an error, not a silent nothing
+    (tmp_path / "105.mat").unlink()
+    with pytest.raises(DataError, match="only CWRU fan-end fault recordings"):
         load_cwru(tmp_path)
 
 

@@ -18,6 +18,7 @@ decimation by 4), cut into windows of `window` samples every `hop` samples. mach
 from __future__ import annotations
 
 import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,8 @@ from typing import Any
 import numpy as np
 
 from edge_agent.bearing import PRESETS
-from trainer.data.cwru_numbers import RECORDINGS, fault_size_in
+from edge_agent.errors import GruwatchWarning
+from trainer.data.cwru_numbers import FAN_END, RECORDINGS, fault_size_in
 from trainer.data.runs import DataError, Run, RunLabels, resample
 
 # Motor speed by load (hp) from the CWRU data description, used when a file has no X<no>RPM.
@@ -78,9 +80,14 @@ def parse_name(name: str) -> CwruName:
     )
 
 
+class FanEndRecordingError(DataError):
+    """A CWRU fan-end fault recording: its drive-end channel watches a healthy bearing."""
+
+
 def identify(path: Path) -> CwruName:
     """Labels of one CWRU file: from its descriptive name, else from the recording number of its
-    `X<no>_DE_time` variable (only the variable names are read). DataError names the file otherwise."""
+    `X<no>_DE_time` variable (only the variable names are read). DataError names the file otherwise
+    (FanEndRecordingError for a fan-end fault recording, which a folder leaves out with a warning)."""
     try:
         return parse_name(path.name)
     except DataError:
@@ -96,14 +103,18 @@ def identify(path: Path) -> CwruName:
     known = [n for n in numbers if n in RECORDINGS]
     stem = int(path.stem) if path.stem.isdigit() else None
     number = stem if stem in known else (known[0] if known else None)
+    if number is None and any(n in FAN_END for n in numbers):
+        raise FanEndRecordingError(
+            f"{path}: a CWRU fan-end fault recording (X{numbers[0]}): its drive-end channel watches a "
+            "healthy bearing and the fan-end one is not read, so gruwatch cannot label it"
+        )
     if number is None:
         found = ", ".join(n for n in names if n.endswith("_DE_time")) or "no *_DE_time variable"
         raise DataError(
             f"{path}: not a CWRU recording gruwatch can label: the name is not descriptive "
             "(12k_Drive_End_<IR|B|OR><size>[@6]_<load>_<no>.mat, 48k_Drive_End_..._<load>_<no>.mat, "
             f"normal_<load>_<no>.mat) and its drive-end variable ({found}) is not one of the Data "
-            "Center's 12k/48k drive-end fault or normal recordings (fan-end fault files are not "
-            "supported: their drive-end channel watches a healthy bearing). Rename it descriptively."
+            "Center's 12k/48k drive-end fault or normal recordings. Rename it descriptively."
         )
     rec = RECORDINGS[number]
     return CwruName(rec.cls, fault_size_in(rec.cls), rec.load, number, rec.fs, "recording number")
@@ -232,11 +243,31 @@ def load_cwru(
         raise DataError(
             f"{root}: no .mat files; a CWRU folder holds files like 12k_Drive_End_IR007_0_105.mat"
         )
-    infos = [identify(f) for f in files]  # every file labelled before any signal is read
+    labelled, fan_end = [], []
+    for f in files:  # every file labelled before any signal is read
+        try:
+            labelled.append((f, identify(f)))
+        except FanEndRecordingError:
+            if root.is_file():  # asked for by name: an error, not a silent nothing
+                raise
+            fan_end.append(f.name)
+    if fan_end and not labelled:
+        raise DataError(
+            f"{root}: only CWRU fan-end fault recordings ({', '.join(fan_end[:5])}), which gruwatch "
+            "cannot label (their drive-end channel watches a healthy bearing); use the drive-end files"
+        )
+    if fan_end:
+        warnings.warn(
+            f"{root}: left out {len(fan_end)} CWRU fan-end fault recording(s) "
+            f"({', '.join(fan_end[:5])}{' ...' if len(fan_end) > 5 else ''}): their drive-end channel "
+            "watches a healthy bearing, so they cannot be labelled",
+            GruwatchWarning,
+            stacklevel=2,
+        )
     return [
         load_cwru_file(f, window=window, target_fs=target_fs, hop=hop, info=info)
         for f, info in tqdm(
-            list(zip(files, infos, strict=True)),
+            labelled,
             desc=f"cwru {root.name}",
             unit="file",
             disable=not progress,

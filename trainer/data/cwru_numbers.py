@@ -6,8 +6,9 @@ for the numbered ones, the class. The number of the file's `X<no>_DE_time` varia
 the tables of the Data Center's pages "12k Drive End Bearing Fault Data", "48k Drive End Bearing
 Fault Data" and "Normal Baseline Data", transcribed here (loads 0, 1, 2, 3 hp in that order).
 
-Only drive-end faults and the normal baselines: in the fan-end fault files the drive-end channel
-watches a healthy bearing, so they are refused rather than labelled wrongly. Outer-race faults at
+Only drive-end faults and the normal baselines: in the fan-end fault files (recordings 270–318,
+`FAN_END`) the drive-end channel watches a healthy bearing, so they are left out rather than
+labelled wrongly. Outer-race faults at
 3, 6 and 12 o'clock share one class (`OR007`, ...), as the descriptive file names already do.
 The quirks of the originals are kept: the 48 kHz IR014 file at 0 hp (`174.mat`) holds `X173_*`,
 and the 0.028 in faults (files 3001–3008) hold `X048_*`–`X051_*` (ball) and `X056_*`–`X059_*`
@@ -66,6 +67,7 @@ def _table() -> dict[int, Recording]:
 
 
 RECORDINGS: Final[dict[int, Recording]] = _table()
+FAN_END: Final = range(270, 319)  # 12 kHz fan-end fault recordings (IR, B, OR at 0.007-0.021 in)
 
 
 def fault_size_in(cls: str) -> float:
