@@ -151,6 +151,7 @@ def _results(
             r.target,
             r.fault,
             r.failed_at_end,
+            r.failure_after_end_s,
         )
         for r, sc, st in zip(template, scores, states, strict=True)
     ]

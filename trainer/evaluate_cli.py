@@ -268,6 +268,12 @@ def _summary(metrics: dict[str, Any], out: str) -> str:
         f"  false alarms            {a['false_alarms']} in {a['healthy_machine_days']:.3g} healthy "
         f"machine-days ({_g(a['false_alarms_per_machine_day'])} per machine-day)",
     ]
+    cut = a.get("cut_short") or {}
+    if cut.get("runs"):
+        lines.append(
+            f"  cut short before failure {cut['runs']} runs; alarm on at the end of {cut['alarm_at_end']} "
+            f"(raised {_sec(cut['alarm_before_failure_s']['median'])} before the known failure, median)"
+        )
     if metrics["data"].get("left_out"):
         lines.append(
             f"  runs left out           {len(metrics['data']['left_out'])} (not what the model was trained on)"

@@ -144,6 +144,7 @@ class RunEval:
     target: np.ndarray  # float32 [N] 1 degraded, 0 healthy, NaN unknown
     fault: np.ndarray  # int64 [N] fault class index (bundle outputs order), -1 unknown
     failed_at_end: bool
+    failure_after_end_s: float | None = None  # a recording cut short: its known failure came this much later
 
     @property
     def health(self) -> np.ndarray:
@@ -164,6 +165,11 @@ def run_row(r: RunEval) -> dict[str, Any]:
     """The per-run entry of json "runs"."""
     raises = alarm_raises(r.states)
     lead_s, lead_frac = lead_time(r.ts, r.states) if r.failed_at_end else (None, None)
+    before_failure_s = None
+    if r.failure_after_end_s is not None:  # cut short: how long before the known failure the alarm stood
+        start = sustained_alarm_start(r.states)
+        if start is not None:
+            before_failure_s = float(r.ts[-1] - r.ts[start]) + r.failure_after_end_s
     deg = np.flatnonzero(r.target == 1)
     onset_s = float(r.ts[deg[0]]) if deg.size else None
     first_alarm_s = float(r.ts[raises[0]]) if raises.size else None
@@ -187,6 +193,8 @@ def run_row(r: RunEval) -> dict[str, Any]:
         "alarm_at_end": bool(n and r.states[-1] == ALARM),
         "lead_time_s": lead_s,
         "lead_fraction": lead_frac,
+        "failure_after_end_s": r.failure_after_end_s,
+        "alarm_before_failure_s": before_failure_s,
         "detection_delay_s": delay_s,
         "false_alarms": false_alarms(r.states, r.target),
         "healthy_days": healthy_days(r.target, window_interval(r.ts)),
@@ -203,6 +211,7 @@ def quality(results: Sequence[RunEval], classes: Sequence[str] = ()) -> dict[str
     y = target[known] == 1
     rows = [run_row(r) for r in results]
     failing = [row for row in rows if row["failed_at_end"]]
+    cut_short = [row for row in rows if row["failure_after_end_s"] is not None]
     count, days, rate = false_alarms_per_machine_day(
         [r.states for r in results], [r.target for r in results], [r.ts for r in results]
     )
@@ -227,6 +236,11 @@ def quality(results: Sequence[RunEval], classes: Sequence[str] = ()) -> dict[str
             "degraded_windows_in_alarm": (
                 float(np.mean(states[target == 1] == ALARM)) if np.any(target == 1) else None
             ),
+            "cut_short": {  # recordings that end before their known failure (FEMTO's Test_set)
+                "runs": len(cut_short),
+                "alarm_at_end": sum(1 for row in cut_short if row["alarm_before_failure_s"] is not None),
+                "alarm_before_failure_s": describe([row["alarm_before_failure_s"] for row in cut_short]),
+            },
         },
         "fault_types": None,
     }

@@ -112,6 +112,31 @@ def test_confusion_matrix_and_fault_accuracy() -> None:
     assert ft["confusion"] == [[0, 0, 0]] * 3
 
 
+def test_a_recording_cut_short_counts_how_long_before_its_known_failure_the_alarm_stood() -> None:
+    """FEMTO's Test_set: the recording stops before the failure, so no lead time; the alarm standing
+    at its end is reported with the time to the known failure added."""
+    n = 10
+    states = np.array([0, 0, 2, 0, 0, 0, 2, 2, 2, 2], np.int8)  # a false raise, then one that stands
+
+    def cut(after: float | None, st: np.ndarray) -> metrics.RunEval:
+        return metrics.RunEval(
+            "r", "m", "s", "femto", np.arange(n) * 10.0, np.zeros((n, 1), np.float32), st,
+            np.zeros(n, np.float32), np.full(n, -1), False, after,
+        )  # fmt: skip
+
+    row = metrics.run_row(cut(339.0, states))
+    assert row["lead_time_s"] is None  # not a run that ends in its failure
+    assert row["failure_after_end_s"] == 339.0
+    assert row["alarm_before_failure_s"] == pytest.approx(
+        30.0 + 339.0
+    )  # raised at t=60, recording ends at 90
+    q = metrics.quality([cut(339.0, states), cut(5730.0, np.zeros(n, np.int8)), cut(None, states)])
+    assert q["alarms"]["failing_runs"] == 0
+    assert q["alarms"]["cut_short"]["runs"] == 2
+    assert q["alarms"]["cut_short"]["alarm_at_end"] == 1
+    assert q["alarms"]["cut_short"]["alarm_before_failure_s"]["median"] == pytest.approx(369.0)
+
+
 # --------------------------------------------------------------------------- a tiny bundle, once
 @dataclass(frozen=True)
 class Tiny:
@@ -182,6 +207,8 @@ RUN_KEYS = {
     "alarm_raises",
     "alarm_at_end",
     "lead_time_s",
+    "failure_after_end_s",
+    "alarm_before_failure_s",
     "lead_fraction",
     "detection_delay_s",
     "false_alarms",
@@ -221,6 +248,7 @@ def test_metrics_json_has_the_documented_keys_and_sane_values(
     assert a["healthy_machine_days"] == pytest.approx(sum(r["healthy_days"] for r in m["runs"]))
     assert a["false_alarms_per_machine_day"] == pytest.approx(a["false_alarms"] / a["healthy_machine_days"])
     assert 0.0 <= a["degraded_windows_in_alarm"] <= 1.0
+    assert a["cut_short"] == {"runs": 0, "alarm_at_end": 0, "alarm_before_failure_s": metrics.describe([])}
     for r in m["runs"]:
         assert set(r) == RUN_KEYS
         assert 0 <= r["false_alarms"] <= r["alarm_raises"]
