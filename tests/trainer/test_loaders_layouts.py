@@ -16,6 +16,7 @@ from tests.trainer.test_loaders import write_femto
 from trainer.data import DataError, load_cwru, load_femto, load_runs
 from trainer.data.cwru_numbers import RECORDINGS
 from trainer.data.femto import TEST_SET_RUL_S
+from trainer.data.plan import RUN_TO_FAILURE, data_kind, plan_training
 
 # ---------------------------------------------------------------- FEMTO: Test_set and Full_Test_Set
 
@@ -36,6 +37,19 @@ def test_a_test_set_recording_is_labelled_with_the_published_remaining_life(tmp_
     np.testing.assert_allclose(full.labels.rul_s, [30.0, 20.0, 10.0, 0.0])
     assert full.labels.failed_at_end
     assert full.meta["truncated"] is False
+
+
+def test_truncated_recordings_are_run_to_failure_histories_whose_horizon_must_be_given(
+    tmp_path: Path,
+) -> None:
+    write_femto(tmp_path / "Test_set" / "Bearing1_3", [1, 2, 3])
+    runs = load_femto(tmp_path / "Test_set")
+    kind, why = data_kind(runs)
+    assert kind == RUN_TO_FAILURE
+    assert "0 run(s) end in a failure (2 more stop before a known failure)" in why
+    # their failure is known but not seen: no degradation to choose a horizon from
+    with pytest.raises(DataError, match=r"pass --horizon \(how long before a failure"):
+        plan_training(runs, val_fraction=0.5, seed=0)
 
 
 def test_an_unknown_bearing_in_a_test_set_folder_is_refused_before_reading(tmp_path: Path) -> None:

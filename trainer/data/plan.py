@@ -140,10 +140,12 @@ def data_kind(runs: Sequence[Run]) -> tuple[str, str]:
                 "a failure: seeded-fault recordings, classified window by window"
             )
     failing = [r for r in labelled if r.labels.failed_at_end]  # type: ignore[union-attr]
-    if failing and not any(bool(r.labels.degraded.any()) for r in labelled):  # type: ignore[union-attr]
+    cut = [r for r in labelled if r.meta.get("truncated")]  # stopped before a known failure (FEMTO Test_set)
+    if (failing or cut) and not any(bool(r.labels.degraded.any()) for r in labelled):  # type: ignore[union-attr]
+        also = f" ({len(cut)} more stop before a known failure)" if cut else ""
         return RUN_TO_FAILURE, (
-            f"{len(failing)} run(s) end in a failure and no window is labelled degraded: run-to-failure "
-            "histories; each sensor is compared with its own healthy start"
+            f"{len(failing)} run(s) end in a failure{also} and no window is labelled degraded: "
+            "run-to-failure histories; each sensor is compared with its own healthy start"
         )
     return LABELLED, "windows are labelled degraded/healthy (fault onsets or maintenance events)"
 
@@ -385,7 +387,10 @@ def plan_training(
     else:
         how = "given with --horizon"
     if horizon_s is None:
-        raise DataError(f"run-to-failure data, but {how}; pass --horizon-s")
+        raise DataError(
+            f"run-to-failure data, but {how}; pass --horizon (how long before a failure a window counts "
+            "as degraded, e.g. --horizon 15m)"
+        )
     return DataPlan(
         kind,
         reason,
