@@ -271,8 +271,9 @@ def _summary(metrics: dict[str, Any], out: str) -> str:
     cut = a.get("cut_short") or {}
     if cut.get("runs"):
         lines.append(
-            f"  cut short before failure {cut['runs']} runs; alarm on at the end of {cut['alarm_at_end']} "
-            f"(raised {_sec(cut['alarm_before_failure_s']['median'])} before the known failure, median)"
+            f"  runs cut short          {cut['runs']} (stopped before their known failure); alarm on at "
+            f"the end of {cut['alarm_at_end']}, raised {_sec(cut['alarm_before_failure_s']['median'])} "
+            "before the failure (median)"
         )
     if metrics["data"].get("left_out"):
         lines.append(

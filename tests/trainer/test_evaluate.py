@@ -15,6 +15,7 @@ import torch
 from sklearn.metrics import roc_auc_score
 
 from trainer import metrics
+from trainer.evaluate_cli import _summary
 
 torch.set_num_threads(1)
 
@@ -135,6 +136,13 @@ def test_a_recording_cut_short_counts_how_long_before_its_known_failure_the_alar
     assert q["alarms"]["cut_short"]["runs"] == 2
     assert q["alarms"]["cut_short"]["alarm_at_end"] == 1
     assert q["alarms"]["cut_short"]["alarm_before_failure_s"]["median"] == pytest.approx(369.0)
+    summary = _summary(
+        {"model": {"model_version": "v"}, "signature": "verified", "data": {"runs": 3}, **q}, "E"
+    )
+    assert (
+        "  runs cut short          2 (stopped before their known failure); alarm on at the end of 1, "
+        "raised 369 s before the failure (median)\n"
+    ) in summary
 
 
 # --------------------------------------------------------------------------- a tiny bundle, once
