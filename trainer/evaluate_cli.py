@@ -287,6 +287,11 @@ def _summary(metrics: dict[str, Any], out: str) -> str:
             f"  {b['name']:<24} AUROC {_g(b['auroc'])}, detected {b['detected']}/{b['failing_runs']}, "
             f"median lead {_sec(b['lead_time_s_median'])}, false alarms/day "
             f"{_g(b['false_alarms_per_machine_day'])}, step {_g(b['step_latency_us'])} µs"
+            + (
+                f", alarm at the end of {b['cut_short_alarm_at_end']}/{b['cut_short_runs']} cut short"
+                if cut.get("runs")
+                else ""
+            )
         )
     lines.append(f"wrote {Path(out) / 'metrics.json'} and {Path(out) / 'report.html'}")
     return "\n".join(lines) + "\n"

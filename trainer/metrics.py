@@ -279,6 +279,8 @@ def summary_row(name: str, q: dict[str, Any], **extra: Any) -> dict[str, Any]:
         "false_alarms": a["false_alarms"],
         "false_alarms_per_machine_day": a["false_alarms_per_machine_day"],
         "fault_accuracy": None if not ft else ft["accuracy"],
+        "cut_short_runs": a["cut_short"]["runs"],
+        "cut_short_alarm_at_end": a["cut_short"]["alarm_at_end"],
         **extra,
     }
 
