@@ -123,7 +123,7 @@ def _concise_warnings(prog: str) -> None:
     source line); others (libraries) as Python prints them."""
     from edge_agent.errors import GruwatchWarning
 
-    default = warnings.showwarning
+    default = getattr(warnings.showwarning, "python_default", warnings.showwarning)  # never wrap twice
 
     def show(message: Warning | str, category: type[Warning], filename: str, lineno: int,
              file: TextIO | None = None, line: str | None = None) -> None:  # fmt: skip
@@ -132,6 +132,7 @@ def _concise_warnings(prog: str) -> None:
         else:
             default(message, category, filename, lineno, file, line)
 
+    show.python_default = default  # type: ignore[attr-defined]
     warnings.showwarning = show
 
 

@@ -84,16 +84,6 @@ def runs_the_model_accepts(trained_on: Any, runs: Sequence[Run]) -> tuple[list[R
     return kept, left_out
 
 
-def failure_after_end(run: Run) -> float | None:
-    """Time from a recording's last window to its known failure when it was cut short before it
-    (FEMTO's Test_set: finite remaining life at the end, not a run that ends in the failure)."""
-    lab = run.labels
-    if lab is None or lab.failed_at_end or lab.rul_s.size == 0:
-        return None
-    last = float(lab.rul_s[-1])
-    return last if np.isfinite(last) and last > 0 else None
-
-
 def evaluate_runs(
     scorer: Scorer,
     runs: Sequence[Run],
@@ -120,7 +110,7 @@ def evaluate_runs(
             target=seq.target,
             fault=seq.fault,
             failed_at_end=bool(run.labels is not None and run.labels.failed_at_end),
-            failure_after_end_s=failure_after_end(run),
+            failure_after_end_s=None if run.labels is None else run.labels.failure_after_end_s,
         )
         for run, seq, (sc, st) in zip(runs, seqs, scored, strict=True)
     ]

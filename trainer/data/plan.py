@@ -140,7 +140,7 @@ def data_kind(runs: Sequence[Run]) -> tuple[str, str]:
                 "a failure: seeded-fault recordings, classified window by window"
             )
     failing = [r for r in labelled if r.labels.failed_at_end]  # type: ignore[union-attr]
-    cut = [r for r in labelled if r.meta.get("truncated")]  # stopped before a known failure (FEMTO Test_set)
+    cut = [r for r in labelled if r.labels.failure_after_end_s is not None]  # type: ignore[union-attr]
     if (failing or cut) and not any(bool(r.labels.degraded.any()) for r in labelled):  # type: ignore[union-attr]
         also = f" ({len(cut)} more stop before a known failure)" if cut else ""
         return RUN_TO_FAILURE, (

@@ -68,6 +68,15 @@ class RunLabels:
     def __len__(self) -> int:
         return int(self.rul_s.shape[0])
 
+    @property
+    def failure_after_end_s(self) -> float | None:
+        """Time from the last window to a failure the labels know but the run does not reach (a
+        recording cut short, e.g. FEMTO's Test_set); None when the run ends in it or none is known."""
+        if self.failed_at_end or self.rul_s.size == 0:
+            return None
+        last = float(self.rul_s[-1])
+        return last if np.isfinite(last) and last > 0 else None
+
     def take(self, index: np.ndarray | slice) -> RunLabels:
         """The labels of a subset of windows (same order as `index`)."""
         return RunLabels(
