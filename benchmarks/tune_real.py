@@ -6,12 +6,18 @@
   life), alarm raises in the first half of life, mean AUROC (degraded := RUL <= 1,800 s).
 - CWRU: train on load 0, validate on load 1 — training-side data for the "loads 0-1 -> load 2"
   protocol only (for "load 0 -> loads 1, 2" the trainer's own split, the last 20 % of every
-  recording, is the only honest validation).
+  recording, is the only honest validation). `--all-directions` instead trains on every one of loads
+  0, 1, 2 and on loads 0-1 and scores every other of these loads, over `--seeds`: a robustness
+  check across loads that reads eval_real's CWRU test loads too, so a setting chosen with it leaves
+  eval_real's CWRU rows no longer clean tests; loads the shared data lacks (load 3, other rigs) are.
 
 Candidates are KEY=VALUE TrainConfig settings separated by commas, applied over the kind's defaults
-(`spectral_kurtosis=true|false` chooses the feature spec through `plan_training` instead).
+(`spectral_kurtosis=true|false`, `sk_segment_s=S` and `shape_bands=N` choose the feature spec
+through `plan_training` instead).
 
     .venv/bin/python benchmarks/tune_real.py --only femto --candidate "" --candidate "hidden=64"
+    .venv/bin/python benchmarks/tune_real.py --only cwru --all-directions --seeds 0,1,2,3,4,5 \
+        --candidate "" --candidate "shape_bands=40"
 """
 
 from __future__ import annotations
@@ -64,14 +70,16 @@ def candidate_settings(candidate: str) -> dict[str, Any]:
 
 
 # Candidate keys that choose the plan (the feature spec), not a TrainConfig setting.
-PLAN_KEYS = ("spectral_kurtosis", "sk_segment_s")
+PLAN_KEYS = ("spectral_kurtosis", "sk_segment_s", "shape_bands")
 
 
-def fit_plan(runs: Sequence[Run], settings: dict[str, Any], val_fraction: float) -> tuple[Any, Any]:
+def fit_plan(
+    runs: Sequence[Run], settings: dict[str, Any], val_fraction: float, seed: int = 0
+) -> tuple[Any, Any]:
     settings = dict(settings)
     plan_opts = {k: settings.pop(k) for k in PLAN_KEYS if k in settings}
-    plan = plan_training(runs, val_fraction=val_fraction, seed=0, **plan_opts)
-    cfg = TrainConfig(progress=False, horizon_s=plan.horizon_s, **{**plan.settings, **settings})
+    plan = plan_training(runs, val_fraction=val_fraction, seed=seed, **plan_opts)
+    cfg = TrainConfig(progress=False, horizon_s=plan.horizon_s, seed=seed, **{**plan.settings, **settings})
     tr = build_sequences(
         plan.train_runs, plan.spec, horizon_s=plan.horizon_s, classes=plan.classes, progress=False
     )
@@ -132,24 +140,57 @@ def tune_femto(root: Path, candidates: Sequence[str]) -> None:
         )
 
 
-def tune_cwru(root: Path, candidates: Sequence[str]) -> None:
+def _cwru_accuracy(plan: Any, result: Any, runs: Sequence[Run]) -> tuple[float, dict[str, int]]:
+    """Window accuracy of the fault-type output on `runs`, and the confusions (true->predicted: count)."""
+    seqs = build_sequences(runs, plan.spec, classes=plan.classes, progress=False)
+    scores = score_sequences(result.model, seqs)
+    pred = np.concatenate([s[:, 1:].argmax(axis=1) for s in scores])
+    true = np.concatenate([s.fault for s in seqs])
+    wrong: dict[str, int] = {}
+    for t, p in zip(true[pred != true], pred[pred != true], strict=True):
+        key = f"{plan.classes[t]}->{plan.classes[p]}"
+        wrong[key] = wrong.get(key, 0) + 1
+    return float(np.mean(pred == true)), dict(sorted(wrong.items(), key=lambda kv: -kv[1]))
+
+
+# Every direction between the shared loads: (training loads, scored loads).
+DIRECTIONS = (((0,), (1, 2)), ((1,), (0, 2)), ((2,), (0, 1)), ((0, 1), (2,)))
+
+
+def tune_cwru(root: Path, candidates: Sequence[str], *, all_directions: bool, seeds: Sequence[int]) -> None:
     runs = [
         r
         for r in load_runs([root / "cwru"], progress=False)
         if r.meta["fs_original"] == 12000 or r.meta["class"] == "normal"
     ]
-    load0 = [r for r in runs if r.meta["load"] == 0]
-    load1 = [r for r in runs if r.meta["load"] == 1]
-    print(f"CWRU: train load 0 ({len(load0)} files), validate load 1 ({len(load1)} files); load 2 unused")
+    by_load = {k: [r for r in runs if r.meta["load"] == k and r.meta["class"] != "normal"] for k in (0, 1, 2)}
+    normal = [r for r in runs if r.meta["class"] == "normal"]
+    directions = DIRECTIONS if all_directions else (((0,), (1,)),)
+    print(
+        "CWRU: "
+        + (
+            "every direction between loads 0-2 (reads eval_real's test loads)"
+            if all_directions
+            else "train load 0, validate load 1; load 2 unused"
+        )
+        + f", seeds {list(seeds)}"
+    )
     for cand in candidates:
         t0 = time.perf_counter()
-        plan, result = fit_plan(load0, candidate_settings(cand), 0.2)
-        seqs = build_sequences(load1, plan.spec, classes=plan.classes, progress=False)
-        scores = score_sequences(result.model, seqs)
-        pred = np.concatenate([s[:, 1:].argmax(axis=1) for s in scores])
-        true = np.concatenate([s.fault for s in seqs])
+        accs = []
+        for seed in seeds:
+            for train_loads, scored_loads in directions:
+                fit_runs = [r for k in train_loads for r in by_load[k]] + normal
+                plan, result = fit_plan(fit_runs, candidate_settings(cand), 0.2, seed)
+                for k in scored_loads:
+                    acc, wrong = _cwru_accuracy(plan, result, by_load[k])
+                    accs.append(acc)
+                    if acc < 1.0:
+                        top = ", ".join(f"{w} {n}" for w, n in list(wrong.items())[:3])
+                        print(f"    seed {seed}, loads {train_loads} -> {k}: {acc:.4f} ({top})", flush=True)
         print(
-            f"  {cand or '(kind defaults)'}: load-1 accuracy {np.mean(pred == true):.4f} ({time.perf_counter() - t0:.0f} s)",
+            f"  {cand or '(kind defaults)'}: accuracy mean {np.mean(accs):.4f}, min {np.min(accs):.4f}, "
+            f"{sum(a < 0.99 for a in accs)}/{len(accs)} below 0.99 ({time.perf_counter() - t0:.0f} s)",
             flush=True,
         )
 
@@ -161,6 +202,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     p.add_argument("--only", choices=["cwru", "femto"], help="tune one protocol only")
     p.add_argument("--candidate", action="append", help="KEY=VALUE,... TrainConfig settings (repeatable)")
+    p.add_argument(
+        "--all-directions",
+        action="store_true",
+        help="CWRU: every load -> every other of loads 0-2 (reads eval_real's test loads; docstring)",
+    )
+    p.add_argument("--seeds", default="0", help="CWRU: comma-separated seeds (default 0)")
     args = p.parse_args(argv)
     root = Path(args.data_root)
     if not (root / "cwru").is_dir() and not (root / "femto").is_dir():
@@ -170,7 +217,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     warnings.filterwarnings("ignore", category=UserWarning)
     candidates = args.candidate or [""]
     if args.only in (None, "cwru") and (root / "cwru").is_dir():
-        tune_cwru(root, candidates)
+        seeds = [int(v) for v in args.seeds.split(",") if v.strip()]
+        tune_cwru(root, candidates, all_directions=args.all_directions, seeds=seeds)
     if args.only in (None, "femto") and (root / "femto").is_dir():
         tune_femto(root, candidates)
     return 0
