@@ -113,11 +113,22 @@ def _evaluate(
 
 
 def _candidates(runs: Sequence[ScoredRun], count: int = 160) -> np.ndarray:
+    """Threshold candidates: the upper half of all validation scores and of the healthy windows' scores.
+
+    The healthy windows' own quantiles matter where degraded windows are the majority (seeded-fault
+    recordings: one healthy recording among many faulty ones), whose scores would otherwise fill the
+    whole grid and put its lowest candidate above every healthy score.
+    """
     scores = np.concatenate([r.scores for r in runs]) if runs else np.zeros(0)
-    scores = scores[np.isfinite(scores)]
+    healthy = np.concatenate([r.scores[r.target == 0] for r in runs]) if runs else np.zeros(0)
+    scores, healthy = scores[np.isfinite(scores)], healthy[np.isfinite(healthy)]
     if scores.size == 0:
         return np.array([0.5])
-    qs = np.unique(np.quantile(scores, np.linspace(0.5, 1.0, count)))
+    grid = np.linspace(0.5, 1.0, count)
+    qs = np.quantile(scores, grid)
+    if healthy.size:
+        qs = np.concatenate([qs, np.quantile(healthy, grid)])
+    qs = np.unique(qs)
     # Just above each quantile (a score equal to it would count as "above"), and never above 1.
     cand = np.unique(np.clip(np.concatenate([qs, np.nextafter(qs, np.inf)]), 0.0, 1.0))
     return cand

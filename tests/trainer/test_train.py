@@ -199,6 +199,26 @@ def test_calibration_margin_and_minimum_raise_windows() -> None:
         calibrate(runs, margin=-0.1)
 
 
+def test_calibration_with_mostly_degraded_validation_places_the_alarm_above_the_healthy_scores() -> None:
+    """Seeded-fault data (CWRU): one short healthy recording among many faulty ones. The degraded
+    windows' scores fill the upper half of the pooled scores, so a grid from the pooled scores alone
+    started above every healthy score and put the alarm at ~0.9996, under half the faulty windows."""
+    rng = np.random.default_rng(5)
+    healthy = ScoredRun(np.clip(rng.normal(0.002, 0.001, 6), 0, 1), np.zeros(6, np.float32), 0.2)
+    faulty = [
+        ScoredRun(np.clip(rng.normal(0.9995, 0.0003, 10), 0, 1), np.ones(10, np.float32), 0.2)
+        for _ in range(36)
+    ]
+    thresholds, metrics = calibrate([healthy, *faulty], min_raise_windows=2, margin=0.05)
+    assert thresholds["alarm"] < 0.1
+    # ... and still the margin above what the healthy windows sustain (as in the test above).
+    shifted = ScoredRun(healthy.scores + 0.05, healthy.target, healthy.interval_s)
+    assert alarm_metrics([shifted], thresholds)["false_alarms"] == 0
+    assert metrics["false_alarms"] == 0
+    assert metrics["degraded_runs_detected"] == 36
+    assert metrics["degraded_windows_in_alarm"] == pytest.approx(0.9)  # all but each run's first window
+
+
 def test_a_fixed_clear_count_keeps_a_failing_runs_alarm_on_through_one_low_window() -> None:
     """--clear-windows N (run-to-failure data: 12): the alarm does not flicker off and on again."""
     from trainer.calibrate import _in_alarm
