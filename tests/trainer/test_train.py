@@ -214,6 +214,9 @@ def test_calibration_with_mostly_degraded_validation_places_the_alarm_above_the_
     # ... and still the margin above what the healthy windows sustain (as in the test above).
     shifted = ScoredRun(healthy.scores + 0.05, healthy.target, healthy.interval_s)
     assert alarm_metrics([shifted], thresholds)["false_alarms"] == 0
+    # The warning keeps the same margin: no warning on the shifted healthy scores either.
+    n, m = thresholds["raise_windows"], thresholds["clear_windows"]
+    assert not _in_alarm(shifted.scores, np.array([thresholds["warning"]]), n, m).any()
     assert metrics["false_alarms"] == 0
     assert metrics["degraded_runs_detected"] == 36
     assert metrics["degraded_windows_in_alarm"] == pytest.approx(0.9)  # all but each run's first window
