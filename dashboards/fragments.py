@@ -18,6 +18,7 @@ from typing import Any
 
 from dashboards.feed import BrokerFeed
 from dashboards.fleet import URGENCY, FleetModel
+from gruwatch.options import format_duration as duration
 
 FEED_ROWS = 50
 
@@ -26,19 +27,6 @@ def _clock(t: float | None) -> str:
     if t is None or not math.isfinite(t) or t <= 0:
         return "–"
     return datetime.fromtimestamp(t).strftime("%Y-%m-%d %H:%M:%S")
-
-
-def duration(s: float | None) -> str:
-    """Seconds in one unit a person reads at a glance: 40 s, 12 min, 3.5 h, 2.0 days."""
-    if s is None or not math.isfinite(s):
-        return "–"
-    if s < 90:
-        return f"{s:.0f} s"
-    if s < 90 * 60:
-        return f"{s / 60:.0f} min"
-    if s < 48 * 3600:
-        return f"{s / 3600:.1f} h"
-    return f"{s / 86400:.1f} days"
 
 
 def _ago(s: float) -> str:

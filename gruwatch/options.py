@@ -34,6 +34,19 @@ def parse_duration(text: str) -> float:
     return value
 
 
+def format_duration(s: float | None) -> str:
+    """Seconds in one unit a person reads at a glance: 40 s, 12 min, 3.5 h, 2.0 days."""
+    if s is None or not math.isfinite(s):
+        return "–"
+    if s < 90:
+        return f"{s:.0f} s"
+    if s < 90 * 60:
+        return f"{s / 60:.0f} min"
+    if s < 48 * 3600:
+        return f"{s / 3600:.1f} h"
+    return f"{s / 86400:.1f} days"
+
+
 def int_at_least(minimum: int) -> Callable[[str], int]:
     """An argparse `type`: a whole number >= `minimum`, ArgumentTypeError (saying so) otherwise."""
 

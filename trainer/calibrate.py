@@ -253,7 +253,7 @@ def alarm_metrics(
     days = healthy_days(runs)
     n_deg = int(sum(np.sum(r.target == 1) for r in runs))
     out: dict[str, Any] = {
-        "healthy_machine_days": round(days, 4),
+        "healthy_machine_days": float(f"{days:.4g}"),  # 4 significant digits: seconds of CWRU still show
         "false_alarms": false_raises,
         "false_alarms_per_day": (false_raises / days) if days > 0 else None,
         "degraded_windows": n_deg,

@@ -24,6 +24,7 @@ from gruwatch.options import (
     check_output_dir,
     check_output_file,
     check_signing_key,
+    format_duration,
     hidden_alias,
     int_at_least,
     parse_duration,
@@ -508,11 +509,21 @@ def human_summary(summary: dict[str, Any]) -> str:
         )
     if "false_alarms" in a:
         per_day = a.get("false_alarms_per_day")
-        rate = "" if per_day is None else f" = {per_day:.3g} per machine-day"
-        lines.append(
-            f"  {a['false_alarms']} false alarm(s) in {a.get('healthy_machine_days', 0):.3g} healthy "
-            f"machine-days{rate} (target {a.get('target_false_alarms_per_day')})"
-        )
+        days = a.get("healthy_machine_days") or 0.0
+        target = a.get("target_false_alarms_per_day")
+        if target and days * target < 1.0:  # not even one false raise allowed: no rate to speak of
+            lines.append(
+                f"  {a['false_alarms']} false alarm(s) in {format_duration(days * 86_400)} of healthy validation "
+                f"data: too little to measure a rate against the target of {target} per machine-day; "
+                f"the alarm margin ({a.get('margin', 0):g}) and the {t['raise_windows']}-window raise guard it "
+                "instead"
+            )
+        else:
+            rate = "" if per_day is None else f" = {per_day:.3g} per machine-day"
+            lines.append(
+                f"  {a['false_alarms']} false alarm(s) in {days:.3g} healthy "
+                f"machine-days{rate} (target {target})"
+            )
         if a["false_alarms"] and a.get("pool") == "median-run":
             lines.append(
                 "    the alarm level is the median of each run's own false-alarm-free level, so a run whose "

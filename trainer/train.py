@@ -584,7 +584,8 @@ def train(
         if med is not None:
             thresholds["alarm"] = med
             thresholds["warning"] = min(thresholds["warning"], med)
-            alarms = alarm_metrics(scored, thresholds, cfg.target_false_alarms_per_day)
+            safety = {k: alarms[k] for k in ("min_raise_windows", "margin")}
+            alarms = {**alarm_metrics(scored, thresholds, cfg.target_false_alarms_per_day), **safety}
     alarms["pool"] = cfg.alarm_pool
     validation["alarms"] = alarms
     validation["final_train_loss"] = history[-1]["train_loss"] if history else None

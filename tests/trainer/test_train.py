@@ -466,3 +466,40 @@ def test_median_run_alarm_is_not_set_by_one_run_with_a_high_healthy_step() -> No
     assert med is not None
     assert 0.2 + 0.05 <= med < 0.8  # the median follows the two quiet runs
     assert median_run_alarm([ScoredRun(np.full(5, 0.9), np.ones(5), 10.0)], 3, 1) is None  # no healthy time
+
+
+def test_the_printed_summary_claims_no_false_alarm_rate_from_seconds_of_healthy_data() -> None:
+    """CWRU's one healthy recording gives ~1 s of healthy validation: "0 false alarms in 0 healthy
+    machine-days = 0 per machine-day" read like a measured rate. Below the time the target needs to
+    allow a single raise, the summary says so and names what guards the alarm instead."""
+    from trainer.cli import human_summary
+
+    def summary(days: float, false: int) -> str:
+        alarms = {
+            "false_alarms": false,
+            "false_alarms_per_day": false / days,
+            "healthy_machine_days": days,
+            "target_false_alarms_per_day": 0.1,
+            "margin": 0.05,
+            "min_raise_windows": 2,
+        }
+        return human_summary(
+            {
+                "bundle": "B",
+                "model_version": "v",
+                "cell": "gru",
+                "mode": "supervised",
+                "signed": False,
+                "thresholds": {"alarm": 0.05, "warning": 0.05, "raise_windows": 3, "clear_windows": 1},
+                "validation": {"alarms": alarms},
+                "validation_runs": ["r"],
+                "seconds": {"fit": 1.0},
+            }
+        )
+
+    short = summary(1.2 / 86_400, 0)
+    assert "0 false alarm(s) in 1 s of healthy validation data: too little to measure a rate" in short
+    assert "alarm margin (0.05) and the 3-window raise" in short
+    assert "per machine-day (target" not in short
+    long = summary(20.0, 1)
+    assert "1 false alarm(s) in 20 healthy machine-days = 0.05 per machine-day (target 0.1)" in long
