@@ -98,15 +98,25 @@ def epoch_times(
 ) -> dict[str, list[float]]:
     """Seconds of one epoch per spec as `fit` runs it (a training pass with AdamW over `seqs`, then
     a validation pass over the same runs without gradients), `rounds` rounds, the specs interleaved
-    in each round in alternating order. CPU time of this thread (1 torch thread): on a shared
-    machine it counts the work, not the waits for a core."""
+    in each round in alternating order. On the CPU, CPU time of this thread (1 torch thread): on a
+    shared machine it counts the work, not the waits for a core. On CUDA (`cfg.device`), wall time
+    from a synchronised start to a synchronised end (the GPU's work is not this thread's CPU time)."""
     n_features = seqs[0].features.shape[1]
     pooled = np.concatenate([s.features for s in seqs])
-    models = {str(s["name"]): make_model(s, n_features, classes, cfg.seed) for s in specs}
+    device = torch.device(cfg.device)
+    models = {str(s["name"]): make_model(s, n_features, classes, cfg.seed).to(device) for s in specs}
     for m in models.values():
         m.set_scaler(pooled.mean(0), pooled.std(0))
     opts = {k: torch.optim.AdamW(m.parameters(), lr=cfg.lr) for k, m in models.items()}
-    pos_weight = torch.tensor(1.0)
+    pos_weight = torch.tensor(1.0, device=device)
+    cuda = device.type == "cuda"
+
+    def clock() -> float:
+        if cuda:
+            torch.cuda.synchronize()
+            return time.perf_counter()
+        return time.thread_time()
+
     times: dict[str, list[float]] = {k: [] for k in models}
     for r in range(rounds + 1):  # round 0 warms up (allocator, oneDNN primitives) and is not counted
         rng = np.random.default_rng(r)
@@ -114,11 +124,11 @@ def epoch_times(
         val = _batches(seqs, cfg, rng, train=False)
         order = list(models) if r % 2 == 0 else list(reversed(models))
         for k in order:
-            t0 = time.thread_time()
+            t0 = clock()
             _run_epoch(models[k], batches, cfg, pos_weight, opts[k])
             _run_epoch(models[k], val, cfg, pos_weight, None)
             if r:
-                times[k].append(time.thread_time() - t0)
+                times[k].append(clock() - t0)
     return times
 
 
@@ -309,6 +319,56 @@ def profile_cells(hidden: int, n_features: int, batches: Sequence[int], steps: i
             )
 
 
+def gpu_training(args: argparse.Namespace) -> int:
+    """The training columns on a CUDA GPU: GRU and LSTM through cuDNN (trainer/fast_gru.py is the
+    CPU path only), wall seconds per epoch of `fit`'s loop, interleaved rounds."""
+    if not torch.cuda.is_available():
+        raise SystemExit("--device cuda: no CUDA device is available here")
+    set_seeds(args.seed, 1)
+    t_start = time.perf_counter()
+    if args.quick:
+        args.machines, args.rounds = 6, 2
+    runs = fleet_runs(args.machines, args.seed, 3 * 3600.0)
+    spec = spec_for_runs(runs)
+    classes = fault_classes(runs)
+    seqs = build_sequences(runs, spec, classes=classes, progress=False)
+    F = spec.n_features
+    h_eq = equal_param_hidden(F, args.hidden, classes)
+    gru, lstm = f"GRU H={args.hidden}", f"LSTM H={args.hidden}"
+    equal = f"GRU H={h_eq} (equal parameters)"
+    specs: list[dict[str, object]] = [
+        {"name": gru, "cell": "gru", "hidden": args.hidden},
+        {"name": lstm, "cell": "lstm", "hidden": args.hidden},
+        {"name": equal, "cell": "gru", "hidden": h_eq},
+    ]
+    cfg = TrainConfig(hidden=args.hidden, seed=args.seed, progress=False, device="cuda")
+    speed: dict[int, dict[str, float]] = {}
+    for B in args.batches:
+        data = speed_data(seqs, 2 * B, args.windows)
+        times = epoch_times(specs, data, replace(cfg, batch_size=B), classes, args.rounds)
+        speed[B] = {k: statistics.median(v) for k, v in times.items()}
+    params = {str(sp["name"]): n_parameters(make_model(sp, F, classes, args.seed)) for sp in specs}
+    print(
+        f"\n{torch.cuda.get_device_name()}, torch {torch.__version__}, cuDNN "
+        f"{torch.backends.cudnn.version()}; F={F}, {len(classes)} fault classes, chunk {cfg.chunk_len} "
+        f"windows; timing set: 2 batches of {args.windows}-window runs per batch size; wall s per "
+        f"epoch (training + validation pass, as `fit`), median of {args.rounds} interleaved rounds"
+    )
+    head = ["model", "parameters"]
+    for B in args.batches:
+        head += [f"GPU s/epoch B={B}", "× LSTM"]
+    print("| " + " | ".join(head) + " |")
+    print("| --- | " + " | ".join("---:" for _ in head[1:]) + " |")
+    for sp in specs:
+        k = str(sp["name"])
+        cells = [k, f"{params[k]:,}"]
+        for B in args.batches:
+            cells += [f"{speed[B][k]:.3f}", f"{speed[B][lstm] / speed[B][k]:.2f}"]
+        print("| " + " | ".join(cells) + " |")
+    print(f"benchmark took {time.perf_counter() - t_start:.0f} s")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument(
@@ -331,7 +391,15 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="only the ONNX step: both cells in the exported Gemm form and as ONNX's GRU/LSTM operator (~2 min)",
     )
+    p.add_argument(
+        "--device",
+        choices=["cpu", "cuda"],
+        default="cpu",
+        help="cuda: only the training columns, on the GPU (cuDNN's GRU and LSTM), wall time per epoch",
+    )
     args = p.parse_args(argv)
+    if args.device == "cuda":
+        return gpu_training(args)
     if args.step_only:
         step_forms(args.hidden, rounds=31, min_time=0.02)
         return 0

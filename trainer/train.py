@@ -505,8 +505,11 @@ def train(
     set_seeds(cfg.seed, cfg.threads)
     rng = dist.rng(cfg.seed)
     check_health_target(cfg.health_target, cfg.horizon_s)
-    if cfg.device == "cuda" and not torch.cuda.is_available():
-        raise DataError("--device cuda: no CUDA device is available here; use --device cpu")
+    if cfg.device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise DataError("--device cuda: no CUDA device is available here; use --device cpu")
+        # No TF32 (cuDNN's RNNs use it by default): calibration sees the agent's float32 scores.
+        torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
     if init is not None:
         if dist.world_size != 1:
             raise ValueError("fine-tuning (init=) runs in one process")
