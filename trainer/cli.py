@@ -464,6 +464,7 @@ def _train_and_export(args: argparse.Namespace, device: str, dist: ProcessContex
             "export": round(t_export, 2),
         },
         "distributed": dist.describe(),
+        "device": device,
     }
 
 
@@ -533,8 +534,9 @@ def human_summary(summary: dict[str, Any]) -> str:
     if parity.get("step_error") is not None:
         lines.append(f"  exported ONNX step matches torch within {parity['step_error']:.2g}")
     sec = summary["seconds"]
+    on = f" on {summary['device']}" if summary.get("device") else ""
     lines.append(
-        f"took {sum(sec.values()):.1f} s (" + ", ".join(f"{k} {v:.1f}" for k, v in sec.items()) + ")"
+        f"took {sum(sec.values()):.1f} s{on} (" + ", ".join(f"{k} {v:.1f}" for k, v in sec.items()) + ")"
     )
     lines.append(
         f"next: gruwatch evaluate --model {summary['bundle']} --data <runs it never saw> --out <folder>; "

@@ -93,6 +93,7 @@ def test_gruwatch_train_on_cuda_writes_a_bundle_the_agent_reproduces(
     card = json.loads((out / "card.json").read_text())
     assert f"wrote {out}: model {card['model_version']}, {cell.upper()}, supervised, signed" in said
     assert card["training"]["device"] == "cuda"
+    assert " s on cuda (" in said  # the summary says where it trained
     assert card["cell"] == cell
     assert card["validation"]["auroc"] > 0.75, card["validation"]
     assert card["validation"]["onnx_parity"]["steps"] == 1000

@@ -334,6 +334,7 @@ def test_gruwatch_train_writes_a_signed_bundle_the_scorer_reproduces(
     assert all(run in said for run in card["training_data"]["validation_runs"][:4])
     assert f"window AUROC {card['validation']['auroc']:.3f}" in said
     assert f"gruwatch evaluate --model {out}" in said
+    assert " s on cpu (" in said  # where it trained (--device)
     assert card["training"]["health_target"] == target
     assert card["training"]["hi_cap"] == 1.5
     assert card["mode"] == "supervised"
