@@ -319,6 +319,23 @@ def profile_cells(hidden: int, n_features: int, batches: Sequence[int], steps: i
             )
 
 
+def print_head(head: Sequence[str]) -> None:
+    """A Markdown table's head: the names, then right-aligned columns after the first."""
+    print("| " + " | ".join(head) + " |")
+    print("| --- | " + " | ".join("---:" for _ in head[1:]) + " |")
+
+
+def speed_head(what: str, batches: Sequence[int]) -> list[str]:
+    return [c for B in batches for c in (f"{what} B={B}", "× LSTM")]
+
+
+def speed_cells(
+    speed: dict[int, dict[str, float]], k: str, lstm: str, batches: Sequence[int], digits: int
+) -> list[str]:
+    """Seconds per epoch of model `k` per batch size, each beside LSTM time / its time."""
+    return [c for B in batches for c in (f"{speed[B][k]:.{digits}f}", f"{speed[B][lstm] / speed[B][k]:.2f}")]
+
+
 def gpu_training(args: argparse.Namespace) -> int:
     """The training columns on a CUDA GPU: GRU and LSTM through cuDNN (trainer/fast_gru.py is the
     CPU path only), wall seconds per epoch of `fit`'s loop, interleaved rounds."""
@@ -354,16 +371,10 @@ def gpu_training(args: argparse.Namespace) -> int:
         f"windows; timing set: 2 batches of {args.windows}-window runs per batch size; wall s per "
         f"epoch (training + validation pass, as `fit`), median of {args.rounds} interleaved rounds"
     )
-    head = ["model", "parameters"]
-    for B in args.batches:
-        head += [f"GPU s/epoch B={B}", "× LSTM"]
-    print("| " + " | ".join(head) + " |")
-    print("| --- | " + " | ".join("---:" for _ in head[1:]) + " |")
+    print_head(["model", "parameters", *speed_head("GPU s/epoch", args.batches)])
     for sp in specs:
         k = str(sp["name"])
-        cells = [k, f"{params[k]:,}"]
-        for B in args.batches:
-            cells += [f"{speed[B][k]:.3f}", f"{speed[B][lstm] / speed[B][k]:.2f}"]
+        cells = [k, f"{params[k]:,}", *speed_cells(speed, k, lstm, args.batches, digits=3)]
         print("| " + " | ".join(cells) + " |")
     print(f"benchmark took {time.perf_counter() - t_start:.0f} s")
     return 0
@@ -477,17 +488,11 @@ def main(argv: list[str] | None = None) -> int:
         "ONNX: the exported step (trainer.export), onnxruntime 1 thread, CPU µs per call, median of "
         "interleaved blocks; test AUROC: window AUROC on held-out machines after --epochs epochs\n"
     )
-    head = ["model", "parameters"]
-    for B in args.batches:
-        head += [f"train s/epoch B={B}", "× LSTM"]
-    head += ["step µs B=1", "× LSTM", "B=64", "× LSTM", "B=1,024", "× LSTM", "test AUROC"]
-    print("| " + " | ".join(head) + " |")
-    print("| --- | " + " | ".join("---:" for _ in head[1:]) + " |")
+    steps = ["step µs B=1", "× LSTM", "B=64", "× LSTM", "B=1,024", "× LSTM", "test AUROC"]
+    print_head(["model", "parameters", *speed_head("train s/epoch", args.batches), *steps])
     for sp in specs:
         k = str(sp["name"])
-        cells = [k, f"{params[k]:,}"]
-        for B in args.batches:
-            cells += [f"{speed[B][k]:.2f}", f"{speed[B][lstm] / speed[B][k]:.2f}"]
+        cells = [k, f"{params[k]:,}", *speed_cells(speed, k, lstm, args.batches, digits=2)]
         for b in BATCHES:
             cells += [f"{lat[k][b]:.1f}", f"{lat[lstm][b] / lat[k][b]:.2f}"] if k in lat else ["-", "-"]
         cells.append(f"{quality[k]:.3f}" if k in quality else "-")

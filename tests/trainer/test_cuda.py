@@ -23,17 +23,6 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-@pytest.fixture(scope="module")
-def sim_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from simulator.cli import main as simulate
-
-    out = tmp_path_factory.mktemp("sim") / "dataset"
-    args = ["dataset", "--out", str(out), "--machines", "10", "--seed", "3", "--horizon", "900"]
-    args += ["--fs", "12800", "--window", "1024", "--interval", "10", "--no-progress"]
-    assert simulate(args) == 0
-    return out
-
-
 @pytest.mark.parametrize("cell", ["gru", "lstm"])
 def test_the_cuda_cell_computes_the_cpu_function_and_gradients(cell: str) -> None:
     """cuDNN's cell (CUDA) against the CPU path the trainer uses (fast_gru for the GRU), same weights,

@@ -123,17 +123,6 @@ def test_two_processes_take_the_single_process_steps_on_uneven_shards(tmp_path: 
 
 
 # --------------------------------------------------------------------------- torchrun, end to end
-@pytest.fixture(scope="module")
-def tiny_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from simulator.cli import main as simulate
-
-    out = tmp_path_factory.mktemp("ddp") / "dataset"
-    args = ["dataset", "--out", str(out), "--machines", "10", "--seed", "3", "--horizon", "900"]
-    args += ["--fs", "12800", "--window", "1024", "--interval", "10", "--no-progress"]
-    assert simulate(args) == 0
-    return out
-
-
 def _run(cmd: list[str], timeout: float = 240.0) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
@@ -142,10 +131,10 @@ def _run(cmd: list[str], timeout: float = 240.0) -> subprocess.CompletedProcess[
 
 
 @pytest.mark.slow
-def test_torchrun_two_processes_train_the_single_process_model(tiny_dataset: Path, tmp_path: Path) -> None:
+def test_torchrun_two_processes_train_the_single_process_model(sim_dataset: Path, tmp_path: Path) -> None:
     from edge_agent.bundle import load_bundle
 
-    common = ["--data", str(tiny_dataset), "--hidden", "16", "--epochs", "8", "--chunk-len", "16"]
+    common = ["--data", str(sim_dataset), "--hidden", "16", "--epochs", "8", "--chunk-len", "16"]
     common += ["--val-fraction", "0.3", "--seed", "2", "--device", "cpu", "--no-progress", "--json"]
     out_ddp, out_one = tmp_path / "ddp", tmp_path / "one"
     ckpt_ddp, ckpt_one = tmp_path / "ddp.pt", tmp_path / "one.pt"

@@ -290,17 +290,6 @@ def test_forecast_training_on_healthy_data_flags_degradation(
 
 
 # --------------------------------------------------------------------------- gruwatch train, end to end
-@pytest.fixture(scope="module")
-def sim_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from simulator.cli import main as simulate
-
-    out = tmp_path_factory.mktemp("sim") / "dataset"
-    args = ["dataset", "--out", str(out), "--machines", "10", "--seed", "3", "--horizon", "900"]
-    args += ["--fs", "12800", "--window", "1024", "--interval", "10", "--no-progress"]
-    assert simulate(args) == 0
-    return out
-
-
 @pytest.mark.parametrize("cell", ["gru", "lstm"])
 def test_gruwatch_train_writes_a_signed_bundle_the_scorer_reproduces(
     sim_dataset: Path, tmp_path: Path, cell: str, capsys: pytest.CaptureFixture[str]
