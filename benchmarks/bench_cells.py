@@ -319,6 +319,15 @@ def profile_cells(hidden: int, n_features: int, batches: Sequence[int], steps: i
             )
 
 
+def cell_specs(hidden: int, h_eq: int) -> list[dict[str, object]]:
+    """The compared models: GRU and LSTM of equal hidden size, then the GRU of the LSTM's parameters."""
+    return [
+        {"name": f"GRU H={hidden}", "cell": "gru", "hidden": hidden},
+        {"name": f"LSTM H={hidden}", "cell": "lstm", "hidden": hidden},
+        {"name": f"GRU H={h_eq} (equal parameters)", "cell": "gru", "hidden": h_eq},
+    ]
+
+
 def print_head(head: Sequence[str]) -> None:
     """A Markdown table's head: the names, then right-aligned columns after the first."""
     print("| " + " | ".join(head) + " |")
@@ -350,14 +359,8 @@ def gpu_training(args: argparse.Namespace) -> int:
     classes = fault_classes(runs)
     seqs = build_sequences(runs, spec, classes=classes, progress=False)
     F = spec.n_features
-    h_eq = equal_param_hidden(F, args.hidden, classes)
-    gru, lstm = f"GRU H={args.hidden}", f"LSTM H={args.hidden}"
-    equal = f"GRU H={h_eq} (equal parameters)"
-    specs: list[dict[str, object]] = [
-        {"name": gru, "cell": "gru", "hidden": args.hidden},
-        {"name": lstm, "cell": "lstm", "hidden": args.hidden},
-        {"name": equal, "cell": "gru", "hidden": h_eq},
-    ]
+    specs = cell_specs(args.hidden, equal_param_hidden(F, args.hidden, classes))
+    lstm = str(specs[1]["name"])
     cfg = TrainConfig(hidden=args.hidden, seed=args.seed, progress=False, device="cuda")
     speed: dict[int, dict[str, float]] = {}
     for B in args.batches:
@@ -432,15 +435,10 @@ def main(argv: list[str] | None = None) -> int:
     val_seqs = build_sequences(va, spec, classes=classes, progress=False)
     test_seqs = build_sequences(test, spec, classes=classes, progress=False)
     F = spec.n_features
-    h_eq = equal_param_hidden(F, args.hidden, classes)
-    gru, lstm = f"GRU H={args.hidden}", f"LSTM H={args.hidden}"
-    equal, before = f"GRU H={h_eq} (equal parameters)", f"GRU H={args.hidden}, nn.GRU (before)"
-    specs: list[dict[str, object]] = [
-        {"name": gru, "cell": "gru", "hidden": args.hidden},
-        {"name": lstm, "cell": "lstm", "hidden": args.hidden},
-        {"name": equal, "cell": "gru", "hidden": h_eq},
-        {"name": before, "cell": "gru", "hidden": args.hidden, "fused": False},
-    ]
+    before = f"GRU H={args.hidden}, nn.GRU (before)"
+    specs = cell_specs(args.hidden, equal_param_hidden(F, args.hidden, classes))
+    specs.append({"name": before, "cell": "gru", "hidden": args.hidden, "fused": False})
+    gru, lstm = str(specs[0]["name"]), str(specs[1]["name"])
 
     # Training speed: the trainer's epoch (training + validation pass) per batch size.
     cfg = TrainConfig(hidden=args.hidden, seed=args.seed, progress=False)
