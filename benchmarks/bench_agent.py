@@ -23,6 +23,9 @@ as on a gateway; the publisher is another process; this process only listens):
 `--json FILE` writes {"windows_per_s", "paho_ceiling_per_s", "p50_ms", "p99_ms", "rss_mb_10k_sensors"}
 (plus the ratios, the references, the settings and the machine) to compare runs.
 
+`--gateway-cpus 0,1` pins the agent (and the bare subscriber) to those CPUs and the publisher, broker
+and listeners to the others, as on a dedicated gateway (`--broker-on-gateway`: the broker too).
+
 `--profile` runs the throughput agent under cProfile (every thread: the scoring loop and paho's
 network thread) and prints where its time goes: a table by stage (features, model step, store
 commit, health encoding, publishing, acks, waiting for windows, decoding on the network thread) and
@@ -66,6 +69,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from agent_compare import compare, compare_latency  # noqa: E402
 from agent_cpu import BROKER_PID, budget_figures, budget_rows, others_cpu  # noqa: E402
 from agent_profile import PROFILED_RUN, print_profile  # noqa: E402
+from gateway_cpus import configure, gateway_preexec, on_gateway  # noqa: E402
 
 WINDOW = 2560
 FS = 25600.0
@@ -122,7 +126,7 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def start_broker(tmp: Path) -> tuple[subprocess.Popen[bytes], int]:
+def start_broker(tmp: Path, *, on_gateway_cpus: bool = False) -> tuple[subprocess.Popen[bytes], int]:
     binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
     port = free_port()
     conf = tmp / "mosquitto.conf"
@@ -130,7 +134,10 @@ def start_broker(tmp: Path) -> tuple[subprocess.Popen[bytes], int]:
         f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
         "max_queued_messages 0\nmax_queued_bytes 0\nmax_inflight_messages 0\nlog_type error\n"
     )
-    proc = subprocess.Popen([binary, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    pin = gateway_preexec() if on_gateway_cpus else None
+    proc = subprocess.Popen(
+        [binary, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=pin
+    )
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
         try:
@@ -252,7 +259,8 @@ class AgentProcess:
         # stderr to a file, not a pipe: a pipe nobody reads blocks the agent once 64 KB of logs wait
         self.stderr_path = tmp / f"{prefix}.stderr"
         self._stderr = self.stderr_path.open("w")
-        self.proc = subprocess.Popen(cmd, cwd=REPO, env=env, stderr=self._stderr, text=True)
+        pin = gateway_preexec()
+        self.proc = subprocess.Popen(cmd, cwd=REPO, env=env, stderr=self._stderr, text=True, preexec_fn=pin)
 
     def cpu_s(self) -> float:
         """CPU seconds (user + system) the agent process has used so far."""
@@ -338,6 +346,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--profile", action="store_true", help="profile the throughput agent and print where time goes"
     )
+    p.add_argument(
+        "--gateway-cpus",
+        metavar="LIST",
+        help="pin the agent (and the bare subscriber) to these CPUs, e.g. 0,1, and the publisher, "
+        "broker and listeners to the others: a dedicated gateway on a machine with more cores",
+    )
+    p.add_argument("--broker-on-gateway", action="store_true", help="with --gateway-cpus: the broker too")
     p.add_argument("--json", metavar="FILE", help="also write the figures (and the machine) to FILE as JSON")
     args = p.parse_args(argv)
     if args.quick:
@@ -345,7 +360,10 @@ def main(argv: list[str] | None = None) -> int:
     # Stopped by `gruwatch bench` (over its time share): still stop the broker and remove the files.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     print(describe(), flush=True)
-    figures: dict[str, Any] = {}
+    placement = configure(args.gateway_cpus)
+    if placement:
+        print(placement + (", broker on the gateway" if args.broker_on_gateway else ""), flush=True)
+    figures: dict[str, Any] = {"placement": placement} if placement else {}
     args.figures = figures
 
     from tests.edge_agent.gru_fixtures import build_bundle
@@ -354,7 +372,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as td:
         tmp = Path(td)
         bundle, _ = build_bundle(tmp / "bundle", hidden=64, outputs=2)
-        broker, port = start_broker(tmp)
+        broker, port = start_broker(tmp, on_gateway_cpus=args.broker_on_gateway)
         BROKER_PID[:] = [broker.pid]
         try:
             parts = set(args.only or (["compare"] if args.variant else ["throughput", "latency", "memory"]))
@@ -426,7 +444,8 @@ def health_listener(
 def bare_run(port: int, prefix: str, sensors: int, windows: int) -> tuple[float, float]:
     """The bare paho subscriber: (messages/s, CPU ms per message of this process while it received)."""
     n = sensors * windows
-    bare = Listener(port, f"{prefix}/+/+/vibration")
+    with on_gateway():
+        bare = Listener(port, f"{prefix}/+/+/vibration")
     cpu0 = time.process_time()
     with others_cpu("bare", n):
         publish(port, prefix, sensors, windows).communicate()
@@ -481,7 +500,8 @@ def throughput(tmp: Path, port: int, bundle: Path, args: argparse.Namespace) -> 
             f"{agent_cpu:.3f} CPU ms/win = {agent_cpu / bare_cpu:.1f}x bare",
         )
     )
-    rows += budget_rows(bare_cpu, agent_cpu)
+    if not args.gateway_cpus:  # the CPU budget assumes every process shares the same cores
+        rows += budget_rows(bare_cpu, agent_cpu)
     args.figures.update(
         windows_per_s=round(agent_rate, 1),
         paho_ceiling_per_s=round(bare_rate, 1),
@@ -513,7 +533,8 @@ def paced_latencies(
 
 def transit_latencies(port: int, args: argparse.Namespace, prefix: str) -> tuple[np.ndarray, int]:
     """The reference: the same paced windows' transit to a bare paho subscriber (no agent between)."""
-    bare = Listener(port, f"{prefix}/+/+/vibration", latency=True)
+    with on_gateway():
+        bare = Listener(port, f"{prefix}/+/+/vibration", latency=True)
     per_sensor = max(1, round(args.rate * args.latency_s / args.sensors))
     publish(port, prefix, args.sensors, per_sensor, rate=args.rate).communicate()
     bare.wait(args.sensors * per_sensor, 120)
