@@ -1,0 +1,183 @@
+"""Research: the longest FEMTO lead any threshold on one feature could give, knowing the answer.
+
+Issue 8 asks, leave one bearing out over the four shared FEMTO bearings, for a median lead >= 15 %
+of life with no alarm raised in the first half. This script bounds what a detector could reach on
+these recordings with the features a bundle sees (`gruwatch train` defaults' feature spec and
+per-sensor baseline, fitted on the other three bearings as in `make eval-real`):
+
+each feature (a rise or a fall), two novelty scores (the largest feature; the RMS of all of them)
+and the GRU's health score, each as is or as the causal mean of the last 6 or 30 windows, is run as
+a detector through the agent's alarm state machine (`edge_agent.alarms.step`: raised after 3
+windows above the threshold, cleared after 12 below, the defaults' hysteresis). A threshold counts
+only if it raises nothing in the first half of life; the lead is that of the alarm still on at the
+end of life (0 when none). Three oracles, each choosing on the held-out sensors themselves, so each
+an upper bound, loosest first:
+
+- any feature, its threshold chosen per sensor (the best of ~170 rules per sensor, knowing its future);
+- one feature for all sensors, the threshold still chosen per sensor;
+- one rule fixed in advance — feature, direction, smoothing and ONE threshold (in the baseline's
+  units) for all eight sensors — the best such rule with no first-half raise on any sensor.
+
+The same for the GRU's health score (per-sensor and one threshold), beside the bundle's calibrated
+lead.
+
+    .venv/bin/python benchmarks/lead_ceiling.py          # about 1.5 min on 2 cores
+
+Nothing here chooses a setting: it reads the held-out bearings (test data) to bound the goal.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from edge_agent.alarms import AlarmState, Thresholds, step
+from trainer.data import load_runs
+from trainer.data.plan import plan_training
+from trainer.sequences import build_sequences
+from trainer.synthetic import training_failures
+from trainer.train import TrainConfig, score_sequences, train
+
+RAISE, CLEAR = 3, 12
+SMOOTHING = (1, 6, 30)
+N_THRESHOLDS = 128
+GRU = "GRU health score"
+Key = tuple[str, int, int]
+
+
+def causal_mean(x: np.ndarray, w: int) -> np.ndarray:
+    if w == 1:
+        return x
+    c = np.cumsum(np.r_[0.0, x])
+    i = np.arange(1, len(x) + 1)
+    out: np.ndarray = (c[i] - c[np.maximum(i - w, 0)]) / np.minimum(i, w)
+    return out
+
+
+def outcomes(signal: np.ndarray, cands: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per candidate threshold: (raised in the first half of life?, lead in windows of the sustained alarm, 0 if none)."""
+    n, half = len(signal), len(signal) // 2
+    t = Thresholds(warning=0.5, alarm=0.5, raise_windows=RAISE, clear_windows=CLEAR)
+    st = AlarmState.fresh(len(cands))
+    first_half = np.zeros(len(cands), bool)
+    last_raise = np.full(len(cands), n)
+    prev = np.zeros(len(cands), np.int8)
+    for k in range(n):
+        cur = step(st, (signal[k] > cands).astype(np.float64), t)[1]  # 1 above the threshold, 0 below
+        raised = (cur == 2) & (prev != 2)
+        if k < half:
+            first_half |= raised
+        last_raise[raised] = k
+        prev = cur.copy()
+    return first_half, np.where(prev == 2, n - last_raise, 0)
+
+
+def oracle_lead(signal: np.ndarray) -> float:
+    """Largest lead (windows before the end) of a sustained alarm with no first-half raise, else 0."""
+    half = len(signal) // 2
+    cands = np.unique(np.quantile(signal[half:], np.linspace(0.0, 1.0, N_THRESHOLDS)))
+    cands = cands[cands > signal[:half].min()]
+    if not len(cands):
+        return 0.0
+    first_half, lead = outcomes(signal, cands)
+    return float(lead[~first_half].max()) if (~first_half).any() else 0.0
+
+
+def main() -> int:
+    root = Path(os.environ.get("GRUWATCH_REAL_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+    if not (root / "femto").is_dir():
+        print(f"no FEMTO data under {root}; set GRUWATCH_REAL_DATA")
+        return 1
+    runs = load_runs([root / "femto"], progress=False)
+    bearings = sorted({r.machine for r in runs})
+    sensors: list[tuple[str, int, dict[Key, np.ndarray], float]] = []
+    for held in bearings:
+        train_runs = [r for r in runs if r.machine != held]
+        plan = plan_training(train_runs, val_fraction=0.2, seed=0)
+        cfg = TrainConfig(progress=False, horizon_s=plan.horizon_s, seed=0, **plan.settings)
+        tr = build_sequences(plan.train_runs, plan.spec, horizon_s=plan.horizon_s, progress=False)
+        va = build_sequences(plan.val_runs, plan.spec, horizon_s=plan.horizon_s, progress=False)
+        tr += training_failures(tr, plan.spec, cfg)
+        result = train(tr, va, cfg, classes=plan.classes)
+        test = build_sequences([r for r in runs if r.machine == held], plan.spec, progress=False)
+        for s, sc in zip(test, score_sequences(result.model, test), strict=True):
+            signals: dict[Key, np.ndarray] = {(GRU, 1, 1): sc[:, 0].astype(np.float64)}
+            for j, name in enumerate(plan.spec.names):
+                for w in SMOOTHING:
+                    x = causal_mean(s.features[:, j].astype(np.float64), w)
+                    signals[(name, w, 1)], signals[(name, w, -1)] = x, -x
+            f = s.features.astype(np.float64)
+            for w in SMOOTHING:  # two multivariate novelty scores: the largest feature, the RMS of all
+                signals[("max over features", w, 1)] = causal_mean(f.max(axis=1), w)
+                signals[("RMS over features", w, 1)] = causal_mean(np.sqrt((f**2).mean(axis=1)), w)
+            health, tt = signals[(GRU, 1, 1)], Thresholds.from_dict(dict(result.thresholds))
+            st = AlarmState.fresh(1)
+            on = np.array([step(st, np.array([v]), tt)[1][0] for v in health]) == 2
+            starts = np.flatnonzero(on & ~np.r_[False, on[:-1]])
+            calibrated = (len(s) - starts[-1]) / len(s) if on[-1] and len(starts) else 0.0
+            sensors.append((f"{held} {s.run_id.rsplit('-', 1)[-1]}", len(s), signals, calibrated))
+            print(f"  scored {sensors[-1][0]}", file=sys.stderr, flush=True)
+
+    # 1) and 2): thresholds chosen per sensor (oracle)
+    own = [{k: oracle_lead(x) / n for k, x in sig.items()} for _, n, sig, _ in sensors]
+    keys = [k for k in own[0] if k[0] != GRU]
+    one_feature = max(keys, key=lambda k: statistics.median(o[k] for o in own))
+    # 3) one rule fixed in advance: feature, smoothing, direction and ONE threshold for every sensor
+    fixed: dict[Key, tuple[float, float, list[float]]] = {}
+    for k in [*keys, (GRU, 1, 1)]:
+        pooled = np.concatenate([sig[k][n // 2 :] for _, n, sig, _ in sensors])
+        cands = np.unique(np.quantile(pooled, np.linspace(0.0, 1.0, N_THRESHOLDS)))
+        res = [outcomes(sig[k], cands) for _, _, sig, _ in sensors]
+        clean = ~np.any([fh for fh, _ in res], axis=0)
+        if not clean.any():
+            continue
+        fracs = np.array([lead / n for (_, lead), (_, n, _, _) in zip(res, sensors, strict=True)])
+        med = np.median(fracs, axis=0)
+        best = int(np.flatnonzero(clean)[np.argmax(med[clean])])
+        fixed[k] = (float(med[best]), float(cands[best]), [float(f) for f in fracs[:, best]])
+    fixed_best = max((k for k in fixed if k[0] != GRU), key=lambda k: fixed[k][0])
+
+    def label(k: Key) -> str:
+        return f"{k[0]} ({'rise' if k[2] > 0 else 'fall'}, mean of {k[1]})"
+
+    print(
+        f"Rule fixed for all sensors: {label(fixed_best)} > {fixed[fixed_best][1]:.3g}; "
+        f"GRU score with one threshold for all: > {fixed[(GRU, 1, 1)][1]:.3f}"
+        if (GRU, 1, 1) in fixed
+        else ""
+    )
+    print()
+    print(
+        "| held-out sensor | windows | any feature, own threshold (best of "
+        f"{len(keys)}) | lead % | {label(one_feature)}, own threshold | one fixed rule: {label(fixed_best)} | "
+        "GRU score, own threshold | GRU score, one threshold | GRU defaults, calibrated |"
+    )
+    print("| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+    cols: list[list[float]] = [[] for _ in range(6)]
+    for i, (sensor, n, _, calibrated) in enumerate(sensors):
+        k = max(keys, key=lambda key: own[i][key])
+        gru_fixed = fixed[(GRU, 1, 1)][2][i] if (GRU, 1, 1) in fixed else 0.0
+        vals = [
+            own[i][k],
+            own[i][one_feature],
+            fixed[fixed_best][2][i],
+            own[i][(GRU, 1, 1)],
+            gru_fixed,
+            calibrated,
+        ]
+        for c, v in zip(cols, vals, strict=True):
+            c.append(v)
+        print(f"| {sensor} | {n} | {label(k)} | " + " | ".join(f"{100 * v:.1f}" for v in vals) + " |")
+    meds = [statistics.median(c) for c in cols]
+    print("| **median** | | | " + " | ".join(f"**{100 * m:.1f}**" for m in meds) + " |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
