@@ -28,7 +28,6 @@ Nothing here chooses a setting: it reads the held-out bearings (test data) to bo
 
 from __future__ import annotations
 
-import os
 import statistics
 import sys
 from pathlib import Path
@@ -36,13 +35,13 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import tune_real
 
 from edge_agent.alarms import AlarmState, Thresholds, step
-from trainer.data import load_runs
-from trainer.data.plan import plan_training
 from trainer.sequences import build_sequences
-from trainer.synthetic import training_failures
-from trainer.train import TrainConfig, score_sequences, train
+from trainer.train import score_sequences
 
 RAISE, CLEAR = 3, 12
 SMOOTHING = (1, 6, 30)
@@ -90,21 +89,13 @@ def oracle_lead(signal: np.ndarray) -> float:
 
 
 def main() -> int:
-    root = Path(os.environ.get("GRUWATCH_REAL_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
-    if not (root / "femto").is_dir():
-        print(f"no FEMTO data under {root}; set GRUWATCH_REAL_DATA")
+    runs = tune_real.shared_femto_runs()
+    if runs is None:
         return 1
-    runs = load_runs([root / "femto"], progress=False)
     bearings = sorted({r.machine for r in runs})
     sensors: list[tuple[str, int, dict[Key, np.ndarray], float]] = []
     for held in bearings:
-        train_runs = [r for r in runs if r.machine != held]
-        plan = plan_training(train_runs, val_fraction=0.2, seed=0)
-        cfg = TrainConfig(progress=False, horizon_s=plan.horizon_s, seed=0, **plan.settings)
-        tr = build_sequences(plan.train_runs, plan.spec, horizon_s=plan.horizon_s, progress=False)
-        va = build_sequences(plan.val_runs, plan.spec, horizon_s=plan.horizon_s, progress=False)
-        tr += training_failures(tr, plan.spec, cfg)
-        result = train(tr, va, cfg, classes=plan.classes)
+        plan, result = tune_real.fit_plan([r for r in runs if r.machine != held], {}, 0.2)  # the defaults
         test = build_sequences([r for r in runs if r.machine == held], plan.spec, progress=False)
         for s, sc in zip(test, score_sequences(result.model, test), strict=True):
             signals: dict[Key, np.ndarray] = {(GRU, 1, 1): sc[:, 0].astype(np.float64)}

@@ -16,7 +16,6 @@ third). Per inner sensor, in windows before the end of life (10 s each):
 from __future__ import annotations
 
 import math
-import os
 import sys
 from pathlib import Path
 
@@ -27,7 +26,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import tune_real
 
-from trainer.data import load_runs
 from trainer.sequences import build_sequences
 from trainer.train import score_sequences
 
@@ -41,11 +39,9 @@ def sustained_raise(on: np.ndarray) -> int | None:
 
 
 def main() -> int:
-    root = Path(os.environ.get("GRUWATCH_REAL_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
-    if not (root / "femto").is_dir():
-        print(f"no FEMTO data under {root}; set GRUWATCH_REAL_DATA")
+    runs = tune_real.shared_femto_runs()
+    if runs is None:
         return 1
-    runs = load_runs([root / "femto"], progress=False)
     bearings = sorted({r.machine for r in runs})
     print(
         "| outer | inner | sensor | windows | alarm | GRU | no margin | RMS 6σ | GRU score from the RMS crossing |"

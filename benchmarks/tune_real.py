@@ -90,6 +90,15 @@ def fit_plan(
     return plan, train(tr, va, cfg, classes=plan.classes)
 
 
+def shared_femto_runs() -> list[Run] | None:
+    """The FEMTO bearings under $GRUWATCH_REAL_DATA (default ../shared/data), or None after saying so."""
+    root = Path(os.environ.get("GRUWATCH_REAL_DATA", REPO.parent / "shared" / "data"))
+    if not (root / "femto").is_dir():
+        print(f"no FEMTO data under {root}; set GRUWATCH_REAL_DATA")
+        return None
+    return load_runs([root / "femto"], progress=False)
+
+
 def _alarm_states(health: np.ndarray, thresholds: dict[str, Any]) -> np.ndarray:
     from edge_agent.alarms import AlarmState, Thresholds, step
 
