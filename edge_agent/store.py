@@ -437,10 +437,14 @@ class Store:
         """Bytes on disk: the database file plus its WAL."""
         return sum(_size(self.path.with_name(self.path.name + x)) for x in ("", "-wal"))
 
-    def over_budget(self, fraction: float = 1.0) -> bool:
-        """Database, WAL, -shm and `extra_bytes` (the agent's unpacked bundles) above `fraction` of the budget."""
+    def counted_bytes(self) -> int:
+        """What the budget counts: database, WAL, -shm and `extra_bytes` (the agent's unpacked bundles)."""
         shm = _size(self.path.with_name(self.path.name + "-shm"))
-        return self.size_bytes() + shm + self.extra_bytes > fraction * self.budget_bytes
+        return self.size_bytes() + shm + self.extra_bytes
+
+    def over_budget(self, fraction: float = 1.0) -> bool:
+        """`counted_bytes()` above `fraction` of the budget."""
+        return self.counted_bytes() > fraction * self.budget_bytes
 
     def _used_bytes(self) -> int:
         c = self._conn
