@@ -355,6 +355,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--broker-on-gateway", action="store_true", help="with --gateway-cpus: the broker too")
     p.add_argument("--json", metavar="FILE", help="also write the figures (and the machine) to FILE as JSON")
     args = p.parse_args(argv)
+    if args.broker_on_gateway and not args.gateway_cpus:
+        p.error("--broker-on-gateway needs --gateway-cpus")
     if args.quick:
         args.windows, args.latency_s = 5, 5.0
     # Stopped by `gruwatch bench` (over its time share): still stop the broker and remove the files.

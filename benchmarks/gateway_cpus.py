@@ -11,13 +11,11 @@ puts the broker on the gateway CPUs too (a gateway that runs its own Mosquitto).
 from __future__ import annotations
 
 import os
-import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 GATEWAY: set[int] = set()
 OTHERS: set[int] = set()
-_lock = threading.Lock()
 
 
 def parse_cpus(spec: str) -> set[int]:
@@ -64,9 +62,8 @@ def on_gateway() -> Iterator[None]:
     if not GATEWAY:
         yield
         return
-    with _lock:
-        os.sched_setaffinity(0, GATEWAY)
-        try:
-            yield
-        finally:
-            os.sched_setaffinity(0, OTHERS)
+    os.sched_setaffinity(0, GATEWAY)
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, OTHERS)
