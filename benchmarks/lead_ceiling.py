@@ -39,6 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import tune_real
+from lead_lag import sustained_raise
 
 from edge_agent.alarms import AlarmState, Thresholds, step
 from trainer.sequences import build_sequences
@@ -81,7 +82,7 @@ def outcomes(signal: np.ndarray, cands: np.ndarray) -> tuple[np.ndarray, np.ndar
         if k < half:
             first_half |= raised
         last_raise[raised] = k
-        prev = cur.copy()
+        prev = cur  # step() rebinds the state's arrays: cur is not changed later
     return first_half, np.where(prev == 2, n - last_raise, 0)
 
 
@@ -118,11 +119,8 @@ def main() -> int:
             for w in SMOOTHING:  # two multivariate novelty scores: the largest feature, the RMS of all
                 signals[("max over features", w, 1)] = causal_mean(f.max(axis=1), w)
                 signals[("RMS over features", w, 1)] = causal_mean(np.sqrt((f**2).mean(axis=1)), w)
-            health, tt = signals[(GRU, 1, 1)], Thresholds.from_dict(dict(result.thresholds))
-            st = AlarmState.fresh(1)
-            on = np.array([step(st, np.array([v]), tt)[1][0] for v in health]) == 2
-            starts = np.flatnonzero(on & ~np.r_[False, on[:-1]])
-            calibrated = (len(s) - starts[-1]) / len(s) if on[-1] and len(starts) else 0.0
+            raised = sustained_raise(tune_real._alarm_states(signals[(GRU, 1, 1)], result.thresholds) == 2)
+            calibrated = 0.0 if raised is None else (len(s) - raised) / len(s)
             sensors.append((f"{held} {s.run_id.rsplit('-', 1)[-1]}", len(s), signals, calibrated))
             print(f"  scored {sensors[-1][0]}", file=sys.stderr, flush=True)
 
@@ -159,12 +157,12 @@ def main() -> int:
         f"median {100 * statistics.median(o[one_trend] for o in own):.1f} %"
     )
 
-    print(
-        f"Rule fixed for all sensors: {label(fixed_best)} > {fixed[fixed_best][1]:.3g}; "
-        f"GRU score with one threshold for all: > {fixed[(GRU, 1, 1)][1]:.3f}"
+    gru_line = (
+        f"; GRU score with one threshold for all: > {fixed[(GRU, 1, 1)][1]:.3f}"
         if (GRU, 1, 1) in fixed
         else ""
     )
+    print(f"Rule fixed for all sensors: {label(fixed_best)} > {fixed[fixed_best][1]:.3g}{gru_line}")
     print()
     print(
         "| held-out sensor | windows | any feature, own threshold (best of "
